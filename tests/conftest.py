@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic sessions with real sequential structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import Sessions
+
+
+def markov_sessions(n_items: int, n_sessions: int, seed: int, follow: float = 0.8) -> Sessions:
+    """Sessions where each click is, with probability `follow`, one of three fixed successors
+    of the previous item, else a uniformly random item."""
+    rng = np.random.default_rng(seed)
+    successors = np.random.default_rng(12345).integers(0, n_items, size=(n_items, 3))
+    items, offsets = [], [0]
+    for _ in range(n_sessions):
+        item = int(rng.integers(n_items))
+        session = [item]
+        for _ in range(int(rng.integers(2, 10)) - 1):
+            follows = rng.random() < follow
+            item = int(successors[item, rng.integers(3)] if follows else rng.integers(n_items))
+            session.append(item)
+        items.extend(session)
+        offsets.append(len(items))
+    return Sessions(
+        np.asarray(items, dtype=np.int64),
+        np.asarray(offsets, dtype=np.int64),
+        np.array([f"s{i}" for i in range(n_sessions)], dtype=object),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)

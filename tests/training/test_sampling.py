@@ -1,0 +1,33 @@
+"""Popularity sampling: the empirical distribution follows popularity**alpha."""
+
+import numpy as np
+import pytest
+import torch
+
+from training.sampling import SampleStore, sampling_distribution
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_samples_follow_popularity_to_the_power_alpha(alpha):
+    popularity = np.array([1, 10, 100, 0, 1000])
+    store = SampleStore(popularity, n_sample=500, alpha=alpha, store_size=200_000,
+                        generator=torch.Generator().manual_seed(0))
+    draws = torch.cat([store.get() for _ in range(400)]).numpy()
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    expected = popularity**alpha * (popularity > 0)
+    expected = expected / expected.sum()
+    assert np.abs(freq - expected).max() < 0.01
+    assert freq[3] == 0  # an item never clicked is never a negative
+
+
+def test_store_refills_after_handing_out_every_batch():
+    store = SampleStore(np.ones(10), n_sample=4, alpha=1.0, store_size=8)
+    first = [store.get().clone() for _ in range(2)]
+    third = store.get()
+    assert store.batches_per_refill == 2 and store.pointer == 1
+    assert all(s.shape == (4,) for s in [*first, third])
+
+
+def test_distribution_rejects_all_zero_popularity():
+    with pytest.raises(ValueError, match="zero popularity"):
+        sampling_distribution(np.zeros(3), 0.5)

@@ -1,0 +1,1 @@
+"""GRU4Rec training, evaluation and export."""

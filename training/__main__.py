@@ -1,0 +1,205 @@
+"""Command line: python -m training {generate,split,train,evaluate,baselines,export,parity}.
+
+    python -m training generate --out data/demo
+    python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
+    python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data import DataError
+
+
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--session-key", default="SessionId", help="session id column")
+    p.add_argument("--item-key", default="ItemId", help="item id column")
+    p.add_argument("--time-key", default="Time", help="time column (Unix seconds)")
+
+
+def _read(path: str, args: argparse.Namespace):
+    from .data import read_events
+
+    return read_events(path, args.session_key, args.item_key, args.time_key)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .synthetic import generate_to_dir
+
+    generate_to_dir(
+        args.out, n_items=args.items, n_sessions=args.sessions, seed=args.seed,
+        test_days=args.test_days,
+    )
+    print(f"wrote {args.out}/events.tsv, train.tsv, test.tsv")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from .data import preprocess, split_by_time, write_events
+
+    events = preprocess(_read(args.input, args), args.min_item_support, args.min_session_length)
+    train, test = split_by_time(events, args.test_days, args.min_session_length)
+    out = Path(args.out)
+    write_events(train, out / "train.tsv")
+    write_events(test, out / "test.tsv")
+    print(
+        f"train: {len(train):,} clicks, {train.SessionId.nunique():,} sessions, "
+        f"{train.ItemId.nunique():,} items; test: {len(test):,} clicks, "
+        f"{test.SessionId.nunique():,} sessions -> {out}"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import Config
+    from .data import ItemVocab, Sessions, item_popularity
+    from .evaluate import GRUScorer, evaluate, format_table
+    from .train import fit, save_model
+
+    cfg = Config.from_sources(args.config, args.param)
+    events = _read(args.train, args)
+    vocab = ItemVocab.from_events(events)
+    train = Sessions.from_events(events, vocab, source=args.train)
+    train.check_min_length(args.train)
+    print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
+    started = time.perf_counter()
+    model, history = fit(train, len(vocab), cfg, progress=not args.quiet)
+    meta = {
+        "train_file": str(args.train),
+        "train_clicks": train.n_events,
+        "train_sessions": train.n_sessions,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "epochs": [
+            {"epoch": e.epoch, "loss": e.loss, "events_per_s": round(e.events_per_second)}
+            for e in history.epochs
+        ],
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if args.test:
+        test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
+        meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
+        print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
+    save_model(args.out, model, cfg, vocab, item_popularity(train, len(vocab)), meta)
+    print(f"saved {args.out}/model.pt")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import Sessions
+    from .evaluate import GRUScorer, evaluate, format_table
+    from .train import load_model
+
+    trained = load_model(args.model, device=args.device)
+    unknown = "drop" if args.drop_unknown else "error"
+    test = Sessions.from_events(_read(args.test, args), trained.vocab, unknown, args.test)
+    test.check_min_length(args.test)
+    result = evaluate(
+        GRUScorer(trained.model), test, args.cutoffs, args.batch_size, args.tie_mode, True
+    )
+    print(format_table({args.model: result}, args.cutoffs))
+    print(f"{result['n_events']:,} predictions, ties counted as: {args.tie_mode}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_baselines(args: argparse.Namespace) -> None:
+    from .baselines import compare
+
+    print(compare(args.train, args.test, cutoffs=args.cutoffs))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    path = export_model(args.model, args.out, opset=args.opset)
+    print(f"exported {path}")
+
+
+def cmd_parity(args: argparse.Namespace) -> None:
+    from .export import check_parity
+
+    report = check_parity(args.model, args.export, n_sessions=args.sessions, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    if not report.get("ok", False):
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cutoffs = dict(type=int, nargs="+", default=[1, 5, 10, 20], help="k of Recall/MRR/NDCG@k")
+
+    p = sub.add_parser("generate", help="write a synthetic click log, split into train/test")
+    p.add_argument("--out", required=True)
+    p.add_argument("--items", type=int, default=None, help="catalogue size")
+    p.add_argument("--sessions", type=int, default=None)
+    p.add_argument("--test-days", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("split", help="GRU4Rec preprocessing and time-based train/test split")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--test-days", type=float, default=1.0)
+    p.add_argument("--min-item-support", type=int, default=5)
+    p.add_argument("--min-session-length", type=int, default=2)
+    _add_columns(p)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train GRU4Rec")
+    p.add_argument("--train", required=True)
+    p.add_argument("--test", help="evaluate on this file after training")
+    p.add_argument("--config", help="JSON/TOML file, preset name, or reference paramfile .py")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cutoffs", **cutoffs)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_columns(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-ranking Recall/MRR/NDCG@k of a trained model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--cutoffs", **cutoffs)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--tie-mode", default="conservative", choices=["conservative", "standard", "median"])
+    p.add_argument("--drop-unknown", action="store_true", help="skip clicks on unknown items")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    _add_columns(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("baselines", help="most-popular, item-KNN and V-SKNN, same evaluation")
+    p.add_argument("--train", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--cutoffs", **cutoffs)
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("export", help="write model.onnx and what the service needs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--opset", type=int, default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="compare onnxruntime and PyTorch scores")
+    p.add_argument("--model", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--sessions", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_parity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

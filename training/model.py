@@ -1,0 +1,139 @@
+"""GRU4Rec: a GRU over the session's clicks that scores every item as the next one.
+
+Three input modes, as in the reference:
+- constrained_embedding=True: the input embedding *is* the output weight matrix Wy (shared),
+- embedding=E > 0: a separate (n_items, E) input embedding,
+- otherwise one-hot input: the first GRU layer reads its gate inputs straight from an
+  (n_items, 3 * layers[0]) table, which is what a one-hot vector times W_x computes.
+
+Item-wide tables are sparse-gradient embeddings, so a step only touches the rows of the
+items in the mini-batch; `optim.IndexedAdagrad` updates just those rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import Config
+
+
+def _glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def _init_gru_weights_(weight: torch.Tensor, n_input: int, n_hidden: int) -> None:
+    """Gate blocks stacked along dim 0 ((3H, in) GRUCell layout), each Glorot-uniform on
+    its own (in, H) shape, like the reference's compatibility initialisation."""
+    for block in weight.chunk(3, dim=0):
+        _glorot_uniform_(block, n_input, n_hidden)
+
+
+class OneHotGRUCell(nn.Module):
+    """First GRU layer for one-hot input: input gate pre-activations come from a table row.
+
+    Same gate equations and (r, z, n) order as torch.nn.GRUCell."""
+
+    def __init__(self, n_items: int, n_hidden: int):
+        super().__init__()
+        self.input_gates = nn.Embedding(n_items, 3 * n_hidden, sparse=True)  # W_x rows
+        self.weight_hh = nn.Parameter(torch.empty(3 * n_hidden, n_hidden))
+        self.bias = nn.Parameter(torch.zeros(3 * n_hidden))
+        n = n_hidden
+        for i in range(3):
+            _glorot_uniform_(self.input_gates.weight[:, i * n : (i + 1) * n], n_items, n)
+        _init_gru_weights_(self.weight_hh, n_hidden, n_hidden)
+
+    def forward(self, items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gx = self.input_gates(items) + self.bias  # (B, 3H)
+        gh = h @ self.weight_hh.T  # (B, 3H)
+        x_r, x_z, x_n = gx.chunk(3, dim=1)
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return (1.0 - z) * n + z * h
+
+
+class GRU4Rec(nn.Module):
+    def __init__(self, n_items: int, cfg: Config):
+        super().__init__()
+        self.n_items = n_items
+        self.layers = tuple(cfg.layers)
+        self.constrained = cfg.constrained_embedding
+        self.embedding_size = 0 if self.constrained else cfg.embedding
+        self.one_hot = not self.constrained and self.embedding_size == 0
+        last = self.layers[-1]
+        self.Wy = nn.Embedding(n_items, last, sparse=True)  # output item vectors
+        self.By = nn.Embedding(n_items, 1, sparse=True)  # output item bias
+        _glorot_uniform_(self.Wy.weight, n_items, last)
+        nn.init.zeros_(self.By.weight)
+        if self.embedding_size:
+            self.E = nn.Embedding(n_items, self.embedding_size, sparse=True)
+            _glorot_uniform_(self.E.weight, n_items, self.embedding_size)
+        self.first = OneHotGRUCell(n_items, self.layers[0]) if self.one_hot else None
+        n_input = last if self.constrained else self.embedding_size
+        cells = []
+        for i in range(1 if self.one_hot else 0, len(self.layers)):
+            n_in = self.layers[i - 1] if i > 0 else n_input
+            cell = nn.GRUCell(n_in, self.layers[i])
+            _init_gru_weights_(cell.weight_ih, n_in, self.layers[i])
+            _init_gru_weights_(cell.weight_hh, self.layers[i], self.layers[i])
+            nn.init.zeros_(cell.bias_ih)
+            nn.init.zeros_(cell.bias_hh)
+            cells.append(cell)
+        self.cells = nn.ModuleList(cells)
+        self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
+        self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
+
+    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> list:
+        device = device or self.Wy.weight.device
+        return [torch.zeros(batch_size, n, device=device) for n in self.layers]
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        hidden: list[torch.Tensor],
+        targets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """inputs: int64 (B,); hidden: per layer (B, layers[i]); targets: int64 (M,) or None.
+
+        Returns raw scores (B, M), or (B, n_items) for every item when targets is None, and
+        the new hidden states. As in the reference, the dropped-out layer outputs are what
+        the next step sees as hidden state during training."""
+        new_hidden = []
+        if self.one_hot:
+            x = self.drop_embed(self.first(inputs, hidden[0]))
+            new_hidden.append(x)
+        elif self.constrained:
+            x = self.drop_embed(self.Wy(inputs))
+        else:
+            x = self.drop_embed(self.E(inputs))
+        offset = len(new_hidden)
+        for i, cell in enumerate(self.cells):
+            x = self.drop_hidden(cell(x, hidden[i + offset]))
+            new_hidden.append(x)
+        return self.score(x, targets), new_hidden
+
+    def score(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, layers[-1]) -> scores (B, M) for `targets`, or (B, n_items)."""
+        if targets is None:
+            return torch.addmm(self.By.weight.T, h, self.Wy.weight.T)
+        return torch.addmm(self.By(targets).T, h, self.Wy(targets).T)
+
+
+def build_model(n_items: int, cfg: Config) -> nn.Module:
+    """GRU4Rec, or its Bloom-compressed or image-feature (p-RNN) variants as `cfg` asks."""
+    if cfg.bloom_bits > 0:
+        from .bloom import BloomGRU4Rec
+
+        return BloomGRU4Rec(n_items, cfg)
+    if cfg.architecture != "id":
+        from .prnn import PRNN
+
+        return PRNN(n_items, cfg)
+    return GRU4Rec(n_items, cfg)

@@ -1,0 +1,102 @@
+"""Optimisers: the reference's Adagrad with momentum, row-sparse, and an Adam alternative.
+
+Item tables get sparse gradients (only the rows of the mini-batch's items); updating just
+those rows is what keeps a step cheap when there are hundreds of thousands of items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+class IndexedAdagrad(Optimizer):
+    """Adagrad with momentum, as in the reference GRU4Rec:
+
+        acc += g^2;  v = momentum * v - lr * g / sqrt(acc + eps);  w += v
+
+    For a sparse gradient only the touched rows of acc, v and w change."""
+
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float = 0.05, momentum: float = 0.0, eps=1e-6
+    ):
+        if lr <= 0 or momentum < 0 or eps <= 0:
+            raise ValueError(f"invalid Adagrad settings lr={lr} momentum={momentum} eps={eps}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["acc"] = torch.zeros_like(p)
+                if momentum > 0:
+                    self.state[p]["mom"] = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if p.grad.is_sparse:
+                    self._sparse_update(p, state, p.grad, lr, momentum, eps)
+                else:
+                    self._dense_update(p, state, p.grad, lr, momentum, eps)
+
+    @staticmethod
+    def _sparse_update(p, state, grad, lr, momentum, eps) -> None:
+        grad = grad.coalesce()  # the update is non-linear in g: rows must be unique
+        rows, values = grad.indices()[0], grad.values()
+        acc = state["acc"][rows] + values.pow(2)
+        state["acc"].index_copy_(0, rows, acc)
+        step = values / acc.add_(eps).sqrt_().mul_(-1.0 / lr)  # -lr * g / sqrt(acc + eps)
+        if momentum > 0:
+            step = state["mom"][rows].mul_(momentum).add_(step)
+            state["mom"].index_copy_(0, rows, step)
+        p.index_add_(0, rows, step)
+
+    @staticmethod
+    def _dense_update(p, state, grad, lr, momentum, eps) -> None:
+        state["acc"].add_(grad.pow(2))
+        denom = state["acc"].add(eps).sqrt_()
+        if momentum > 0:
+            state["mom"].mul_(momentum).addcdiv_(grad, denom, value=-lr)
+            p.add_(state["mom"])
+        else:
+            p.addcdiv_(grad, denom, value=-lr)
+
+
+class SparseDenseAdam:
+    """Adam for dense parameters and lazy Adam for sparse-gradient tables, as one optimiser."""
+
+    def __init__(self, params: Iterable[nn.Parameter], sparse: set[int], lr: float):
+        params = list(params)
+        dense = [p for p in params if id(p) not in sparse]
+        sparse_params = [p for p in params if id(p) in sparse]
+        self.optimizers: list[Optimizer] = []
+        if dense:
+            self.optimizers.append(torch.optim.Adam(dense, lr=lr))
+        if sparse_params:
+            self.optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
+def sparse_parameter_ids(model: nn.Module) -> set[int]:
+    return {
+        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse
+    }
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], model: nn.Module, name: str, lr: float, momentum: float
+):
+    if name == "adagrad":
+        return IndexedAdagrad(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return SparseDenseAdam(params, sparse_parameter_ids(model), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use adagrad or adam")

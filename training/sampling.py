@@ -1,0 +1,64 @@
+"""Popularity-based negative sampling, drawn in bulk (the reference's sample cache).
+
+Each mini-batch shares `n_sample` extra negatives drawn with probability proportional to
+popularity**alpha. Drawing one batch at a time costs a kernel launch or a Python round trip
+per step, so `SampleStore` draws `store_size` items at once and hands out slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def sampling_distribution(popularity: np.ndarray, alpha: float) -> np.ndarray:
+    """Probabilities (n_items,) proportional to popularity**alpha, float64."""
+    popularity = np.asarray(popularity, dtype=np.float64)
+    # 0**0 is 1: without the mask alpha=0 would sample items nobody clicked
+    weights = np.where(popularity > 0, popularity**alpha, 0.0)
+    total = weights.sum()
+    if total <= 0:
+        raise ValueError("cannot sample negatives: every item has zero popularity")
+    return weights / total
+
+
+class SampleStore:
+    """Hands out int64 tensors of `n_sample` item indices, refilled in bulk."""
+
+    def __init__(
+        self,
+        popularity: np.ndarray,
+        n_sample: int,
+        alpha: float,
+        store_size: int = 10_000_000,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ):
+        self.n_sample = n_sample
+        self.device = torch.device(device)
+        self.generator = generator
+        cdf = np.cumsum(sampling_distribution(popularity, alpha))
+        cdf[-1] = 1.0  # guard against rounding leaving the last bucket unreachable
+        self.cdf = torch.tensor(cdf, dtype=torch.float64, device=self.device)
+        self.batches_per_refill = max(1, store_size // max(n_sample, 1))
+        self.pointer = self.batches_per_refill
+        self.store = torch.empty((0, n_sample), dtype=torch.int64, device=self.device)
+
+    def refill(self) -> None:
+        u = torch.rand(
+            self.batches_per_refill * self.n_sample,
+            dtype=torch.float64,
+            device=self.device,
+            generator=self.generator,
+        )
+        # inverse-CDF sampling; right=True keeps zero-probability items out
+        self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
+        self.store = self.store.view(self.batches_per_refill, self.n_sample)
+        self.pointer = 0
+
+    def get(self) -> torch.Tensor:
+        if self.pointer >= self.batches_per_refill:
+            self.refill()
+        sample = self.store[self.pointer]
+        self.pointer += 1
+        return sample

@@ -1,0 +1,219 @@
+"""Training loop and model files.
+
+    python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
+
+A model directory holds model.pt (format version, config, item vocabulary, popularity,
+weights, metadata: all a reader needs to rebuild the model) and config.json for people.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batching import apply_step_to_hidden, first_batch_size, session_parallel
+from .config import Config
+from .data import ItemVocab, Sessions, item_popularity
+from .losses import compute_loss
+from .model import build_model
+from .optim import make_optimizer
+from .sampling import SampleStore
+
+FORMAT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} was asked for but CUDA is not available; use cpu")
+    return torch.device(name)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float  # mean per example
+    events: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / max(self.seconds, 1e-9)
+
+
+@dataclass
+class History:
+    epochs: list[EpochStats] = field(default_factory=list)
+
+
+class _GroupedOptimizer:
+    """One optimiser per parameter group, so a p-RNN strategy can train some subnets and
+    leave the others untouched (momentum included)."""
+
+    def __init__(self, model: nn.Module, cfg: Config):
+        groups = model.parameter_groups() if hasattr(model, "parameter_groups") else None
+        groups = groups or {"all": list(model.parameters())}
+        self.optimizers = {
+            name: make_optimizer(params, model, cfg.optimizer, cfg.learning_rate, cfg.momentum)
+            for name, params in groups.items()
+        }
+        self.params = groups
+        self.model = model
+
+    def step(self, epoch: int, step: int) -> None:
+        active = (
+            self.model.active_groups(epoch, step)
+            if hasattr(self.model, "active_groups")
+            else self.optimizers
+        )
+        for name in active:
+            self.optimizers[name].step()
+
+
+def fit(
+    train: Sessions,
+    n_items: int,
+    cfg: Config,
+    progress: bool = True,
+    model: nn.Module | None = None,
+) -> tuple[nn.Module, History]:
+    """Train with session-parallel mini-batches and sampled negatives; returns the model in
+    eval mode and per-epoch statistics."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = (model or build_model(n_items, cfg)).to(device)
+    popularity = item_popularity(train, n_items)
+    store = None
+    if cfg.n_sample > 0:
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        store = SampleStore(
+            popularity, cfg.n_sample, cfg.sample_alpha, cfg.sample_store_size, device, gen
+        )
+    log_pop = torch.log(torch.as_tensor(np.maximum(popularity, 1), dtype=torch.float32)).to(device)
+    use_logq = cfg.loss == "cross-entropy" and cfg.logq > 0
+    optimizer = _GroupedOptimizer(model, cfg)
+    items = torch.as_tensor(np.array(train.items, dtype=np.int64), device=device)
+    n_epochs = model.n_epochs_total(cfg) if hasattr(model, "n_epochs_total") else cfg.n_epochs
+    history = History()
+    model.train()
+    for epoch in range(n_epochs):
+        stats = _run_epoch(
+            model, optimizer, items, train.offsets, cfg, store, log_pop if use_logq else None,
+            epoch, progress, device,
+        )
+        history.epochs.append(stats)
+        if not np.isfinite(stats.loss):
+            raise FloatingPointError(
+                f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate or "
+                "check the data"
+            )
+    model.eval()
+    return model, history
+
+
+def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, progress, device):
+    hidden = model.init_hidden(first_batch_size(offsets, cfg.batch_size), device)
+    total_loss = torch.zeros((), device=device)
+    events = 0
+    started = time.perf_counter()
+    n_events = int(np.sum(np.maximum(np.diff(offsets) - 1, 0)))
+    bar = tqdm(
+        total=n_events, desc=f"epoch {epoch + 1}", unit="ev", disable=not progress,
+        mininterval=1.0, leave=True,
+    )
+    for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
+        hidden = apply_step_to_hidden(step, hidden)
+        batch = len(step.inputs)
+        if store is None and batch < 2:
+            break  # no negatives left: the reference stops here too
+        targets = step.targets if store is None else torch.cat([step.targets, store.get()])
+        scores, hidden = model(step.inputs, hidden, targets)
+        log_q = None
+        if log_pop is not None:
+            log_q = log_pop[targets] * cfg.logq
+            if store is not None:  # sampled negatives were drawn with popularity**alpha
+                log_q[batch:] *= cfg.sample_alpha
+        loss = compute_loss(
+            cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q
+        ) / cfg.batch_size
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step(epoch, i)
+        hidden = [h.detach() for h in hidden]
+        total_loss += loss.detach() * cfg.batch_size
+        events += batch
+        if i % 200 == 0:
+            bar.update(events - bar.n)
+            bar.set_postfix(loss=f"{total_loss.item() / max(events, 1):.4f}", refresh=False)
+    seconds = time.perf_counter() - started
+    bar.update(events - bar.n)
+    mean_loss = total_loss.item() / max(events, 1)
+    bar.set_postfix(loss=f"{mean_loss:.4f}", ev_s=f"{events / seconds:,.0f}")
+    bar.close()
+    return EpochStats(epoch + 1, mean_loss, events, seconds)
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    config: Config
+    vocab: ItemVocab
+    popularity: np.ndarray
+    meta: dict[str, Any]
+
+
+def save_model(
+    out_dir: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    vocab: ItemVocab,
+    popularity: np.ndarray,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "n_items": len(vocab),
+        "item_ids": [str(i) for i in vocab.ids],
+        "popularity": torch.as_tensor(popularity, dtype=torch.int64),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": json.loads(json.dumps(meta)),  # keep it plain data
+    }
+    torch.save(payload, out / "model.pt")
+    readable = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "n_items": len(vocab)}
+    (out / "config.json").write_text(json.dumps({**readable, "meta": meta}, indent=2) + "\n")
+    return out
+
+
+def load_model(model_dir: str | Path, device: str = "cpu") -> Trained:
+    path = Path(model_dir) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; train a model with `python -m training train`")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model format {payload.get('format_version')} is not {FORMAT_VERSION}"
+        )
+    cfg = Config.from_dict(payload["config"])
+    model = build_model(payload["n_items"], cfg)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return Trained(
+        model=model,
+        config=cfg,
+        vocab=ItemVocab(payload["item_ids"]),
+        popularity=payload["popularity"].numpy(),
+        meta=payload["meta"],
+    )
