@@ -20,9 +20,19 @@ from training.evaluate import GRUScorer, collect_ranks
 from training.train import fit
 
 RSC15 = [
-    "loss=cross-entropy", "constrained_embedding=True", "embedding=0", "layers=100",
-    "batch_size=32", "dropout_p_embed=0.0", "dropout_p_hidden=0.4", "learning_rate=0.2",
-    "momentum=0.2", "n_sample=2048", "sample_alpha=0.5", "logq=1.0", "n_epochs=1",
+    "loss=cross-entropy",
+    "constrained_embedding=True",
+    "embedding=0",
+    "layers=100",
+    "batch_size=32",
+    "dropout_p_embed=0.0",
+    "dropout_p_hidden=0.4",
+    "learning_rate=0.2",
+    "momentum=0.2",
+    "n_sample=2048",
+    "sample_alpha=0.5",
+    "logq=1.0",
+    "n_epochs=1",
 ]
 
 
@@ -54,9 +64,11 @@ def main() -> None:
     eval_eps = len(ranks) / (time.perf_counter() - started)
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"| {where} ({torch.get_num_threads()} threads) | {args.items:,} items | "
-          f"loss={cfg.loss} layers={'/'.join(map(str, cfg.layers))} batch={cfg.batch_size} "
-          f"n_sample={cfg.n_sample} | train {train_eps:,.0f} ev/s | eval {eval_eps:,.0f} ev/s |")
+    print(
+        f"| {where} ({torch.get_num_threads()} threads) | {args.items:,} items | "
+        f"loss={cfg.loss} layers={'/'.join(map(str, cfg.layers))} batch={cfg.batch_size} "
+        f"n_sample={cfg.n_sample} | train {train_eps:,.0f} ev/s | eval {eval_eps:,.0f} ev/s |"
+    )
 
 
 if __name__ == "__main__":

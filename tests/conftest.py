@@ -8,6 +8,10 @@ import torch
 
 from training.data import Sessions
 
+# The models in the tests are tiny: a second intra-op thread only adds synchronisation, and
+# on a busy machine that costs more than the work itself.
+torch.set_num_threads(1)
+
 
 def markov_sessions(n_items: int, n_sessions: int, seed: int, follow: float = 0.8) -> Sessions:
     """Sessions where each click is, with probability `follow`, one of three fixed successors

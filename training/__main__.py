@@ -1,8 +1,8 @@
 """Command line: python -m training {generate,split,train,evaluate,baselines,export,parity}.
 
-    python -m training generate --out data/demo
-    python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
-    python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
+python -m training generate --out data/demo
+python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
+python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .synthetic import generate_to_dir
 
     generate_to_dir(
-        args.out, n_items=args.items, n_sessions=args.sessions, seed=args.seed,
+        args.out,
+        n_items=args.items,
+        n_sessions=args.sessions,
+        seed=args.seed,
         test_days=args.test_days,
     )
     print(f"wrote {args.out}/events.tsv, train.tsv, test.tsv")
@@ -164,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True)
     p.add_argument("--cutoffs", **cutoffs)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--tie-mode", default="conservative", choices=["conservative", "standard", "median"])
+    p.add_argument(
+        "--tie-mode", default="conservative", choices=["conservative", "standard", "median"]
+    )
     p.add_argument("--drop-unknown", action="store_true", help="skip clicks on unknown items")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the figures to this JSON file")

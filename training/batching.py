@@ -42,7 +42,10 @@ def session_parallel(
     order = np.flatnonzero(lengths >= 2)  # sessions in start-time order
     if len(order) == 0:
         return
-    items_t = torch.as_tensor(items, dtype=torch.int64).to(device)
+    if torch.is_tensor(items):
+        items_t = items.to(device=device, dtype=torch.int64)
+    else:
+        items_t = torch.tensor(items, dtype=torch.int64, device=device)
     next_session = min(batch_size, len(order))
     slots = order[:next_session]
     start = offsets[slots].astype(np.int64)  # position of each slot's current click

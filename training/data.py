@@ -42,8 +42,9 @@ def read_events(
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}."
-            " Name the columns with --session-key/--item-key/--time-key."
+            f"{path}: missing column(s) {', '.join(missing)}; found "
+            f"{', '.join(map(str, df.columns))}. Name the columns with "
+            "--session-key/--item-key/--time-key."
         )
     df = df[wanted].rename(columns={session_key: SESSION, item_key: ITEM, time_key: TIME})
     if df.empty:

@@ -33,6 +33,36 @@ def _init_gru_weights_(weight: torch.Tensor, n_input: int, n_hidden: int) -> Non
         _glorot_uniform_(block, n_input, n_hidden)
 
 
+class _GatherRows(torch.autograd.Function):
+    """weight[unique][inverse] whose gradient is a sparse tensor with unique, sorted rows.
+
+    An nn.Embedding hands the optimiser one gradient row per lookup, which it must sort and
+    merge (coalesce) every step; deduplicating the few thousand indices first is cheaper."""
+
+    @staticmethod
+    def forward(ctx, weight, unique, inverse):  # type: ignore[override]
+        ctx.save_for_backward(unique, inverse)
+        ctx.shape = weight.shape
+        return weight.index_select(0, unique).index_select(0, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        unique, inverse = ctx.saved_tensors
+        rows = grad.new_zeros(len(unique), grad.shape[1]).index_add_(0, inverse, grad)
+        sparse = torch.sparse_coo_tensor(
+            unique[None], rows, ctx.shape, is_coalesced=True, check_invariants=False
+        )
+        return sparse, None, None
+
+
+def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
+    """table.weight[index] (len(index), dim); a row-sparse, pre-merged gradient in training."""
+    if not torch.is_grad_enabled() or not table.weight.requires_grad:
+        return table.weight.index_select(0, index)
+    unique, inverse = torch.unique(index, return_inverse=True)
+    return _GatherRows.apply(table.weight, unique, inverse)
+
+
 class OneHotGRUCell(nn.Module):
     """First GRU layer for one-hot input: input gate pre-activations come from a table row.
 
@@ -49,7 +79,7 @@ class OneHotGRUCell(nn.Module):
         _init_gru_weights_(self.weight_hh, n_hidden, n_hidden)
 
     def forward(self, items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        gx = self.input_gates(items) + self.bias  # (B, 3H)
+        gx = gather_rows(self.input_gates, items) + self.bias  # (B, 3H)
         gh = h @ self.weight_hh.T  # (B, 3H)
         x_r, x_z, x_n = gx.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
@@ -106,24 +136,37 @@ class GRU4Rec(nn.Module):
         the new hidden states. As in the reference, the dropped-out layer outputs are what
         the next step sees as hidden state during training."""
         new_hidden = []
+        out_vectors = None
         if self.one_hot:
             x = self.drop_embed(self.first(inputs, hidden[0]))
             new_hidden.append(x)
         elif self.constrained:
-            x = self.drop_embed(self.Wy(inputs))
+            if targets is None:
+                x = self.Wy.weight.index_select(0, inputs)
+            else:  # one lookup for inputs and targets, so Wy gets a single merged gradient
+                rows = gather_rows(self.Wy, torch.cat([inputs, targets]))
+                x, out_vectors = rows[: len(inputs)], rows[len(inputs) :]
+            x = self.drop_embed(x)
         else:
-            x = self.drop_embed(self.E(inputs))
+            x = self.drop_embed(gather_rows(self.E, inputs))
         offset = len(new_hidden)
         for i, cell in enumerate(self.cells):
             x = self.drop_hidden(cell(x, hidden[i + offset]))
             new_hidden.append(x)
-        return self.score(x, targets), new_hidden
+        return self.score(x, targets, out_vectors), new_hidden
 
-    def score(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        out_vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """h: (B, layers[-1]) -> scores (B, M) for `targets`, or (B, n_items)."""
         if targets is None:
             return torch.addmm(self.By.weight.T, h, self.Wy.weight.T)
-        return torch.addmm(self.By(targets).T, h, self.Wy(targets).T)
+        if out_vectors is None:
+            out_vectors = gather_rows(self.Wy, targets)
+        return torch.addmm(gather_rows(self.By, targets).T, h, out_vectors.T)
 
 
 def build_model(n_items: int, cfg: Config) -> nn.Module:

@@ -87,9 +87,7 @@ class SparseDenseAdam:
 
 
 def sparse_parameter_ids(model: nn.Module) -> set[int]:
-    return {
-        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse
-    }
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
 
 
 def make_optimizer(

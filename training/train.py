@@ -107,8 +107,16 @@ def fit(
     model.train()
     for epoch in range(n_epochs):
         stats = _run_epoch(
-            model, optimizer, items, train.offsets, cfg, store, log_pop if use_logq else None,
-            epoch, progress, device,
+            model,
+            optimizer,
+            items,
+            train.offsets,
+            cfg,
+            store,
+            log_pop if use_logq else None,
+            epoch,
+            progress,
+            device,
         )
         history.epochs.append(stats)
         if not np.isfinite(stats.loss):
@@ -127,8 +135,12 @@ def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, pro
     started = time.perf_counter()
     n_events = int(np.sum(np.maximum(np.diff(offsets) - 1, 0)))
     bar = tqdm(
-        total=n_events, desc=f"epoch {epoch + 1}", unit="ev", disable=not progress,
-        mininterval=1.0, leave=True,
+        total=n_events,
+        desc=f"epoch {epoch + 1}",
+        unit="ev",
+        disable=not progress,
+        mininterval=1.0,
+        leave=True,
     )
     for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
         hidden = apply_step_to_hidden(step, hidden)
@@ -142,9 +154,10 @@ def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, pro
             log_q = log_pop[targets] * cfg.logq
             if store is not None:  # sampled negatives were drawn with popularity**alpha
                 log_q[batch:] *= cfg.sample_alpha
-        loss = compute_loss(
-            cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q
-        ) / cfg.batch_size
+        loss = (
+            compute_loss(cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q)
+            / cfg.batch_size
+        )
         model.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step(epoch, i)

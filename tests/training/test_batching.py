@@ -65,7 +65,8 @@ def test_apply_step_keeps_then_zeroes_rows():
     hidden = [torch.arange(8.0).view(4, 2)]
     from training.batching import Step
 
-    step = Step(torch.zeros(2), torch.zeros(2), keep=torch.tensor([1, 3]),
-                reset=torch.tensor([True, False]))
+    step = Step(
+        torch.zeros(2), torch.zeros(2), keep=torch.tensor([1, 3]), reset=torch.tensor([True, False])
+    )
     (h,) = apply_step_to_hidden(step, hidden)
     assert h.tolist() == [[0.0, 0.0], [6.0, 7.0]]

@@ -9,7 +9,12 @@ from training.config import Config
 
 def test_defaults_are_the_reference_implementations():
     cfg = Config()
-    assert (cfg.loss, cfg.layers, cfg.batch_size, cfg.learning_rate) == ("cross-entropy", (100,), 64, 0.05)
+    assert (cfg.loss, cfg.layers, cfg.batch_size, cfg.learning_rate) == (
+        "cross-entropy",
+        (100,),
+        64,
+        0.05,
+    )
     assert (cfg.n_sample, cfg.sample_alpha, cfg.bpreg, cfg.elu_param) == (2048, 0.5, 1.0, 0.5)
     assert cfg.constrained_embedding and cfg.embedding == 0 and cfg.n_epochs == 10
 
@@ -24,8 +29,10 @@ def test_params_override_the_file_and_are_typed(tmp_path):
 
 def test_reference_paramfiles_are_read_without_executing_them(tmp_path):
     path = tmp_path / "rsc15.py"
-    path.write_text("from collections import OrderedDict\ngru4rec_params = OrderedDict(["
-                    "('loss', 'cross-entropy'), ('layers', [100]), ('logq', 1.0)])\n")
+    path.write_text(
+        "from collections import OrderedDict\ngru4rec_params = OrderedDict(["
+        "('loss', 'cross-entropy'), ('layers', [100]), ('logq', 1.0)])\n"
+    )
     assert Config.from_sources(path).logq == 1.0
 
 
@@ -36,9 +43,14 @@ def test_presets_are_found_by_name():
 
 @pytest.mark.parametrize(
     "param, message",
-    [("loss=hinge", "loss='hinge' is not one of"), ("n_epochs=two", "not a valid int"),
-     ("layers=0", "must be positive"), ("colour=red", "unknown parameter"),
-     ("dropout_p_hidden=1.5", "must be in"), ("lossbpr", "must look like name=value")],
+    [
+        ("loss=hinge", "loss='hinge' is not one of"),
+        ("n_epochs=two", "not a valid int"),
+        ("layers=0", "must be positive"),
+        ("colour=red", "unknown parameter"),
+        ("dropout_p_hidden=1.5", "must be in"),
+        ("lossbpr", "must look like name=value"),
+    ],
 )
 def test_bad_values_get_errors_that_say_what_to_fix(param, message):
     with pytest.raises(ValueError, match=message):

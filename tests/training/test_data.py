@@ -5,8 +5,15 @@ import pandas as pd
 import pytest
 
 from training.data import (
-    DAY, DataError, ItemVocab, Sessions, item_popularity, preprocess, read_events,
-    split_by_time, write_events,
+    DAY,
+    DataError,
+    ItemVocab,
+    Sessions,
+    item_popularity,
+    preprocess,
+    read_events,
+    split_by_time,
+    write_events,
 )
 
 
@@ -57,8 +64,15 @@ def test_preprocess_drops_rare_items_then_short_sessions():
 
 
 def test_split_puts_sessions_ending_in_the_last_day_in_test_and_filters_its_items():
-    rows = [("old", "a", 0), ("old", "b", 60), ("new", "a", 3 * DAY), ("new", "zz", 3 * DAY + 1),
-            ("new", "b", 3 * DAY + 2), ("mid", "a", DAY), ("mid", "b", DAY + 5)]
+    rows = [
+        ("old", "a", 0),
+        ("old", "b", 60),
+        ("new", "a", 3 * DAY),
+        ("new", "zz", 3 * DAY + 1),
+        ("new", "b", 3 * DAY + 2),
+        ("mid", "a", DAY),
+        ("mid", "b", DAY + 5),
+    ]
     train, test = split_by_time(events(rows), test_days=1)
     assert set(train.SessionId) == {"old", "mid"}
     assert test.ItemId.tolist() == ["a", "b"]  # zz was never seen in training
@@ -81,7 +95,9 @@ def test_unknown_items_raise_or_are_dropped():
 
 
 def test_one_click_sessions_are_reported():
-    s = Sessions.from_events(events([("s", "a", 1), ("t", "a", 2), ("t", "a", 3)]), ItemVocab(["a"]))
+    s = Sessions.from_events(
+        events([("s", "a", 1), ("t", "a", 2), ("t", "a", 3)]), ItemVocab(["a"])
+    )
     with pytest.raises(DataError, match="1 session\\(s\\) have fewer than 2 clicks"):
         s.check_min_length("train.tsv")
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import GRUScorer, collect_ranks, metrics_from_ranks, rank_of_target
-from training.model import GRU4Rec
 from training.config import Config
 from training.data import Sessions
+from training.evaluate import GRUScorer, collect_ranks, metrics_from_ranks, rank_of_target
+from training.model import GRU4Rec
 
 
 def test_rank_counts_ties_against_the_model_by_default():
@@ -48,8 +48,11 @@ def test_batched_evaluation_equals_one_session_at_a_time():
     model = GRU4Rec(30, Config(layers=(8, 8), constrained_embedding=False, embedding=4)).eval()
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 7, size=9)
-    test = Sessions(rng.integers(0, 30, size=lengths.sum()),
-                    np.concatenate([[0], np.cumsum(lengths)]), np.arange(9).astype(str))
+    test = Sessions(
+        rng.integers(0, 30, size=lengths.sum()),
+        np.concatenate([[0], np.cumsum(lengths)]),
+        np.arange(9).astype(str),
+    )
     batched = collect_ranks(GRUScorer(model), test, batch_size=4)
     single = []
     for s in range(9):

@@ -10,8 +10,13 @@ from training.sampling import SampleStore, sampling_distribution
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_samples_follow_popularity_to_the_power_alpha(alpha):
     popularity = np.array([1, 10, 100, 0, 1000])
-    store = SampleStore(popularity, n_sample=500, alpha=alpha, store_size=200_000,
-                        generator=torch.Generator().manual_seed(0))
+    store = SampleStore(
+        popularity,
+        n_sample=500,
+        alpha=alpha,
+        store_size=200_000,
+        generator=torch.Generator().manual_seed(0),
+    )
     draws = torch.cat([store.get() for _ in range(400)]).numpy()
     freq = np.bincount(draws, minlength=5) / len(draws)
     expected = popularity**alpha * (popularity > 0)

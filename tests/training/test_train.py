@@ -26,8 +26,16 @@ def synthetic():
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
 def test_gru4rec_clearly_beats_most_popular_on_synthetic_sessions(synthetic, loss):
     train, test, vocab = synthetic
-    cfg = Config(loss=loss, layers=(64,), batch_size=32, n_sample=256, n_epochs=3,
-                 learning_rate=0.1, momentum=0.2, logq=1.0 if loss == "cross-entropy" else 0.0)
+    cfg = Config(
+        loss=loss,
+        layers=(64,),
+        batch_size=32,
+        n_sample=256,
+        n_epochs=3,
+        learning_rate=0.1,
+        momentum=0.2,
+        logq=1.0 if loss == "cross-entropy" else 0.0,
+    )
     model, history = fit(train, len(vocab), cfg, progress=False)
     gru = evaluate(GRUScorer(model), test, cutoffs=(20,))
     pop = evaluate(MostPopular.fit(train, len(vocab)), test, cutoffs=(20,))

@@ -1,0 +1,83 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOURCE_UNSPECIFIED: _ClassVar[Source]
+    SOURCE_MODEL: _ClassVar[Source]
+    SOURCE_POPULARITY: _ClassVar[Source]
+SOURCE_UNSPECIFIED: Source
+SOURCE_MODEL: Source
+SOURCE_POPULARITY: Source
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "include_clicked", "strict")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CLICKED_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    clicks: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    exclude_items: _containers.RepeatedScalarFieldContainer[str]
+    include_clicked: bool
+    strict: bool
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., include_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class ScoredItem(_message.Message):
+    __slots__ = ("item_id", "score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "source")
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    recommendation_id: str
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    unknown_clicks: _containers.RepeatedScalarFieldContainer[str]
+    source: Source
+    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
+
+class ScoreItemsRequest(_message.Message):
+    __slots__ = ("session_id", "clicks", "candidates", "strict")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    clicks: _containers.RepeatedScalarFieldContainer[str]
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    strict: bool
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class ScoreItemsResponse(_message.Message):
+    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "unknown_candidates", "source")
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    recommendation_id: str
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    unknown_clicks: _containers.RepeatedScalarFieldContainer[str]
+    unknown_candidates: _containers.RepeatedScalarFieldContainer[str]
+    source: Source
+    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., unknown_candidates: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
