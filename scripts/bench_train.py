@@ -1,6 +1,6 @@
 """Training and evaluation speed in events/s, at the reference's RSC15 settings by default.
 
-    python scripts/bench_train.py [--items 37483] [--events 200000] [--param k=v ...]
+    python scripts/bench_train.py [--items 37483] [--events 200000] [--param threads=2 ...]
 
 Data are random sessions (speed does not depend on what is learnt). Prints one markdown row.
 """
@@ -51,10 +51,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=37_483)  # RSC15's catalogue
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--param", action="append", default=[])
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = Config.from_sources(None, RSC15 + args.param)
     data = random_sessions(args.items, args.events)
     model, history = fit(data, args.items, cfg, progress=False)

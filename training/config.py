@@ -42,6 +42,9 @@ class Config:
     sample_store_size: int = 10_000_000  # negatives drawn in one go, as the reference's cache
     seed: int = 42
     device: str = "auto"  # "auto" = cuda when available, else cpu
+    # CPU intra-op threads; 0 = torch's default (one per core). A step's matrices are small,
+    # so extra threads mostly add synchronisation, which costs most on a busy machine.
+    threads: int = 1
     # --- Bloom-filter compression (Serra & Karatzoglou 2017); 0 bits = off ---
     bloom_bits: float = 0.0  # m; a value below 1 is a ratio of the item count
     bloom_hashes: int = 3  # k

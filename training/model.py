@@ -56,10 +56,15 @@ class _GatherRows(torch.autograd.Function):
 
 
 def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
-    """table.weight[index] (len(index), dim); a row-sparse, pre-merged gradient in training."""
+    """table.weight[index] (len(index), dim); a row-sparse, pre-merged gradient in training.
+
+    Gather each table at most once per training step: the optimiser trusts its rows unique."""
     if not torch.is_grad_enabled() or not table.weight.requires_grad:
         return table.weight.index_select(0, index)
     unique, inverse = torch.unique(index, return_inverse=True)
+    # autograd drops the "coalesced" flag on the way to .grad; this tells the optimiser
+    # the rows are unique (each table is gathered once per step)
+    table.weight.unique_grad_rows = True
     return _GatherRows.apply(table.weight, unique, inverse)
 
 

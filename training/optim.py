@@ -47,13 +47,17 @@ class IndexedAdagrad(Optimizer):
 
     @staticmethod
     def _sparse_update(p, state, grad, lr, momentum, eps) -> None:
-        grad = grad.coalesce()  # the update is non-linear in g: rows must be unique
-        rows, values = grad.indices()[0], grad.values()
-        acc = state["acc"][rows] + values.pow(2)
+        if getattr(p, "unique_grad_rows", False):  # model.gather_rows merged them already
+            rows, values = grad._indices()[0], grad._values()
+        else:
+            grad = grad.coalesce()  # the update is non-linear in g: rows must be unique
+            rows, values = grad.indices()[0], grad.values()
+        # index_select is much faster than advanced indexing (acc[rows]) on CPU
+        acc = state["acc"].index_select(0, rows).add_(values.pow(2))
         state["acc"].index_copy_(0, rows, acc)
         step = values / acc.add_(eps).sqrt_().mul_(-1.0 / lr)  # -lr * g / sqrt(acc + eps)
         if momentum > 0:
-            step = state["mom"][rows].mul_(momentum).add_(step)
+            step = state["mom"].index_select(0, rows).mul_(momentum).add_(step)
             state["mom"].index_copy_(0, rows, step)
         p.index_add_(0, rows, step)
 

@@ -90,6 +90,8 @@ def fit(
     eval mode and per-epoch statistics."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     model = (model or build_model(n_items, cfg)).to(device)
     popularity = item_popularity(train, n_items)
     store = None
