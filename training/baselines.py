@@ -103,7 +103,8 @@ class ItemKNN:
     def advance(self, step: Any) -> torch.Tensor:
         last = step.inputs.long().cpu()
         scores = torch.zeros(len(last), self.n_items)
-        return scores.scatter_(1, self.neighbours[last], self.similarity[last])
+        # add, not assign: padding entries (column 0, value 0) must not overwrite column 0
+        return scores.scatter_add_(1, self.neighbours[last], self.similarity[last])
 
 
 def _top_n_per_row(
@@ -222,26 +223,24 @@ def fit_and_evaluate(
     return results
 
 
-def results_table(results: dict[str, dict[str, float]], k: int = 20) -> str:
-    """Markdown: one row per model, Recall/MRR/NDCG@k and training seconds."""
+def results_table(results: dict[str, dict[str, float]], cutoffs=(20,)) -> str:
+    """Markdown: one row per model, Recall/MRR/NDCG at each cutoff and training seconds."""
+    names = (("recall", "Recall"), ("mrr", "MRR"), ("ndcg", "NDCG"))
+    columns = [(f"{m}@{k}", f"{label}@{k}") for k in cutoffs for m, label in names]
     lines = [
-        f"| model | Recall@{k} | MRR@{k} | NDCG@{k} | train s |",
-        "|---|---:|---:|---:|---:|",
+        "| model | " + " | ".join(label for _, label in columns) + " | train s |",
+        "|---|" + "---:|" * (len(columns) + 1),
     ]
     for name, r in results.items():
-        lines.append(
-            f"| {name} | {r[f'recall@{k}']:.4f} | {r[f'mrr@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} "
-            f"| {r['train_seconds']:.1f} |"
-        )
+        values = " | ".join(f"{r[key]:.4f}" for key, _ in columns)
+        lines.append(f"| {name} | {values} | {r['train_seconds']:.1f} |")
     return "\n".join(lines)
 
 
-def compare(
-    train_path: str, test_path: str, cutoffs=(1, 5, 10, 20), gru_config: Any = None
-) -> str:
+def compare(train_path: str, test_path: str, cutoffs=(1, 5, 10, 20), gru_config: Any = None) -> str:
     """`python -m training baselines`: read train/test click logs (as written by
     `python -m training split`), fit the baselines on train, and return a markdown table of
-    their metrics at the largest cutoff on test (test clicks on unknown items dropped)."""
+    their metrics on test (test clicks on unknown items dropped)."""
     from .data import ItemVocab, Sessions, read_events
 
     train_events = read_events(train_path)
@@ -249,4 +248,4 @@ def compare(
     train = Sessions.from_events(train_events, vocab, source=str(train_path))
     test = Sessions.from_events(read_events(test_path), vocab, "drop", str(test_path))
     results = fit_and_evaluate(train, test, len(vocab), tuple(cutoffs), gru_config)
-    return results_table(results, k=max(cutoffs))
+    return results_table(results, tuple(cutoffs))

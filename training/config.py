@@ -42,11 +42,11 @@ class Config:
     sample_store_size: int = 10_000_000  # negatives drawn in one go, as the reference's cache
     seed: int = 42
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    # CPU intra-op threads; 0 = torch's default (one per core). A step's matrices are small,
-    # so extra threads mostly add synchronisation, which costs most on a busy machine.
-    threads: int = 1
+    # CPU intra-op threads; 0 = torch's default (one per core). On a busy machine use 1:
+    # a step's matrices are small and waiting for a descheduled thread costs more than it adds.
+    threads: int = 0
     # --- Bloom-filter compression (Serra & Karatzoglou 2017); 0 bits = off ---
-    bloom_bits: float = 0.0  # m; a value below 1 is a ratio of the item count
+    bloom_bits: float = 0.0  # m; a value up to 1 is a ratio of the item count
     bloom_hashes: int = 3  # k
     bloom_on: str = "both"  # "input", "output" or "both"
     # --- p-RNN image features (Hidasi et al. 2016); "" = ID-only ---

@@ -174,8 +174,18 @@ class GRU4Rec(nn.Module):
         return torch.addmm(gather_rows(self.By, targets).T, h, out_vectors.T)
 
 
-def build_model(n_items: int, cfg: Config) -> nn.Module:
-    """GRU4Rec, or its Bloom-compressed or image-feature (p-RNN) variants as `cfg` asks."""
+def build_model(
+    n_items: int, cfg: Config, state_dict: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """GRU4Rec, or its Bloom-compressed or image-feature (p-RNN) variants as `cfg` asks.
+
+    `state_dict`, when rebuilding a saved model, supplies the item features, so the p-RNN
+    does not need the features file it was trained from."""
+    if cfg.bloom_bits > 0 and cfg.architecture != "id":
+        raise ValueError(
+            "bloom_bits and architecture are not supported together; "
+            "use Bloom compression with architecture=id"
+        )
     if cfg.bloom_bits > 0:
         from .bloom import BloomGRU4Rec
 
@@ -183,5 +193,6 @@ def build_model(n_items: int, cfg: Config) -> nn.Module:
     if cfg.architecture != "id":
         from .prnn import PRNN
 
-        return PRNN(n_items, cfg)
+        features = state_dict.get("item_features") if state_dict is not None else None
+        return PRNN(n_items, cfg, features=features)
     return GRU4Rec(n_items, cfg)

@@ -12,10 +12,11 @@ that popularity and first-order co-occurrence miss):
     nearby style, picked by popularity; a few anywhere in the catalogue;
   * a session has a latent intent (a category) that switches with probability `p_switch`
     per click; the first click is a popular item of the intent;
-  * each later click is, with probability `p_follow`, a successor of the previous item; which
-    one depends on the item *before* it: with probability `p_variant` the successor in slot
-    `variant[item before previous]`, else a slot drawn with decreasing weights. Otherwise it is
-    a popular item of the intent category (`p_intent`) or of the whole catalogue (noise);
+  * each later click is, with probability `p_follow`, a successor of the previous meant click;
+    which one depends on the meant click *before* that: with probability `p_variant` the
+    successor in its slot `variant[before]`, else a slot drawn with decreasing weights.
+    Otherwise it is a popular item of the intent category (`p_intent`) or of the whole
+    catalogue (noise). Noise clicks are detours: the chain resumes from the click before;
   * lengths are 1 + geometric (min 2, mean `mean_length`); sessions start uniformly over
     `days` days; clicks inside a session are 5 s + exponential(55 s) apart.
 Generation is vectorised over sessions (one numpy step per click position), so 100,000 items
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -295,7 +297,7 @@ def generate_to_dir(
     n_sessions: int | None = None,
     seed: int = 0,
     test_days: float = 1.0,
-    **kwargs: float,
+    **kwargs: Any,
 ) -> dict[str, Path]:
     """Generate (None = the default size), then write events.tsv (every click), items.tsv
     (ItemId, category, popularity, style, variant) and, after the GRU4Rec preprocessing and a

@@ -222,7 +222,7 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> Trained:
             f"{path}: model format {payload.get('format_version')} is not {FORMAT_VERSION}"
         )
     cfg = Config.from_dict(payload["config"])
-    model = build_model(payload["n_items"], cfg)
+    model = build_model(payload["n_items"], cfg, payload["state_dict"])
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return Trained(
