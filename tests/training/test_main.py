@@ -54,7 +54,7 @@ def test_bad_parameter_is_reported_by_name(demo_dir, tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_the_gpu_matches_the_cpu_evaluation_pipeline(demo_dir, tmp_path):
     model = tmp_path / "gpu-model"
-    main(["train", "--train", str(demo_dir / "train.tsv"), "--test", str(demo_dir / "test.tsv"),
-          "--out", str(model), "--param", "device=cuda", "--param", "n_epochs=1", "--quiet"])  # fmt: skip
+    data = ["--train", str(demo_dir / "train.tsv"), "--test", str(demo_dir / "test.tsv")]
+    main(["train", *data, "--out", str(model), "--param", "device=cuda", "--quiet"])
     saved = json.loads((model / "config.json").read_text())
     assert saved["meta"]["evaluation"]["recall@20"] > 0
