@@ -27,7 +27,7 @@ from pybloom_live.pybloom import make_hashfuncs
 from torch import nn
 
 from .config import Config
-from .model import _glorot_uniform_, _init_gru_weights_
+from .model import _glorot_uniform_, _init_gru_weights_, gru_update
 
 BLOOM_ON = ("input", "output", "both")
 
@@ -99,13 +99,7 @@ class BloomInputGRUCell(nn.Module):
     def forward(self, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """rows: int64 (B, k) active bits; h: (B, H) -> new h (B, H)."""
         gx = self.input_gates(rows).sum(dim=1) + self.bias  # (B, 3H)
-        gh = h @ self.weight_hh.T  # (B, 3H)
-        x_r, x_z, x_n = gx.chunk(3, dim=1)
-        h_r, h_z, h_n = gh.chunk(3, dim=1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        return (1.0 - z) * n + z * h
+        return gru_update(gx, h @ self.weight_hh.T, h)
 
 
 class BloomGRU4Rec(nn.Module):

@@ -85,13 +85,19 @@ class OneHotGRUCell(nn.Module):
 
     def forward(self, items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         gx = gather_rows(self.input_gates, items) + self.bias  # (B, 3H)
-        gh = h @ self.weight_hh.T  # (B, 3H)
-        x_r, x_z, x_n = gx.chunk(3, dim=1)
-        h_r, h_z, h_n = gh.chunk(3, dim=1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        return (1.0 - z) * n + z * h
+        return gru_update(gx, h @ self.weight_hh.T, h)
+
+
+def gru_update(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One GRU step from gate pre-activations, torch.nn.GRUCell's equations.
+
+    gx: input part (B, 3H) with the bias, gh: h @ W_h^T (B, 3H), in (r, z, n) order."""
+    x_r, x_z, x_n = gx.chunk(3, dim=1)
+    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1.0 - z) * n + z * h
 
 
 class GRU4Rec(nn.Module):
