@@ -22,6 +22,10 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-key", default="Time", help="time column (Unix seconds)")
 
 
+def _add_cutoffs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20], help="k of @k")
+
+
 def _read(path: str, args: argparse.Namespace):
     from .data import read_events
 
@@ -132,7 +136,6 @@ def cmd_parity(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cutoffs = dict(type=int, nargs="+", default=[1, 5, 10, 20], help="k of Recall/MRR/NDCG@k")
 
     p = sub.add_parser("generate", help="write a synthetic click log, split into train/test")
     p.add_argument("--out", required=True)
@@ -157,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON/TOML file, preset name, or reference paramfile .py")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--out", required=True)
-    p.add_argument("--cutoffs", **cutoffs)
+    _add_cutoffs(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_columns(p)
     p.set_defaults(func=cmd_train)
@@ -165,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="full-ranking Recall/MRR/NDCG@k of a trained model")
     p.add_argument("--model", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--cutoffs", **cutoffs)
+    _add_cutoffs(p)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument(
         "--tie-mode", default="conservative", choices=["conservative", "standard", "median"]
@@ -179,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baselines", help="most-popular, item-KNN and V-SKNN, same evaluation")
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--cutoffs", **cutoffs)
+    _add_cutoffs(p)
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("export", help="write model.onnx and what the service needs")

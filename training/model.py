@@ -64,7 +64,7 @@ def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
     unique, inverse = torch.unique(index, return_inverse=True)
     # autograd drops the "coalesced" flag on the way to .grad; this tells the optimiser
     # the rows are unique (each table is gathered once per step)
-    table.weight.unique_grad_rows = True
+    table.weight.unique_grad_rows = True  # type: ignore[attr-defined]
     return _GatherRows.apply(table.weight, unique, inverse)
 
 
