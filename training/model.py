@@ -156,7 +156,8 @@ class GRU4Rec(nn.Module):
                 x = self.Wy.weight.index_select(0, inputs)
             else:  # one lookup for inputs and targets, so Wy gets a single merged gradient
                 rows = gather_rows(self.Wy, torch.cat([inputs, targets]))
-                x, out_vectors = rows[: len(inputs)], rows[len(inputs) :]
+                # split, not slicing: its backward is one cat, not two zero-filled copies
+                x, out_vectors = rows.split([len(inputs), len(targets)])
             x = self.drop_embed(x)
         else:
             x = self.drop_embed(gather_rows(self.E, inputs))
