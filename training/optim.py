@@ -36,14 +36,16 @@ class IndexedAdagrad(Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         for group in self.param_groups:
             lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            dense = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
                 if p.grad.is_sparse:
-                    self._sparse_update(p, state, p.grad, lr, momentum, eps)
+                    self._sparse_update(p, self.state[p], p.grad, lr, momentum, eps)
                 else:
-                    self._dense_update(p, state, p.grad, lr, momentum, eps)
+                    dense.append(p)
+            if dense:
+                self._dense_update(dense, [self.state[p] for p in dense], lr, momentum, eps)
 
     @staticmethod
     def _sparse_update(p, state, grad, lr, momentum, eps) -> None:
@@ -62,14 +64,20 @@ class IndexedAdagrad(Optimizer):
         p.index_add_(0, rows, step)
 
     @staticmethod
-    def _dense_update(p, state, grad, lr, momentum, eps) -> None:
-        state["acc"].add_(grad.pow(2))
-        denom = state["acc"].add(eps).sqrt_()
+    def _dense_update(params, states, lr, momentum, eps) -> None:
+        """All dense parameters at once: one call per operation instead of per tensor."""
+        grads = [p.grad for p in params]
+        accs = [state["acc"] for state in states]
+        torch._foreach_add_(accs, torch._foreach_pow(grads, 2))
+        denoms = torch._foreach_add(accs, eps)
+        torch._foreach_sqrt_(denoms)
         if momentum > 0:
-            state["mom"].mul_(momentum).addcdiv_(grad, denom, value=-lr)
-            p.add_(state["mom"])
+            moms = [state["mom"] for state in states]
+            torch._foreach_mul_(moms, momentum)
+            torch._foreach_addcdiv_(moms, grads, denoms, value=-lr)
+            torch._foreach_add_(params, moms)
         else:
-            p.addcdiv_(grad, denom, value=-lr)
+            torch._foreach_addcdiv_(params, grads, denoms, value=-lr)
 
 
 class SparseDenseAdam:

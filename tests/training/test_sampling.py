@@ -36,3 +36,13 @@ def test_store_refills_after_handing_out_every_batch():
 def test_distribution_rejects_all_zero_popularity():
     with pytest.raises(ValueError, match="zero popularity"):
         sampling_distribution(np.zeros(3), 0.5)
+
+
+def test_bucketed_lookup_equals_binary_search():
+    rng = np.random.default_rng(0)
+    popularity = rng.zipf(1.5, size=5_000) * (rng.random(5_000) > 0.2)  # a fifth never clicked
+    store = SampleStore(popularity, n_sample=10, alpha=0.5)
+    u = torch.rand(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    on_steps = store.cdf[rng.integers(0, len(store.cdf) - 1, size=1_000)]  # u exactly on a step
+    u = torch.cat([u, on_steps, torch.tensor([0.0, 0.5, 1 - 2**-53], dtype=torch.float64)])
+    assert torch.equal(store._inverse_cdf(u), torch.searchsorted(store.cdf, u, right=True))
