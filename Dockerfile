@@ -61,6 +61,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     RECSYS_PORT=50051 \
     RECSYS_METRICS_PORT=9090 \
     RECSYS_DEVICE=auto \
+    RECSYS_DRAIN_S=2 \
     RECSYS_GRACE_S=10
 WORKDIR /app
 EXPOSE 50051 9090
@@ -68,8 +69,9 @@ EXPOSE 50051 9090
 # that. Kubernetes ignores this and uses its own grpc probes (k8s/base/deployment.yaml).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-m", "service.healthcheck", "--timeout", "3"]
-# Exec form: python is PID 1 and receives SIGTERM itself; the server drains for at most
-# RECSYS_GRACE_S seconds and exits 0, so `docker stop` returns well before its SIGKILL.
+# Exec form: python is PID 1 and receives SIGTERM itself; the server drains for
+# RECSYS_DRAIN_S, lets calls in flight finish for at most RECSYS_GRACE_S seconds and exits
+# 0, so `docker stop` (10 s) returns before its SIGKILL when calls finish promptly.
 ENTRYPOINT ["python", "-m", "service"]
 
 # ---- GPU: docker run --gpus all (NVIDIA Container Toolkit) -------------------------------

@@ -1,16 +1,19 @@
-"""Latency and throughput of the service for a 40,000-item model on this machine.
+"""Throughput and latency of the service against its ceiling and a plain baseline, one run.
 
-    .venv/bin/python scripts/bench_service.py [--items 40000] [--layers 100] [--calls 3000]
+    .venv/bin/python scripts/bench_service.py [--items 40000] [--layers 100] [--duration-s 10]
 
 1. builds a GRU4Rec with random weights (speed does not depend on what the weights learnt)
    and exports it with `training.export`;
-2. times one Recommend step with ranking in the graph (ONNX TopK) against the step plus
-   numpy argpartition over the full score row, the measurement behind export.py's choice;
-3. starts `python -m service` on 127.0.0.1 and drives it with `python -m service.loadgen`
-   (sessions replayed click by click, closed loop) at each --concurrency;
-4. prints markdown table rows for the README.
-Client, server and load generator share the machine's cores, so the figures are what one
-small box does end to end, not the server alone.
+2. times the model alone: one batched step against its matrix product alone (numpy, one
+   thread), and a cold session's prefix in one run against click by click;
+3. drives, one after the other and with the same load generator (`python -m service.loadgen`,
+   sessions replayed click by click, closed loop): the gRPC echo ceiling and the plain
+   per-request PyTorch server (scripts/baseline_servers.py), and `python -m service` with its
+   defaults, without batching (--max-batch 1), with a 1 ms batching wait, and cold sessions;
+4. prints where the service's time goes (its per-stage metrics and its process CPU per call)
+   and markdown rows for the README.
+Server and load generator share the machine's cores: every figure is what one small box does
+end to end, and the rows are comparable because they ran back to back.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,9 @@ from training.export import export_model  # noqa: E402
 from training.model import build_model  # noqa: E402
 from training.train import save_model  # noqa: E402
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+TICKS = os.sysconf("SC_CLK_TCK")
+
 
 def build_export(root: Path, n_items: int, layers: tuple[int, ...]) -> Path:
     torch.manual_seed(0)
@@ -49,106 +57,215 @@ def build_export(root: Path, n_items: int, layers: tuple[int, ...]) -> Path:
     return export_model(root / "model", root / "export")
 
 
-def time_ranking(export_dir: Path, k: int = 20, n_excluded: int = 10, reps: int = 2000) -> dict:
-    """Microseconds per call: one GRU step + ranking, in the graph vs in numpy."""
-    model = ExportedModel.load(export_dir, "cpu")
-    rng = np.random.default_rng(0)
-    excluded = rng.integers(0, model.n_items, n_excluded)
-    state, item = model.zero_state(1), np.array([5], dtype=np.int64)
-
-    def in_graph() -> None:
-        scores, items, _ = model.top_k(item, state, k + n_excluded)
-        items[0][~np.isin(items[0], excluded)][:k]
-
-    def in_numpy() -> None:
-        scores, _ = model.scores(item, state)
-        row = scores[0].copy()
-        row[excluded] = -np.inf
-        top = np.argpartition(row, -k)[-k:]
-        top[np.argsort(-row[top], kind="stable")]
-
-    def state_only() -> None:
-        model.advance(item, state)
-
-    out = {}
-    for name, fn in (
-        ("graph_topk", in_graph),
-        ("numpy_topk", in_numpy),
-        ("state_only", state_only),
-    ):
-        for _ in range(100):
-            fn()
+def _median_us(fn, reps: int) -> float:
+    for _ in range(max(10, reps // 10)):
+        fn()
+    times = []
+    for _ in range(reps):
         started = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        out[name] = (time.perf_counter() - started) / reps * 1e6
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1e6
+
+
+def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> None:
+    """The batched step (GRU, scores over all items, TopK) against its (B, H) x (H, N)
+    product alone (torch, one thread, like onnxruntime here), and a cold 29-click prefix in
+    one run against click by click."""
+    model = ExportedModel.load(export_dir, "cpu", threads=1)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    state_size = model.state_size
+    weights = torch.randn(state_size, model.n_items)
+    print(f"model alone, {model.n_items:,} items, state {state_size}, 1 thread (median us):")
+    for b in batches:
+        items = rng.integers(0, model.n_items, b)
+        state = rng.standard_normal((b, state_size)).astype(np.float32)
+        hidden = torch.from_numpy(state)
+        step = _median_us(lambda i=items, s=state: model.step(i, s, 20), 200)
+        product = _median_us(lambda h=hidden: h @ weights, 200)
+        print(
+            f"  batch {b:>3}: step {step:7.0f} us ({step / b:6.1f} per call); matrix product "
+            f"alone {product:7.0f} us: the step takes {step / product:.2f}x as long"
+        )
+    clicks = rng.integers(0, model.n_items, 29)
+    zero = model.zero_state(1)
+
+    def each() -> None:
+        row = zero
+        for item in clicks:
+            row = model.advance(item[None], row)
+
+    many = _median_us(lambda: model.advance_many([clicks], zero), 100)
+    one_by_one = _median_us(each, 50)
+    print(f"  cold session, 29 earlier clicks: one prefix run {many:.0f} us, "
+          f"click by click {one_by_one:.0f} us")  # fmt: skip
+
+
+def time_prefix(export_dir: Path, clicks: int = 29, k: int = 20, reps: int = 300) -> dict:
+    """Median us at batch 1, 1 thread: a cold session's clicks in one advance_many run
+    (prefix.onnx) against one advance call per click, and one top_k step for scale.
+    Prints one line; returns the figures."""
+    model = ExportedModel.load(export_dir, "cpu", threads=1)
+    sequence = np.random.default_rng(0).integers(0, model.n_items, clicks)
+    zero = model.zero_state(1)
+
+    def each() -> None:
+        row = zero
+        for item in sequence:
+            row = model.advance(item[None], row)
+
+    out = {
+        "advance_many": _median_us(lambda: model.advance_many([sequence], zero), reps),
+        "advance_each": _median_us(each, reps),
+        "top_k": _median_us(lambda: model.top_k(sequence[:1], zero, k), reps),
+    }
+    how = "prefix graph" if model.has_prefix_graph else "no prefix graph: step by step"
+    print(f"cold session, {clicks} clicks ({how}): advance_many {out['advance_many']:.0f} us, "
+          f"{clicks} advance calls {out['advance_each']:.0f} us; one top_k(k={k}) step "
+          f"{out['top_k']:.0f} us (medians of {reps}, batch 1, 1 thread)")  # fmt: skip
     return out
 
 
-def start_service(export_dir: Path, workers: int, ort_threads: int) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model", str(export_dir), "--host", "127.0.0.1",
-         "--port", "0", "--metrics-port", "0", "--workers", str(workers),
-         "--ort-threads", str(ort_threads)],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    port = 0
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if found := re.search(r"gRPC on 127\.0\.0\.1:(\d+)", line):
-            port = int(found[1])
-        if "serving model" in line:
-            return proc, port
-    raise RuntimeError("the service did not start; run it by hand to see why")
+class Server:
+    """A server process; its port from its log line, its CPU time from /proc."""
+
+    def __init__(self, name: str, argv: list[str], ready: str):
+        self.name = name
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
+        self.port = 0
+        self.metrics_port = 0
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if found := re.search(r"gRPC on 127\.0\.0\.1:(\d+)(?:, metrics on port (\d+))?", line):
+                self.port = int(found[1])
+                self.metrics_port = int(found[2] or 0)
+            if re.search(ready, line):
+                break
+        else:
+            raise RuntimeError(f"{name} did not start; run it by hand to see why")
+        # keep reading, so a chatty server never blocks on a full pipe
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+    def metrics(self) -> dict[str, float]:
+        if not self.metrics_port:
+            return {}
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-def load(export_dir: Path, port: int, calls: int, concurrency: int, duration_s: float) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "service.loadgen", "--target", f"127.0.0.1:{port}",
-         "--items-file", str(export_dir / "items.txt"), "--calls", str(calls),
-         "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--json"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-    )  # fmt: skip
+def load(port: int, items_file: Path, concurrency: int, duration_s: float, cold: bool) -> dict:
+    argv = [sys.executable, "-m", "service.loadgen", "--target", f"127.0.0.1:{port}",
+            "--items-file", str(items_file), "--calls", "1000000", "--concurrency",
+            str(concurrency), "--duration-s", str(duration_s), "--deadline-ms", "5000",
+            "--json"]  # fmt: skip
+    if cold:
+        argv += ["--cold", "--cold-clicks", "30"]
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
     return json.loads(out.stdout)
+
+
+def measure(server: Server, items_file: Path, concurrency: int, args, cold=False) -> dict:
+    before_cpu, before = server.cpu_s(), server.metrics()
+    result = load(server.port, items_file, concurrency, args.duration_s, cold)
+    result["cpu_us_per_call"] = (server.cpu_s() - before_cpu) / max(result["calls"], 1) * 1e6
+    after = server.metrics()
+    result["metrics"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    label = f"{server.name}{', cold 30 clicks' if cold else ''}"
+    print(f"  {label:<34} conc {concurrency:>3}: {result['calls_per_s']:7.0f} calls/s, "
+          f"p50 {result['p50_ms']:6.2f} ms, p99 {result['p99_ms']:6.2f} ms, "
+          f"errors {result['error_codes'] or 0}, server CPU {result['cpu_us_per_call']:.0f} "
+          "us/call", flush=True)  # fmt: skip
+    return {"server": label, "concurrency": concurrency, **result}
+
+
+def profile(row: dict) -> None:
+    """Where a call's time goes in the service, from its own metrics for one load row."""
+    m, calls = row["metrics"], max(row["calls"], 1)
+    stages = {k.split('"')[1]: v for k, v in m.items() if k.startswith("recsys_stage_seconds")}
+    batches = m.get("recsys_batches_total", 0)
+    run_s = m.get("recsys_batch_run_seconds_total", 0)
+    queue_s = m.get("recsys_batch_queue_seconds_total", 0)
+    print(f"where the time goes ({row['server']}, concurrency {row['concurrency']}):")
+    handler = sum(stages.values()) - stages.get("model", 0.0)
+    for stage, seconds in stages.items():
+        print(f"  {stage:<8} {seconds / calls * 1e6:7.1f} us per call (wall, from the handler)")
+    if batches:
+        size = m.get("recsys_batched_calls_total", 0) / batches
+        print(f"  batches: {batches:.0f}, mean size {size:.1f}, "
+              f"model run {run_s / batches * 1e6:.0f} us per batch, "
+              f"{run_s / calls * 1e6:.1f} us per call; queue wait {queue_s / calls * 1e6:.0f} us "
+              "per call")  # fmt: skip
+    print(f"  server process CPU {row['cpu_us_per_call']:.0f} us per call: handler code "
+          f"{handler / calls * 1e6:.0f} us, model {run_s / calls * 1e6:.0f} us, the rest is "
+          "gRPC and the event loop")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=40_000)
     parser.add_argument("--layers", type=int, nargs="+", default=[100])
-    parser.add_argument("--calls", type=int, default=3000, help="per concurrency level")
-    parser.add_argument("--duration-s", type=float, default=60.0, help="per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--ort-threads", type=int, default=1, help="0 = one per core")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="per row")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
-        ranking = time_ranking(export_dir)
-        print(
-            f"one step at {args.items:,} items, layers {args.layers}: ranking in the graph "
-            f"{ranking['graph_topk']:.0f} us, step + numpy argpartition "
-            f"{ranking['numpy_topk']:.0f} us, state-only step {ranking['state_only']:.0f} us"
-        )
-        proc, port = start_service(export_dir, args.workers, args.ort_threads)
-        try:
-            rows = [
-                (c, load(export_dir, port, args.calls, c, args.duration_s))
-                for c in args.concurrency
-            ]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    cpus = os.cpu_count()
-    print("\n| items | layers | cores | concurrency | calls | p50 ms | p99 ms | calls/s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for concurrency, s in rows:
-        print(
-            f"| {args.items:,} | {'/'.join(map(str, args.layers))} | {cpus} | {concurrency} | "
-            f"{s['calls']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['calls_per_s']:.0f} | "
-            f"{s['errors']} |"
-        )
+        items_file = export_dir / "items.txt"
+        time_model(export_dir)
+        time_prefix(export_dir)
+        py, base = sys.executable, str(ROOT / "scripts" / "baseline_servers.py")
+        service = [py, "-m", "service", "--model", str(export_dir), "--host", "127.0.0.1",
+                   "--port", "0", "--metrics-port", "0", "--drain-s", "0"]  # fmt: skip
+        plans = [
+            ("gRPC echo (ceiling)", [py, base, "echo"], "gRPC on", [32]),
+            ("PyTorch per request", [py, base, "torch", "--model", f"{tmp}/model"], "gRPC on",
+             [1, 32]),
+            ("service", service, "serving model", args.concurrency),
+            ("service, no batching", [*service, "--max-batch", "1"], "serving model", [32]),
+            ("service, 1 ms batching wait", [*service, "--max-wait-ms", "1"], "serving model",
+             [32]),
+            ("service, online layer off", [*service, "--online", "0"], "serving model", [32]),
+        ]  # fmt: skip
+        print("load (closed loop, sessions replayed click by click):")
+        for name, argv, ready, levels in plans:
+            server = Server(name, argv, ready)
+            try:
+                for concurrency in levels:
+                    rows.append(measure(server, items_file, concurrency, args))
+                if name == "service":
+                    for concurrency in (1, 32):
+                        rows.append(measure(server, items_file, concurrency, args, cold=True))
+            finally:
+                server.stop()
+    main_row = next(r for r in rows if r["server"] == "service" and r["concurrency"] == 32)
+    profile(main_row)
+    print("\n| server | concurrency | calls/s | p50 ms | p99 ms | errors | server CPU us/call |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['server']} | {r['concurrency']} | {r['calls_per_s']:.0f} | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+              f"{r['cpu_us_per_call']:.0f} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

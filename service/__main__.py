@@ -1,8 +1,10 @@
 """python -m service --model DIR [--port 50051] [--metrics-port 9090] ...
 
 Starts listening at once (health NOT_SERVING), loads the model (SERVING), and on SIGTERM or
-SIGINT drains: NOT_SERVING, no new calls, running calls get --grace-s seconds. Exit status
-0 after a clean stop, 2 for a bad configuration, 1 when the model cannot be loaded.
+SIGINT drains: NOT_SERVING, calls still taken for --drain-s seconds, then no new calls and
+running calls get --grace-s seconds. SIGHUP reloads the model path now (it is also polled
+every --reload-poll-s). Exit status 0 after a clean stop, 2 for a bad configuration or a
+port in use, 1 when the model cannot be loaded.
 """
 
 from __future__ import annotations
@@ -36,23 +38,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("received %s", signal.Signals(signum).name)
         stopping.set()
 
+    server = RecommendationServer(config)
+
+    def on_hangup(signum: int, _frame: object) -> None:
+        log.info("received SIGHUP: reloading the model")
+        server.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = RecommendationServer(config)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         server.start()
     except OSError as err:
         log.error("%s", err)
+        server.stop(0, 0)
         return 2
     try:
         server.load_model()
     except ModelLoadError as err:
         log.error("cannot serve: %s", err)
-        server.stop(0)
+        server.stop(0, 0)
         return 1
     while not stopping.wait(0.5):  # a timed wait keeps the main thread responsive to signals
         pass
-    server.stop(config.grace_s)
+    server.stop()
     return 0
 
 

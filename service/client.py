@@ -46,7 +46,7 @@ class RecommenderClient:
         clicks: Sequence[str],
         top_k: int = 0,
         exclude_items: Sequence[str] = (),
-        include_clicked: bool = False,
+        exclude_clicked: bool = False,
         strict: bool = False,
     ) -> pb.RecommendResponse:
         request = pb.RecommendRequest(
@@ -54,10 +54,13 @@ class RecommenderClient:
             clicks=list(clicks),
             top_k=top_k,
             exclude_items=list(exclude_items),
-            include_clicked=include_clicked,
+            exclude_clicked=exclude_clicked,
             strict=strict,
         )
         return self.stub.Recommend(request, timeout=self.timeout_s)
+
+    def status(self) -> pb.StatusResponse:
+        return self.stub.Status(pb.StatusRequest(), timeout=self.timeout_s)
 
     def score_items(
         self,
@@ -99,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", nargs="+", required=True, help="clicked item ids, oldest first")
     parser.add_argument("--top-k", type=int, default=0, help="items to return (0: server default)")
     parser.add_argument("--exclude", nargs="*", default=[], help="item ids never to recommend")
-    parser.add_argument("--include-clicked", action="store_true", help="allow clicked items")
+    parser.add_argument(
+        "--exclude-clicked", action="store_true", help="leave the session's clicked items out"
+    )
     parser.add_argument(
         "--strict", action="store_true", help="error instead of popularity fallback"
     )
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.clicks,
                     args.top_k,
                     args.exclude,
-                    args.include_clicked,
+                    args.exclude_clicked,
                     args.strict,
                 )
         except grpc.RpcError as err:

@@ -24,20 +24,47 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    model_dir: Path
+    model_dir: Path  # an export directory, or a symlink to one (swapped for a new model)
     host: str = "0.0.0.0"  # all interfaces: in a container the probes come from outside
     port: int = 50051  # gRPC; 0 = any free port (tests)
     metrics_port: int = 9090  # Prometheus /metrics over HTTP; 0 = any free port
     device: str = "auto"  # cuda when usable, else cpu
-    cache_size: int = 100_000  # sessions; at 100 hidden units about 1 KB each
+    # session state cache: at 100 hidden units an entry takes about 1.3 KB (measured in
+    # tests/service/test_sessions.py), so 100,000 sessions are about 130 MB; the byte bound
+    # wins when it is the smaller one
+    cache_size: int = 100_000  # sessions; 0 turns the cache off
+    cache_mb: float = 256.0
     cache_ttl_s: float = 1800.0  # a session idle for 30 minutes is forgotten
-    grace_s: float = 10.0  # on SIGTERM, how long in-flight calls may take to finish
+    # on SIGTERM: health turns NOT_SERVING at once, new calls are still taken for drain_s
+    # (load balancers need a moment to stop sending), then calls in flight get grace_s
+    drain_s: float = 2.0
+    grace_s: float = 10.0
     max_clicks: int = 200  # longest click history a request may carry
-    workers: int = 8  # threads serving calls; more calls than 4x this wait or are refused
-    # onnxruntime intra-op threads per call (0 = one per core). Calls already run side by
-    # side in the workers: on 2 cores, 1 gave 1,058 calls/s at concurrency 4 against 729
-    # for 0 (scripts/bench_service.py)
+    max_item_id_bytes: int = 128  # longest item id a request may carry
+    max_exclude: int = 1000  # exclude_items per request
+    max_candidates: int = 1000  # ScoreItems candidates per request
+    # dynamic batching: calls that arrive while a batch runs form the next one (no added
+    # wait by default); see docs/service.md for the measured trade-off
+    max_batch: int = 64
+    max_wait_ms: float = 0.0
+    max_queue: int = 512  # calls waiting for the model; beyond, RESOURCE_EXHAUSTED at once
+    # onnxruntime intra-op threads per batch run (0 = one per core). The event loop needs
+    # a core of its own on a 2-core machine
     ort_threads: int = 1
+    # online layer (blend.py, online.py): statistics learnt from the requests' clicks,
+    # blended with the model; the defaults come from `python -m service.replay` runs
+    online: bool = True
+    blend_model_weight: float = 0.5
+    online_half_life_s: float = 3600.0
+    online_max_items: int = 100_000
+    # replicas share the clicks they learn through this Redis (clickbus.py); None: each
+    # replica learns from its own calls only
+    redis_url: str | None = None
+    reload_poll_s: float = 5.0  # how often the model path is checked for a new export; 0: off
+    reuse_port: bool = False  # SO_REUSEPORT: off, so a second server on the port fails
+    tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key turns on TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # CA of client certificates: mutual TLS when given
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -49,11 +76,22 @@ class ServiceConfig:
             problems.append(f"device={self.device!r} must be one of {', '.join(DEVICES)}")
         if self.cache_size < 0:
             problems.append(f"cache_size={self.cache_size} must be >= 0 (0 turns it off)")
-        for name in ("cache_ttl_s", "max_clicks", "workers"):
+        positive = ("cache_mb", "cache_ttl_s", "max_clicks", "max_item_id_bytes", "max_batch")
+        positive += ("max_queue", "max_exclude", "max_candidates")
+        for name in positive:
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
-        if self.grace_s < 0 or self.ort_threads < 0:
-            problems.append("grace_s and ort_threads must not be negative")
+        if not 0.0 <= self.blend_model_weight <= 1.0:
+            problems.append(f"blend_model_weight={self.blend_model_weight} must be in [0, 1]")
+        if self.online_half_life_s <= 0 or self.online_max_items <= 0:
+            problems.append("online_half_life_s and online_max_items must be positive")
+        for name in ("drain_s", "grace_s", "ort_threads", "max_wait_ms", "reload_poll_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            problems.append("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log_level={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if problems:
@@ -63,29 +101,103 @@ class ServiceConfig:
     def log_level_number(self) -> int:
         return int(getattr(logging, self.log_level.upper()))
 
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest valid request on the wire, with room to spare: the receive limit.
+
+        Every id costs its bytes plus at most 3 of framing (tag and length)."""
+        ids = self.max_clicks + self.max_exclude + self.max_candidates
+        return 4096 + ids * (self.max_item_id_bytes + 3)
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
 
 # field -> (flag, environment variable, parser, help)
 _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
-    "model_dir": (
-        "--model",
-        "RECSYS_MODEL_DIR",
-        Path,
-        "export directory (python -m training export)",
-    ),
+    "model_dir": ("--model", "RECSYS_MODEL_DIR", Path, "export directory or a symlink to one"),
     "host": ("--host", "RECSYS_HOST", str, "address to listen on"),
     "port": ("--port", "RECSYS_PORT", int, "gRPC port"),
     "metrics_port": ("--metrics-port", "RECSYS_METRICS_PORT", int, "Prometheus HTTP port"),
     "device": ("--device", "RECSYS_DEVICE", str, "auto, cpu or cuda"),
     "cache_size": ("--cache-size", "RECSYS_CACHE_SIZE", int, "sessions kept; 0 = no cache"),
+    "cache_mb": ("--cache-mb", "RECSYS_CACHE_MB", float, "memory the session cache may use"),
     "cache_ttl_s": ("--cache-ttl-s", "RECSYS_CACHE_TTL_S", float, "idle seconds a session is kept"),
+    "drain_s": ("--drain-s", "RECSYS_DRAIN_S", float, "seconds calls are still taken on SIGTERM"),
     "grace_s": ("--grace-s", "RECSYS_GRACE_S", float, "seconds in-flight calls get on SIGTERM"),
     "max_clicks": ("--max-clicks", "RECSYS_MAX_CLICKS", int, "most clicks a request may carry"),
-    "workers": ("--workers", "RECSYS_WORKERS", int, "threads serving calls"),
+    "max_item_id_bytes": (
+        "--max-item-id-bytes",
+        "RECSYS_MAX_ITEM_ID_BYTES",
+        int,
+        "longest item id a request may carry",
+    ),
+    "max_exclude": ("--max-exclude", "RECSYS_MAX_EXCLUDE", int, "most exclude_items per call"),
+    "max_candidates": (
+        "--max-candidates",
+        "RECSYS_MAX_CANDIDATES",
+        int,
+        "most ScoreItems candidates per call",
+    ),
+    "max_batch": ("--max-batch", "RECSYS_MAX_BATCH", int, "most calls in one model run"),
+    "max_wait_ms": (
+        "--max-wait-ms",
+        "RECSYS_MAX_WAIT_MS",
+        float,
+        "how long a batch may wait to fill; 0 = run as soon as the model is free",
+    ),
+    "max_queue": ("--max-queue", "RECSYS_MAX_QUEUE", int, "calls waiting before refusing more"),
     "ort_threads": (
         "--ort-threads",
         "RECSYS_ORT_THREADS",
         int,
-        "onnxruntime threads per call; 0 = one per core",
+        "onnxruntime threads per model run; 0 = one per core",
+    ),
+    "online": ("--online", "RECSYS_ONLINE", _flag, "learn from requests' clicks (1 or 0)"),
+    "blend_model_weight": (
+        "--blend-model-weight",
+        "RECSYS_BLEND_MODEL_WEIGHT",
+        float,
+        "the model's share in the blend with the online statistics, 0 to 1",
+    ),
+    "online_half_life_s": (
+        "--online-half-life-s",
+        "RECSYS_ONLINE_HALF_LIFE_S",
+        float,
+        "seconds after which a click counts half in the online popularity",
+    ),
+    "online_max_items": (
+        "--online-max-items",
+        "RECSYS_ONLINE_MAX_ITEMS",
+        int,
+        "items the online statistics track",
+    ),
+    "redis_url": (
+        "--redis-url",
+        "RECSYS_REDIS_URL",
+        str,
+        "share learnt clicks with the other replicas through this Redis, redis://HOST:6379/0",
+    ),
+    "reload_poll_s": (
+        "--reload-poll-s",
+        "RECSYS_RELOAD_POLL_S",
+        float,
+        "seconds between checks of --model for a new export; 0 = only on SIGHUP",
+    ),
+    "reuse_port": ("--reuse-port", "RECSYS_REUSE_PORT", _flag, "share the port (SO_REUSEPORT)"),
+    "tls_cert": ("--tls-cert", "RECSYS_TLS_CERT", Path, "server certificate chain, PEM"),
+    "tls_key": ("--tls-key", "RECSYS_TLS_KEY", Path, "server private key, PEM"),
+    "tls_client_ca": (
+        "--tls-client-ca",
+        "RECSYS_TLS_CLIENT_CA",
+        Path,
+        "CA bundle for client certificates (mutual TLS)",
     ),
     "log_level": ("--log-level", "RECSYS_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
 }
@@ -119,6 +231,11 @@ def _parser(defaults: Mapping[str, Any]) -> argparse.ArgumentParser:
     for name, (flag, var, parse, text) in _OPTIONS.items():
         default = defaults[name]
         shown = "" if not isinstance(default, (int, float, str)) else f", default {default}"
+        if parse is _flag and default is False:  # a switch: present means on
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, help=f"{text} [{var}]"
+            )
+            continue
         parser.add_argument(
             flag, dest=name, type=parse, default=None, help=f"{text} [{var}{shown}]"
         )

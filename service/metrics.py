@@ -2,102 +2,255 @@
 
 recsys_requests_total{method, code}          calls by gRPC method and status code
 recsys_request_duration_seconds{method}      latency histogram, server side
-recsys_requests_in_progress{method}          calls being answered now
-recsys_session_cache_hits_total / _misses_total / recsys_session_cache_entries
+recsys_stage_seconds_total{stage}            time spent per pipeline stage (where time goes)
+recsys_batches_total, recsys_batch_size{size} model runs and their batch sizes
+recsys_batch_queue_seconds_total / recsys_batch_run_seconds_total
+recsys_batch_expired_total / recsys_overload_refusals_total
+recsys_undecodable_requests_total{method}    requests that were not valid protobuf/UTF-8
+recsys_session_cache_hits_total / _misses_total / _entries / _bytes
+recsys_prefix_clicks_skipped_total           cold-session clicks cut to meet a deadline
 recsys_unknown_clicks_total                  request clicks the model does not know
 recsys_popularity_fallbacks_total            answers from the popularity ranking
 recsys_model_info{model_version, provider, n_items, ...}   the model being served
-recsys_model_loaded                          1 once the model serves, 0 before and after
+recsys_model_loaded                          1 while a model serves
+recsys_model_reloads_total{result}           reload attempts: ok / failed
+recsys_model_last_reload_ok / _timestamp_seconds
+recsys_clickbus_connected / _published_total / _applied_total / _dropped_total /
+  _duplicates_total / _lag_seconds           the click bus (clickbus.py); with --redis-url only
+
+The hot path only adds to plain Python numbers (ServerStats); a collector turns them into
+metric families when Prometheus scrapes, so a call pays no metric-library locks. The HTTP
+endpoint answers /metrics and nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    start_http_server,
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
 )
+from prometheus_client.registry import Collector
 
-# one GRU step at 40,000 items takes about half a millisecond on a CPU core; a long
-# uncached session or a queue takes tens of milliseconds
+from .batching import BatchStats
+
+if TYPE_CHECKING:
+    from .clickbus import BusStats  # clickbus imports Histogram from here
+
+# a batched call takes about a millisecond; a queue or a long cold session tens
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+# decode: request to Query; learn: the online layer takes the new clicks; session: cache
+# look-up; model: waiting for and running the batch (batch_queue/batch_run split it);
+# finish: online scores, blend, filters, cache update; respond: the message
+STAGES = ("decode", "learn", "session", "model", "finish", "respond")
 
 
-class Metrics:
+class Histogram:
+    """Cumulative-bucket latency histogram as plain numbers."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+class ServerStats:
+    """Everything the server counts; updated from the event loop only."""
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
+        self.requests: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self.undecodable: dict[str, int] = {}
+        self.cache_hits = self.cache_misses = 0
+        self.unknown_clicks = self.fallbacks = self.skipped_clicks = 0
+        self.batch = BatchStats()
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload_ok = 0.0
+        self.last_reload_at = 0.0
+        self.model_loaded = 0.0
+        self.model_info: dict[str, str] = {}
+        self.cache_entries: Callable[[], int] = lambda: 0
+        self.cache_bytes: Callable[[], int] = lambda: 0
+        self.clickbus: BusStats | None = None  # the server sets it when the bus is on
+
+    def record_call(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.get(method)
+        if hist is None:
+            hist = self.latency[method] = Histogram()
+        hist.observe(seconds)
+
+    def record_outcome(self, cache: str, n_unknown: int, fallback: bool, skipped: int) -> None:
+        if cache == "hit":
+            self.cache_hits += 1
+        elif cache == "miss":
+            self.cache_misses += 1
+        self.unknown_clicks += n_unknown
+        self.fallbacks += fallback
+        self.skipped_clicks += skipped
+
+
+# plain counters: (metric name, help, how to read it from the stats)
+_COUNTERS: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
+    ("recsys_batches", "Model runs", lambda s: s.batch.batches),
+    ("recsys_batched_calls", "Calls answered by model runs", lambda s: s.batch.calls),
+    ("recsys_batch_queue_seconds", "Seconds calls waited for their model run",
+     lambda s: s.batch.queue_seconds),
+    ("recsys_batch_run_seconds", "Seconds of model runs", lambda s: s.batch.run_seconds),
+    ("recsys_batch_expired", "Queued calls not run: deadline passed or caller gone",
+     lambda s: s.batch.expired),
+    ("recsys_overload_refusals", "Calls refused: the model queue was full",
+     lambda s: s.batch.refused),
+    ("recsys_session_cache_hits", "Calls that resumed a cached session state",
+     lambda s: s.cache_hits),
+    ("recsys_session_cache_misses",
+     "Calls with a session id whose state had to be computed from all clicks",
+     lambda s: s.cache_misses),
+    ("recsys_prefix_clicks_skipped",
+     "Older clicks of cold sessions left out to meet the call's deadline",
+     lambda s: s.skipped_clicks),
+    ("recsys_unknown_clicks", "Request clicks on items the model does not know",
+     lambda s: s.unknown_clicks),
+    ("recsys_popularity_fallbacks", "Answers from the popularity ranking (no known click)",
+     lambda s: s.fallbacks),
+)  # fmt: skip
+_GAUGES: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
+    ("recsys_session_cache_entries", "Sessions in the state cache",
+     lambda s: s.cache_entries()),
+    ("recsys_session_cache_bytes", "Bytes the state cache holds (estimate)",
+     lambda s: s.cache_bytes()),
+    ("recsys_model_loaded", "1 while a model is loaded and serving", lambda s: s.model_loaded),
+    ("recsys_model_last_reload_ok", "1 if the last load attempt succeeded",
+     lambda s: s.last_reload_ok),
+    ("recsys_model_last_reload_timestamp_seconds", "Unix time of the last load attempt",
+     lambda s: s.last_reload_at),
+)  # fmt: skip
+
+
+class _Collector(Collector):
+    def __init__(self, stats: ServerStats):
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield _counter(
             "recsys_requests",
             "gRPC calls by method and status code",
             ["method", "code"],
-            registry=r,
+            s.requests.items(),
         )
-        self.latency = Histogram(
-            "recsys_request_duration_seconds",
-            "Time to answer a call, in seconds",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        latency = HistogramMetricFamily(
+            "recsys_request_duration_seconds", "Seconds to answer a call", labels=["method"]
         )
-        self.in_progress = Gauge(
-            "recsys_requests_in_progress", "Calls being answered now", ["method"], registry=r
-        )
-        self.cache_hits = Counter(
-            "recsys_session_cache_hits", "Calls that resumed a cached session state", registry=r
-        )
-        self.cache_misses = Counter(
-            "recsys_session_cache_misses",
-            "Calls with a session id whose state had to be computed from all clicks",
-            registry=r,
-        )
-        self.cache_entries = Gauge(
-            "recsys_session_cache_entries", "Sessions in the state cache", registry=r
-        )
-        self.unknown_clicks = Counter(
-            "recsys_unknown_clicks", "Request clicks on items the model does not know", registry=r
-        )
-        self.fallbacks = Counter(
-            "recsys_popularity_fallbacks",
-            "Answers from the popularity ranking (no known click)",
-            registry=r,
-        )
-        self.model_info = Info("recsys_model", "The model being served", registry=r)
-        self.model_loaded = Gauge(
-            "recsys_model_loaded", "1 while a model is loaded and serving", registry=r
-        )
-        self._http: tuple[WSGIServer, Thread] | None = None
+        for method, hist in sorted(s.latency.items()):
+            latency.add_metric([method], hist.cumulative(), hist.sum)
+        yield latency
+        stages = [((k,), v) for k, v in s.stage_seconds.items()]
+        yield _counter("recsys_stage_seconds", "Seconds spent in each pipeline stage", ["stage"],
+                       stages)  # fmt: skip
+        sizes = [((str(k),), v) for k, v in sorted(s.batch.batch_sizes.items())]
+        yield _counter("recsys_batch_size", "Model runs by batch size", ["size"], sizes)
+        undecodable = [((m,), n) for m, n in s.undecodable.items()]
+        yield _counter("recsys_undecodable_requests", "Requests that could not be decoded",
+                       ["method"], undecodable)  # fmt: skip
+        for name, text, read in _COUNTERS:
+            yield _counter(name, text, [], [((), read(s))])
+        for name, text, read in _GAUGES:
+            yield GaugeMetricFamily(name, text, value=float(read(s)))
+        info = InfoMetricFamily("recsys_model", "The model being served")
+        if s.model_info:
+            info.add_metric([], s.model_info)
+        yield info
+        reloads = [((k,), v) for k, v in s.reloads.items()]
+        yield _counter("recsys_model_reloads", "Model load attempts by result", ["result"],
+                       reloads)  # fmt: skip
+        if s.clickbus is not None:
+            yield from _clickbus(s.clickbus)
 
-    def track_cache_size(self, size: Callable[[], int]) -> None:
-        self.cache_entries.set_function(lambda: float(size()))
 
-    def record_outcome(self, cache: str, n_unknown: int, fallback: bool) -> None:
-        if cache == "hit":
-            self.cache_hits.inc()
-        elif cache == "miss":
-            self.cache_misses.inc()
-        if n_unknown:
-            self.unknown_clicks.inc(n_unknown)
-        if fallback:
-            self.fallbacks.inc()
+def _clickbus(bus: BusStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily("recsys_clickbus_connected", "1 while the click bus reaches Redis",
+                            value=bus.connected)  # fmt: skip
+    for name, text, value in (
+        ("published", "Learnt clicks written to the stream", bus.published),
+        ("applied", "Other replicas' clicks learnt here", bus.applied),
+        ("dropped", "Learnt clicks never published: the queue for Redis was full", bus.dropped),
+        ("duplicates", "Other replicas' clicks skipped: learnt here already", bus.duplicates),
+    ):
+        yield _counter(f"recsys_clickbus_{name}", text, [], [((), value)])
+    lag = HistogramMetricFamily(
+        "recsys_clickbus_lag_seconds", "Seconds from a click to its learning on another replica"
+    )
+    lag.add_metric([], bus.lag.cumulative(), bus.lag.sum)
+    yield lag
+
+
+def _counter(
+    name: str, text: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], float]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for label_values, value in values:
+        family.add_metric(list(label_values), float(value))
+    return family
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
+        pass
+
+
+class MetricsEndpoint:
+    """GET /metrics over HTTP in a daemon thread; every other path is 404."""
+
+    def __init__(self, stats: ServerStats):
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(stats))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = (server, thread)
-        return int(server.server_address[1])
+        """Start listening; returns the bound port."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"only /metrics is served here\n"]
+            return metrics_app(environ, start_response)
+
+        self._server = make_server(host, port, app, handler_class=_QuietHandler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+        return int(self._server.server_address[1])
 
     def close(self) -> None:
-        if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-            self._http = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._server = None

@@ -1,206 +1,264 @@
-"""What a Recommend or ScoreItems call computes, independent of gRPC.
+"""What a Recommend or ScoreItems call computes, independent of gRPC: the pipeline.
 
     engine = Recommender(ExportedModel.load(dir), SessionCache(100_000, 1800), Limits())
-    result = engine.recommend("s1", ["a", "b"], top_k=10)
-    result.item_ids, result.scores, result.source          # best first
+    result = engine.recommend_now(engine.decode(request))          # one call, no batching
+    result = await engine.recommend(engine.decode(request), deadline)   # batched (server)
 
-Errors are RequestError subclasses whose message tells the caller what to change; the
-server maps them to gRPC status codes.
+A call goes through the stages in one direction:
+    decode.py     decode and validate            -> Query
+    blend.py      the online layer learns the request's new clicks
+    sessions.py   session state (cache resume)   -> Job
+    inference.py  batched model run (batching.py gathers the jobs)
+    blend.py      online scores and the blend with the model
+    filters.py    exclusions and the cut to k    -> Result
+The server only translates messages around this; the replay evaluator calls it directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .batching import Batcher, BatchStats
+from .blend import SOURCE_ONLINE, OnlineLayer, Ranked, blend
+from .decode import (
+    InvalidRequest,
+    Limits,
+    NoKnownClicks,
+    Query,
+    decode_recommend,
+    decode_score_items,
+    quote,
+)
+from .filters import order_candidates, top_k_excluding
+from .inference import Job, run_jobs
+from .proto import recommender_pb2 as pb
 from .runtime import ExportedModel
-from .sessions import SessionCache, SessionState, clicks_digest
+from .sessions import SessionCache, make_entry
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+SOURCE_BLEND = "blend"
+DEADLINE_MARGIN_S = 0.002  # what answering takes after the model ran
+
+__all__ = ["InvalidRequest", "Limits", "NoKnownClicks", "Recommender", "Result"]
 
 
-class RequestError(Exception):
-    """A request the service will not answer; the message says what to fix."""
-
-
-class InvalidRequest(RequestError):
-    """Malformed request: gRPC INVALID_ARGUMENT."""
-
-
-class NoKnownClicks(RequestError):
-    """strict request whose clicks are all unknown to the model: gRPC NOT_FOUND."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_clicks: int = 200
-    max_top_k: int = 1000
-    default_top_k: int = 20  # what top_k=0 (unset) means
-    max_candidates: int = 10_000
-    max_exclude: int = 10_000
-    max_session_id_bytes: int = 256
-
-
-@dataclass
+@dataclass(slots=True)
 class Result:
     """item_ids/scores best first; unknown_* in request order; cache: "hit", "miss" or ""
     (no session id, or popularity fallback)."""
 
     item_ids: list[str]
     scores: list[float]
-    source: str
+    source: str  # model, popularity, online or blend
+    item_sources: list[str] | None = None  # per item when parts were blended; else `source`
     unknown_clicks: list[str] = field(default_factory=list)
     unknown_candidates: list[str] = field(default_factory=list)
     cache: str = ""
+    skipped_clicks: int = 0
 
 
 class Recommender:
-    def __init__(self, model: ExportedModel, cache: SessionCache, limits: Limits):
+    """One model with its session cache, and the server's online layer if it has one;
+    thread-unsafe by design (one event loop). use_model=False answers from the online layer
+    alone (for comparisons)."""
+
+    def __init__(
+        self,
+        model: ExportedModel,
+        cache: SessionCache,
+        limits: Limits,
+        prefix_s_per_click: float = 20e-6,
+        online: OnlineLayer | None = None,
+        use_model: bool = True,
+    ):
         self.model = model
         self.cache = cache
         self.limits = limits
+        self.online = online
+        self.use_model = use_model
+        # cost of one prefix click, to cut a cold prefix that would miss its deadline;
+        # measured by warm_up()
+        self.prefix_s_per_click = prefix_s_per_click
+        self.batcher: Batcher[Job] | None = None
 
-    def recommend(
-        self,
-        session_id: str,
-        clicks: Sequence[str],
-        top_k: int = 0,
-        exclude_items: Sequence[str] = (),
-        include_clicked: bool = False,
-        strict: bool = False,
-    ) -> Result:
-        """The top_k next items, excluding exclude_items and (unless include_clicked) the
-        session's clicks. top_k=0 means Limits.default_top_k."""
-        self._check_session(session_id, clicks)
-        k = top_k or self.limits.default_top_k
-        if not 1 <= k <= self.limits.max_top_k:
-            raise InvalidRequest(
-                f"top_k={top_k} is out of range; ask for 1 to {self.limits.max_top_k} items "
-                f"(0 means {self.limits.default_top_k})"
-            )
-        if len(exclude_items) > self.limits.max_exclude:
-            raise InvalidRequest(
-                f"exclude_items has {len(exclude_items)} ids; send at most "
-                f"{self.limits.max_exclude}"
-            )
-        known, unknown = self._encode(clicks)
-        excluded = self._encode(exclude_items)[0]
-        if not include_clicked:
-            excluded = np.concatenate([excluded, known])
-        excluded = np.unique(excluded)
-        if len(known) == 0:
-            self._check_fallback_allowed(strict, clicks)
-            head = self.model.popularity_order[: k + len(excluded)]
-            top = head[~np.isin(head, excluded)][:k]
-            scores = self.model.popularity[top].astype(np.float32)
-            return self._result(top, scores, SOURCE_POPULARITY, unknown)
-        state, cache = self._state_before_last(session_id, known)
-        # ask the graph's TopK for enough items that k survive the exclusions
-        want = min(k + len(excluded), self.model.n_items)
-        top_scores, top_items, new_state = self.model.top_k(known[-1:], state, want)
-        self._remember(session_id, known, state, new_state)
-        keep = ~np.isin(top_items[0], excluded)
-        top, scores = top_items[0][keep][:k], top_scores[0][keep][:k]
-        return self._result(top, scores, SOURCE_MODEL, unknown, cache=cache)
+    # --- stage 1: decode ---
 
-    def score_items(
-        self,
-        session_id: str,
-        clicks: Sequence[str],
-        candidates: Sequence[str],
-        strict: bool = False,
-    ) -> Result:
-        """Scores of the known candidates, best first (equal scores keep request order)."""
-        self._check_session(session_id, clicks)
-        if not candidates or len(candidates) > self.limits.max_candidates:
-            raise InvalidRequest(
-                f"candidates has {len(candidates)} ids; send 1 to "
-                f"{self.limits.max_candidates} item ids to score"
-            )
-        known, unknown = self._encode(clicks)
-        cand_idx, cand_known = self._lookup(candidates)
-        unknown_candidates = [c for c, ok in zip(candidates, cand_known, strict=True) if not ok]
-        cand_idx = cand_idx[cand_known]
-        cache = ""
-        if len(known) == 0:
-            self._check_fallback_allowed(strict, clicks)
-            scores = self.model.popularity[cand_idx].astype(np.float32)
-            source = SOURCE_POPULARITY
-        else:
-            state, cache = self._state_before_last(session_id, known)
-            all_scores, new_state = self.model.scores(known[-1:], state)
-            self._remember(session_id, known, state, new_state)
-            scores, source = all_scores[0][cand_idx], SOURCE_MODEL
-        order = np.argsort(-scores, kind="stable")
-        result = self._result(cand_idx[order], scores[order], source, unknown, cache=cache)
-        result.unknown_candidates = unknown_candidates
-        return result
+    def decode(self, request: pb.RecommendRequest) -> Query:
+        return decode_recommend(request, self.model.index, self.limits)
 
-    # --- helpers ---
+    def decode_score_items(self, request: pb.ScoreItemsRequest) -> Query:
+        return decode_score_items(request, self.model.index, self.limits)
 
-    def _check_session(self, session_id: str, clicks: Sequence[str]) -> None:
-        if len(session_id.encode()) > self.limits.max_session_id_bytes:
-            raise InvalidRequest(
-                f"session_id is {len(session_id.encode())} bytes long; use at most "
-                f"{self.limits.max_session_id_bytes} (e.g. a hash of a longer key)"
-            )
-        if not clicks:
-            raise InvalidRequest(
-                "clicks is empty; send the session's clicked item ids, oldest first "
-                "(for a session without clicks, show a popularity list instead)"
-            )
-        if len(clicks) > self.limits.max_clicks:
-            raise InvalidRequest(
-                f"clicks has {len(clicks)} ids; send at most the last "
-                f"{self.limits.max_clicks} clicks of the session"
-            )
+    # --- the whole call ---
 
-    def _check_fallback_allowed(self, strict: bool, clicks: Sequence[str]) -> None:
-        if strict:
-            shown = ", ".join(repr(c) for c in list(clicks)[:5])
-            more = ", ..." if len(clicks) > 5 else ""
-            raise NoKnownClicks(
-                f"none of the {len(clicks)} clicks ({shown}{more}) is an item the model "
-                "knows; send known item ids, or unset strict to get the popularity ranking"
-            )
-
-    def _lookup(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        index = self.model.index
-        idx = np.fromiter((index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
-        return idx, idx >= 0
-
-    def _encode(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """(known indices in order, unknown ids in order)."""
-        idx, known = self._lookup(ids)
-        unknown = [i for i, ok in zip(ids, known, strict=True) if not ok]
-        return idx[known], unknown
-
-    def _state_before_last(self, session_id: str, known: np.ndarray) -> tuple[np.ndarray, str]:
-        """State after all known clicks but the last, (1, S), and "hit"/"miss"/"" for the
-        cache. Clicks run one at a time, as the cached path does, so both give equal bits."""
-        resume = self.cache.resume(session_id, known)
-        state = resume.state if resume.state is not None else self.model.zero_state(1)
-        for item in known[resume.start : len(known) - 1]:
-            state = self.model.advance(np.array([item], dtype=np.int64), state)
-        return state, ("hit" if resume.hit else "miss") if session_id else ""
-
-    def _remember(
-        self, session_id: str, known: np.ndarray, before_last: np.ndarray, last: np.ndarray
+    def start_batching(
+        self, max_batch: int, max_wait_s: float, max_queue: int, stats: BatchStats
     ) -> None:
-        if session_id:
-            entry = SessionState(len(known), clicks_digest(known), before_last, last)
-            self.cache.put(session_id, entry)
+        """Create the batcher (inside the running event loop)."""
+        self.batcher = Batcher(
+            lambda jobs: run_jobs(self.model, jobs), max_batch, max_wait_s, max_queue, stats
+        )
+
+    async def recommend(self, query: Query, deadline: float = float("inf")) -> Result:
+        """The call through the batcher; raises batching.Overloaded / DeadlineExpired."""
+        job = self.prepare(query, deadline)
+        if job is None:
+            return self.popularity(query)
+        assert self.batcher is not None, "start_batching() first"
+        await self.batcher.submit(job)
+        return self.finish(query, job)
+
+    def recommend_now(self, query: Query, now: float | None = None) -> Result:
+        """The call run on its own, in this thread (replay, tools, tests). now: Unix seconds
+        of the call (default: the clock), for the online layer."""
+        now = time.time() if now is None else now
+        self.learn(query, now)
+        job = self.prepare(query)
+        if job is None:
+            return self.popularity(query, now)
+        run_jobs(self.model, [job])
+        return self.finish(query, job, now)
+
+    def learn(self, query: Query, now: float) -> None:
+        """The online layer learns the request's clicks it has not seen (Unix seconds)."""
+        if self.online is not None:
+            self.online.learn(query.session_id, query.clicks, now)
+
+    # --- stage 2: session state ---
+
+    def prepare(self, query: Query, deadline: float = float("inf")) -> Job | None:
+        """The model work of a call, or None when no click is known (popularity)."""
+        known = query.known
+        if len(known) == 0 or not self.use_model:
+            if query.strict and len(known) == 0:
+                raise NoKnownClicks(
+                    f"none of the {len(query.clicks)} clicks ({quote(query.clicks)}) is an "
+                    "item the model knows; send known item ids, or unset strict to get the "
+                    "popularity ranking"
+                )
+            return None
+        resume = self.cache.resume(query.session_id, known, self._fills_window(query))
+        start = resume.start
+        state = resume.state if resume.state is not None else self.model.zero_state(1)
+        skipped = 0
+        if resume.state is None and deadline != float("inf"):
+            budget = deadline - time.monotonic() - DEADLINE_MARGIN_S
+            fits = max(0, int(budget / self.prefix_s_per_click))
+            if len(known) - 1 > fits:  # feed only the latest clicks that fit in time
+                skipped = len(known) - 1 - fits
+                start = skipped
+        want_k = 0
+        if query.candidates is None:
+            want_k = query.top_k + len(query.excluded)
+            if self.online is not None:  # the blend wants the model's candidates
+                want_k = max(want_k, self.online.config.candidates + len(query.excluded))
+            want_k = min(want_k, self.model.n_items)
+        return Job(
+            state,
+            known[start : len(known) - 1],
+            int(known[-1]),
+            want_k,
+            want_scores=query.candidates is not None,
+            deadline=deadline,
+            cache_hit=resume.hit,
+            skipped=skipped,
+        )
+
+    # --- stages 4-5: filters, result ---
+
+    def finish(self, query: Query, job: Job, now: float | None = None) -> Result:
+        if query.session_id and not job.skipped:  # a cut-short state is not the session's
+            assert job.before_last is not None and job.after is not None
+            entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
+            self.cache.put(query.session_id, entry)
+        cache = ("hit" if job.cache_hit else "miss") if query.session_id else ""
+        if query.candidates is not None:
+            assert job.scores is not None
+            items, scores = order_candidates(query.candidates, job.scores[query.candidates])
+        elif self.online is not None:
+            assert job.top_items is not None and job.top_scores is not None
+            n = self.online.config.candidates
+            items, logits = top_k_excluding(job.top_items, job.top_scores, query.excluded, n)
+            ids = self.model.item_ids
+            model_part = Ranked([ids[i] for i in items], np.asarray(logits))
+            now = time.time() if now is None else now
+            online_part = self.online.propose(query.clicks, now, self._excluded_ids(query))
+            weight = self.online.config.model_weight
+            if query.unknown and query.clicks[-1] not in self.model.index:
+                weight *= self.online.config.stale_factor
+            top, blended, sources = blend(model_part, online_part, query.top_k, weight)
+            return Result(
+                top, blended, SOURCE_BLEND, sources, query.unknown, [], cache, job.skipped
+            )
+        else:
+            assert job.top_items is not None and job.top_scores is not None
+            items, scores = top_k_excluding(
+                job.top_items, job.top_scores, query.excluded, query.top_k
+            )
+        return self._result(query, items, scores, SOURCE_MODEL, cache, job.skipped)
+
+    def _excluded_ids(self, query: Query) -> set[str]:
+        excluded = set(query.exclude_ids)
+        if query.exclude_clicked:
+            excluded.update(query.clicks)
+        return excluded
+
+    def _fills_window(self, query: Query) -> bool:
+        return len(query.clicks) >= self.limits.max_clicks
+
+    def popularity(self, query: Query, now: float | None = None) -> Result:
+        """The answer without the model: the online layer's ranking when it has one,
+        else training-set popularity; exclusions applied."""
+        model = self.model
+        if self.online is not None and query.candidates is None:
+            now = time.time() if now is None else now
+            part = self.online.propose(query.clicks, now, self._excluded_ids(query))
+            if part.ids:
+                ids, scores = part.ids[: query.top_k], part.scores[: query.top_k].tolist()
+                return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
+        if query.candidates is not None:
+            counts = model.popularity[query.candidates].astype(np.float32)
+            items, scores = order_candidates(query.candidates, counts)
+        else:
+            head = model.popularity_order[: query.top_k + len(query.excluded)]
+            top_scores = model.popularity[head].astype(np.float32)
+            items, scores = top_k_excluding(head, top_scores, query.excluded, query.top_k)
+        return self._result(query, items, scores, SOURCE_POPULARITY, "", 0)
 
     def _result(
         self,
-        top: np.ndarray,
-        scores: np.ndarray,
+        query: Query,
+        items: list[int],
+        scores: list[float],
         source: str,
-        unknown: list[str],
-        cache: str = "",
+        cache: str,
+        skipped: int,
     ) -> Result:
-        ids = [self.model.item_ids[i] for i in top]
-        return Result(ids, [float(s) for s in scores], source, unknown, cache=cache)
+        ids = self.model.item_ids
+        return Result(
+            [ids[i] for i in items],
+            scores,
+            source,
+            None,
+            query.unknown,
+            query.unknown_candidates or [],
+            cache,
+            skipped,
+        )
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64), prefix: int = 30) -> None:
+        """Run the graphs once per batch size (first runs allocate) and time a prefix."""
+        model = self.model
+        for b in batch_sizes:
+            items = np.zeros(b, dtype=np.int64)
+            model.step(items, model.zero_state(b), 20, with_scores=False)
+        clicks = np.arange(prefix, dtype=np.int64) % model.n_items
+        model.advance_many([clicks], model.zero_state(1))
+        started = time.perf_counter()
+        for _ in range(5):
+            model.advance_many([clicks], model.zero_state(1))
+        self.prefix_s_per_click = (time.perf_counter() - started) / (5 * prefix)

@@ -10,6 +10,10 @@ The export directory (written by `python -m training export`) holds
                           top_scores (B, k) float32 and top_items (B, k) int64, best first
                           (the graph's TopK puts the lower index first among equal scores);
                   S is the sum of the GRU layer sizes, the layers' states side by side.
+  prefix.onnx     inputs  items (T, B) int64, mask (T, B) bool, state (B, S) float32;
+                  output  new_state (B, S) float32: column b's clicks at the rows where
+                          mask is true, fed in time order (false rows leave it unchanged).
+                  Optional: older exports, and models it cannot express, lack it.
   items.txt       the N item ids, one a line, in index order.
   popularity.npy  (N,) int64 training click counts, for the popularity fallback.
   metadata.json   format_version, model_version, config, training data and evaluation.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +38,13 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
+PREFIX_FILE = "prefix.onnx"
 ITEMS_FILE = "items.txt"
 POPULARITY_FILE = "popularity.npy"
 METADATA_FILE = "metadata.json"
 # graph input and output names, shared with training/export.py
 INPUT_ITEMS, INPUT_STATE, INPUT_K = "items", "state", "k"
+INPUT_MASK = "mask"  # prefix.onnx only
 OUTPUT_SCORES, OUTPUT_STATE = "scores", "new_state"
 OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS = "top_scores", "top_items"
 
@@ -104,8 +111,10 @@ class ExportedModel:
         item_ids: list[str],
         popularity: np.ndarray,
         info: ExportInfo,
+        prefix: ort.InferenceSession | None = None,
     ):
         self.session = session
+        self.prefix = prefix  # prefix.onnx, None for exports without it
         self.item_ids = item_ids
         self.index = {item: i for i, item in enumerate(item_ids)}
         self.popularity = popularity
@@ -126,6 +135,11 @@ class ExportedModel:
     def model_version(self) -> str:
         return self.info.model_version
 
+    @property
+    def has_prefix_graph(self) -> bool:
+        """Whether advance_many runs prefix.onnx (else one step graph run per click)."""
+        return self.prefix is not None
+
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "auto", threads: int = 0) -> ExportedModel:
         """Read an export directory; threads: onnxruntime intra-op threads (0 = its default).
@@ -139,13 +153,10 @@ class ExportedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # a GRU step is a chain: nothing to run side by side
-        try:
-            session = ort.InferenceSession(str(root / MODEL_FILE), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own unrelated exception types
-            raise ModelLoadError(
-                f"{root / MODEL_FILE}: onnxruntime {ort.__version__} cannot load it ({err}); "
-                "re-export it with this project's `python -m training export`"
-            ) from err
+        session = _session(root / MODEL_FILE, options, providers)
+        prefix = None
+        if (root / PREFIX_FILE).is_file():
+            prefix = _session(root / PREFIX_FILE, options, providers)
         got = session.get_providers()[0]
         if device == "cuda" and got != CUDA:
             raise ModelLoadError(
@@ -155,14 +166,15 @@ class ExportedModel:
         if providers[0] == CUDA and got != CUDA:
             log.warning("a CUDA device is present but onnxruntime could not use it; on CPU")
         log.info(
-            "model %s: %d items, state %d, onnxruntime %s on %s",
+            "model %s: %d items, state %d, onnxruntime %s on %s, %s",
             info.model_version,
             info.n_items,
             info.state_size,
             ort.__version__,
             got,
+            "prefix graph" if prefix is not None else f"no {PREFIX_FILE}: prefixes step by step",
         )
-        return cls(session, item_ids, popularity, info)
+        return cls(session, item_ids, popularity, info, prefix)
 
     def zero_state(self, batch: int = 1) -> np.ndarray:
         """The state of a session before its first click, (batch, S) float32."""
@@ -188,6 +200,48 @@ class ExportedModel:
         )
         return top_scores, top_items, new_state
 
+    def step(
+        self, items: np.ndarray, state: np.ndarray, k: int, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One click per row -> (top scores (B, k'), top items (B, k'), new state (B, S),
+        the full scores (B, N) when with_scores else None), in one graph run."""
+        k = max(1, min(k, self.n_items))
+        outputs = [OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS, OUTPUT_STATE]
+        if with_scores:
+            outputs.append(OUTPUT_SCORES)
+        got = self._run(outputs, items, state, k)
+        return got[0], got[1], got[2], (got[3] if with_scores else None)
+
+    def advance_many(self, sequences: Sequence[np.ndarray], state: np.ndarray) -> np.ndarray:
+        """Feed each row its own clicks: sequences[b] (L_b,) int64 item indices in [0, N),
+        oldest first, possibly empty; state (B, S) with B = len(sequences).
+
+        Returns the new states (B, S) float32, a new array; row b is state[b] when L_b is 0.
+        One prefix.onnx run for the whole batch, or, for exports without it, one `advance`
+        per time step. Equal to feeding the clicks through `advance` one by one within
+        float32 rounding, not bit for bit. Raises ValueError when B != len(sequences)."""
+        state = np.ascontiguousarray(state, dtype=np.float32)
+        if state.ndim != 2 or len(state) != len(sequences):
+            raise ValueError(
+                f"state {state.shape} must have one row per sequence ({len(sequences)})"
+            )
+        items, mask = _time_major(sequences)
+        if len(items) == 0:  # no clicks at all: nothing to run
+            return state.copy()
+        if self.prefix is None:
+            return self._advance_stepwise(items, mask, state)
+        feeds = {INPUT_ITEMS: items, INPUT_MASK: mask, INPUT_STATE: state}
+        return self.prefix.run([OUTPUT_STATE], feeds)[0]
+
+    def _advance_stepwise(
+        self, items: np.ndarray, mask: np.ndarray, state: np.ndarray
+    ) -> np.ndarray:
+        """advance_many without prefix.onnx: items, mask (T, B), state (B, S)."""
+        for t in range(len(items)):
+            stepped = self.advance(items[t], state)
+            state = np.where(mask[t][:, None], stepped, state)  # finished rows keep theirs
+        return state
+
     def _run(self, outputs: list[str], items: np.ndarray, state: np.ndarray, k: int) -> list:
         feeds = {
             INPUT_ITEMS: np.ascontiguousarray(items, dtype=np.int64),
@@ -195,6 +249,33 @@ class ExportedModel:
             INPUT_K: np.array([k], dtype=np.int64),
         }
         return self.session.run(outputs, feeds)
+
+
+def _time_major(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged sequences -> items (T, B) int64 and mask (T, B) bool, T = the longest length.
+
+    Padding is item 0, a valid index, so the graph's lookups stay in range; the mask drops
+    what it computes. Raises ValueError for a sequence that is not 1-D."""
+    rows = [np.asarray(s, dtype=np.int64) for s in sequences]
+    if any(r.ndim != 1 for r in rows):
+        raise ValueError("each sequence must be a 1-D array of item indices")
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    mask = np.arange(lengths.max(initial=0))[:, None] < lengths  # (T, B)
+    items = np.zeros(mask.shape, dtype=np.int64)
+    if rows:
+        # through the transposed views, boolean assignment walks row by row: b, then t
+        items.T[mask.T] = np.concatenate(rows)
+    return items, mask
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own unrelated exception types
+        raise ModelLoadError(
+            f"{path}: onnxruntime {ort.__version__} cannot load it ({err}); "
+            "re-export it with this project's `python -m training export`"
+        ) from err
 
 
 def _read_metadata(root: Path) -> ExportInfo:

@@ -3,185 +3,279 @@
     server = RecommendationServer(load_config(["--model", "runs/demo/export", "--port", "0"]))
     server.start()          # listening; health NOT_SERVING
     server.load_model()     # health SERVING
-    ...
-    server.stop(grace_s)    # NOT_SERVING, refuse new calls, let running ones finish
+    server.reload()         # a new export at the model path: load, warm, swap; or keep the old
+    server.stop()           # NOT_SERVING, drain, refuse new calls, let running ones finish
 
-The servicer only translates messages: the work is in recommender.Recommender.
+An asyncio (grpc.aio) server on an event loop of its own thread; the model runs in a worker
+thread beside it (batching.py). This module owns the lifecycle: listening, loading and
+hot-reloading the model, draining on shutdown. The methods are handlers.py; the pipeline
+itself is recommender.Recommender.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-import uuid
-from concurrent import futures
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .blend import BlendConfig, OnlineLayer
+from .clickbus import ClickBus
 from .config import ServiceConfig
-from .metrics import Metrics
+from .decode import Limits
+from .handlers import SERVICE_NAME, Handlers
+from .metrics import MetricsEndpoint, ServerStats
+from .online import OnlineConfig, OnlineModel
 from .proto import recommender_pb2 as pb
-from .proto import recommender_pb2_grpc as pb_grpc
-from .recommender import (
-    SOURCE_POPULARITY,
-    InvalidRequest,
-    Limits,
-    NoKnownClicks,
-    Recommender,
-    Result,
-)
-from .runtime import ExportedModel
+from .recommender import Recommender
+from .reload import ModelSource
+from .runtime import ExportedModel, ModelLoadError
 from .sessions import SessionCache
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "recsys.v1.Recommender"
-_SOURCES = {"model": pb.SOURCE_MODEL, SOURCE_POPULARITY: pb.SOURCE_POPULARITY}
-_STATUS_OF = {
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    NoKnownClicks: grpc.StatusCode.NOT_FOUND,
-}
-
-
-class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-        self.engine: Recommender | None = None  # set once the model is loaded
-
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext):
-        def work(engine: Recommender) -> pb.RecommendResponse:
-            result = engine.recommend(
-                request.session_id,
-                list(request.clicks),
-                request.top_k,
-                list(request.exclude_items),
-                request.include_clicked,
-                request.strict,
-            )
-            return pb.RecommendResponse(**self._common(result, engine))
-
-        return self._answer("Recommend", context, work)
-
-    def ScoreItems(self, request: pb.ScoreItemsRequest, context: grpc.ServicerContext):
-        def work(engine: Recommender) -> pb.ScoreItemsResponse:
-            result = engine.score_items(
-                request.session_id, list(request.clicks), list(request.candidates), request.strict
-            )
-            return pb.ScoreItemsResponse(
-                **self._common(result, engine), unknown_candidates=result.unknown_candidates
-            )
-
-        return self._answer("ScoreItems", context, work)
-
-    def _common(self, result: Result, engine: Recommender) -> dict:
-        self.metrics.record_outcome(
-            result.cache, len(result.unknown_clicks), result.source == SOURCE_POPULARITY
-        )
-        pairs = zip(result.item_ids, result.scores, strict=True)
-        items = [pb.ScoredItem(item_id=i, score=s) for i, s in pairs]
-        return dict(
-            recommendation_id=str(uuid.uuid4()),
-            items=items,
-            model_version=engine.model.model_version,
-            unknown_clicks=result.unknown_clicks,
-            source=_SOURCES[result.source],
-        )
-
-    def _answer(self, method: str, context: grpc.ServicerContext, work):
-        """Run `work`, turning every failure into a status code: nothing a request does may
-        take the process down."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        message = ""
-        response = None
-        with self.metrics.in_progress.labels(method).track_inprogress():
-            engine = self.engine
-            try:
-                if engine is None:
-                    code, message = grpc.StatusCode.UNAVAILABLE, "model is loading; retry shortly"
-                else:
-                    response = work(engine)
-            except (InvalidRequest, NoKnownClicks) as err:
-                code, message = _STATUS_OF[type(err)], str(err)
-            except Exception:  # a bug, not the caller's fault: log it, keep serving
-                log.exception("%s failed", method)
-                code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        self.metrics.requests.labels(method, code.name).inc()
-        self.metrics.latency.labels(method).observe(time.perf_counter() - started)
-        if code is not grpc.StatusCode.OK:
-            context.abort(code, message)
-        return response
+T = TypeVar("T")
 
 
 class RecommendationServer:
-    """One process's gRPC and metrics servers around a servicer."""
+    """One process's gRPC and metrics servers, on an event loop in a thread of their own."""
 
     def __init__(self, config: ServiceConfig):
         self.config = config
-        self.metrics = Metrics()
-        self.servicer = RecommenderServicer(self.metrics)
-        self.health = health.HealthServicer()
+        self.stats = ServerStats()
+        self.handlers = Handlers(self.stats)
+        self.metrics = MetricsEndpoint(self.stats)
+        self.source = ModelSource(config.model_dir)
+        self.online = make_online_layer(config)  # outlives model reloads
+        self.bus: ClickBus | None = None  # shares self.online's clicks (--redis-url)
         self.port = 0
         self.metrics_port = 0
-        self._server: grpc.Server | None = None
+        self._loop = _new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc", daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._watcher: asyncio.Task | None = None
+        self._reloading = asyncio.Lock()
+
+    # --- the synchronous face (tests, __main__) ---
 
     def start(self) -> None:
-        """Listen on config.host:port (health NOT_SERVING) and start the metrics endpoint."""
+        """Listen on config.host:port (health NOT_SERVING) and start the metrics endpoint.
+        Raises OSError when the port cannot be had."""
+        self._thread.start()
+        self._call(self._start())
+
+    def load_model(self) -> None:
+        """Load the model and start serving; raises runtime.ModelLoadError."""
+        self._call(self._load(initial=True))
+
+    def reload(self) -> bool:
+        """Load the export now at the model path and swap it in; False (old model kept)
+        when it cannot be loaded."""
+        return self._call(self._reload(force=True))
+
+    def request_reload(self) -> None:
+        """reload() without waiting (from a signal handler)."""
+        asyncio.run_coroutine_threadsafe(self._reload(force=True), self._loop)
+
+    def stop(self, grace_s: float | None = None, drain_s: float | None = None) -> None:
+        """NOT_SERVING; keep taking calls for drain_s; then refuse new calls and give those
+        in flight grace_s seconds (None: the config's)."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        drain = self.config.drain_s if drain_s is None else drain_s
+        if self._thread.is_alive():
+            self._call(self._stop(grace, drain))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self.metrics.close()
+        log.info("stopped")
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    # --- on the loop ---
+
+    async def _start(self) -> None:
         cfg = self.config
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-            # beyond this many queued calls, refuse (RESOURCE_EXHAUSTED) instead of piling up
-            maximum_concurrent_rpcs=4 * cfg.workers,
-        )
-        pb_grpc.add_RecommenderServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        options = [
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((self.handlers.generic_handler(),))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = _join(cfg.host, cfg.port)
-        self.port = server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert is not None:
+                self.port = server.add_secure_port(address, _tls_credentials(cfg))
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as err:  # grpc.aio raises where grpc returned 0
+            raise OSError(f"cannot listen on {address} ({err}); is the port in use?") from err
         if self.port == 0:
             raise OSError(f"cannot listen on {address}; is the port in use?")
-        server.start()
+        await server.start()
         self._server = server
         self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
-        log.info("gRPC on %s, metrics on port %d", _join(cfg.host, self.port), self.metrics_port)
+        tls = " (TLS)" if cfg.tls_cert else ""
+        log.info("gRPC on %s%s, metrics on port %d", _join(cfg.host, self.port), tls,
+                 self.metrics_port)  # fmt: skip
+        if cfg.redis_url and self.online is not None:
+            self.bus = ClickBus(self.online, cfg.redis_url)
+            self.stats.clickbus = self.bus.stats
+            await self.bus.start()  # in the background: serving never waits for Redis
+        elif cfg.redis_url:
+            log.warning("--redis-url is ignored: the online layer is off")
 
-    def load_model(self) -> None:
-        """Load the export directory and start serving; raises runtime.ModelLoadError."""
+    async def _load(self, initial: bool) -> None:
+        """Load, warm up and swap in the export at the model path. Raises ModelLoadError."""
         cfg = self.config
-        model = ExportedModel.load(cfg.model_dir, cfg.device, cfg.ort_threads)
-        cache = SessionCache(cfg.cache_size, cfg.cache_ttl_s)
-        self.metrics.track_cache_size(cache.__len__)
-        self.metrics.model_info.info(
-            {
-                "model_version": model.model_version,
-                "provider": model.provider,
-                "n_items": str(model.n_items),
-                "state_size": str(model.state_size),
-            }
+        signature = self.source.signature()
+        try:
+            engine = await asyncio.to_thread(self._build_engine)
+        except Exception as err:
+            self._record_reload(False, str(err), signature)
+            if isinstance(err, ModelLoadError):
+                raise
+            raise ModelLoadError(f"{cfg.model_dir}: the export could not be used ({err})") from err
+        engine.start_batching(cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue,
+                              self.stats.batch)  # fmt: skip
+        old, self.handlers.engine = self.handlers.engine, engine
+        self._record_reload(True, "ok", signature)
+        model = engine.model
+        self.stats.model_loaded = 1.0
+        self.stats.model_info = {
+            "model_version": model.model_version,
+            "provider": model.provider,
+            "n_items": str(model.n_items),
+            "state_size": str(model.state_size),
+        }
+        self.stats.cache_entries = engine.cache.__len__
+        self.stats.cache_bytes = lambda: engine.cache.nbytes
+        self.handlers.status = pb.StatusResponse(
+            model_version=model.model_version,
+            model_dir=str(self.source.resolved()),
+            n_items=model.n_items,
+            provider=model.provider,
+            loaded_at=time.time(),
+            last_reload_result="ok",
+            last_reload_at=time.time(),
         )
-        self.servicer.engine = Recommender(model, cache, Limits(max_clicks=cfg.max_clicks))
-        self.metrics.model_loaded.set(1)
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving model %s", model.model_version)
+        if initial:
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if cfg.reload_poll_s > 0:
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if old is not None and old.batcher is not None:
+            await old.batcher.close()  # calls already queued on the old model finish there
+        log.info("serving model %s from %s", model.model_version, self.source.resolved())
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, give running ones grace_s seconds (None: config's)."""
-        grace = self.config.grace_s if grace_s is None else grace_s
-        self.metrics.model_loaded.set(0)
-        self.health.enter_graceful_shutdown()  # NOT_SERVING for every service, and it sticks
+    def _build_engine(self) -> Recommender:
+        cfg = self.config
+        model = ExportedModel.load(self.source.resolved(), cfg.device, cfg.ort_threads)
+        cache = SessionCache(cfg.cache_size, cfg.cache_ttl_s, int(cfg.cache_mb * 2**20))
+        limits = Limits(
+            max_clicks=cfg.max_clicks,
+            max_candidates=cfg.max_candidates,
+            max_exclude=cfg.max_exclude,
+            max_item_id_bytes=cfg.max_item_id_bytes,
+        )
+        engine = Recommender(model, cache, limits, online=self.online)
+        engine.warm_up()
+        return engine
+
+    async def _reload(self, force: bool) -> bool:
+        async with self._reloading:
+            if not force and not self.source.changed():
+                return False
+            try:
+                await self._load(initial=self.handlers.engine is None)
+            except ModelLoadError as err:
+                log.error("model reload rejected, the old model keeps serving: %s", err)
+                return False
+            return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_poll_s)
+            try:
+                await self._reload(force=False)
+            except Exception:  # the watcher must survive anything a bad export does
+                log.exception("model watcher")
+
+    def _record_reload(self, ok: bool, message: str, signature: object) -> None:
+        self.stats.reloads["ok" if ok else "failed"] += 1
+        self.stats.last_reload_ok = 1.0 if ok else 0.0
+        self.stats.last_reload_at = time.time()
+        self.source.tried(signature)
+        status = pb.StatusResponse()
+        status.CopyFrom(self.handlers.status)
+        status.last_reload_result = message
+        status.last_reload_at = self.stats.last_reload_at
+        self.handlers.status = status
+
+    async def _stop(self, grace: float, drain: float) -> None:
+        self.stats.model_loaded = 0.0
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # NOT_SERVING, and it sticks
         if self._server is not None:
+            if drain > 0:
+                log.info("shutting down: still taking calls for %.1f s", drain)
+                await asyncio.sleep(drain)
             log.info("shutting down: in-flight calls get up to %.1f s", grace)
-            self._server.stop(grace).wait()
+            await self._server.stop(grace)
             self._server = None
-        self.metrics.close()
-        log.info("stopped")
+        engine = self.handlers.engine
+        if engine is not None and engine.batcher is not None:
+            await engine.batcher.close()
+        if self.bus is not None:
+            await self.bus.stop()  # after the last calls, so their clicks go out too
+
+
+def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
+    if not cfg.online:
+        return None
+    statistics = OnlineModel(
+        OnlineConfig(half_life_s=cfg.online_half_life_s, max_items=cfg.online_max_items)
+    )
+    return OnlineLayer(statistics, BlendConfig(model_weight=cfg.blend_model_weight),
+                       max_sessions=max(cfg.cache_size, 1))  # fmt: skip
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (the serve extras install it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _tls_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials:
+    assert cfg.tls_cert is not None and cfg.tls_key is not None
+    try:
+        key, chain = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
+        client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+    except OSError as err:
+        raise OSError(f"cannot read a TLS file: {err}") from err
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _join(host: str, port: int) -> str:

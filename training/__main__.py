@@ -1,8 +1,9 @@
-"""Command line: python -m training {generate,split,train,evaluate,baselines,export,parity}.
+"""Command line: python -m training {generate,split,train,update,evaluate,baselines,export,parity}.
 
-python -m training generate --out data/demo
+python -m training generate --out data/demo [--churn --days 10 --new-items-per-day 300]
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
 python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
+python -m training update --model runs/demo --train data/day6.tsv --out runs/demo-day6
 """
 
 from __future__ import annotations
@@ -33,16 +34,34 @@ def _read(path: str, args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from .churn import Churn, new_item_share
+    from .data import read_events
     from .synthetic import generate_to_dir
 
-    generate_to_dir(
+    extra: dict = {} if args.days is None else {"days": args.days}
+    if args.churn:
+        defaults = Churn()
+        extra["churn"] = Churn(
+            new_items_per_day=_or(args.new_items_per_day, defaults.new_items_per_day),
+            stock_share=_or(args.stock_share, defaults.stock_share),
+            half_life_hours=_or(args.half_life_hours, defaults.half_life_hours),
+        )
+    paths = generate_to_dir(
         args.out,
         n_items=args.items,
         n_sessions=args.sessions,
         seed=args.seed,
         test_days=args.test_days,
+        **extra,
     )
     print(f"wrote {args.out}/events.tsv, train.tsv, test.tsv")
+    if args.churn:
+        share = new_item_share(read_events(paths["events"]))
+        print(f"last day: {share:.1%} of next clicks are on items first seen that day")
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -89,8 +108,34 @@ def cmd_train(args: argparse.Namespace) -> None:
         test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
         meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
         print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
-    save_model(args.out, model, cfg, vocab, item_popularity(train, len(vocab)), meta)
+    popularity = item_popularity(train, len(vocab))
+    save_model(args.out, model, cfg, vocab, popularity, meta, history.optimizer_state)
     print(f"saved {args.out}/model.pt")
+
+
+def cmd_update(args: argparse.Namespace) -> None:
+    from .data import Sessions
+    from .evaluate import GRUScorer, evaluate, format_table
+    from .update import UpdateOptions, save_update, update
+
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise ValueError("--out must differ from --model: the parent stays, so lineage holds")
+    options = UpdateOptions(args.min_item_support, args.min_session_length, args.new_rows)
+    events = _read(args.train, args)
+    quiet = args.quiet
+    updated = update(args.model, events, args.param, options, args.features, args.train, not quiet)
+    done = updated.meta["update"]
+    print(
+        f"{done['clicks_used']:,} of {done['clicks']:,} clicks used; {done['new_items']:,} new "
+        f"items ({done['rare_new_items_left_out']:,} with fewer than {args.min_item_support} "
+        f"clicks left out); {len(updated.vocab):,} items in all"
+    )
+    if args.test:
+        test = Sessions.from_events(_read(args.test, args), updated.vocab, "drop", args.test)
+        updated.meta["evaluation"] = evaluate(GRUScorer(updated.model), test, args.cutoffs)
+        print(format_table({"updated": updated.meta["evaluation"]}, args.cutoffs))
+    save_update(args.out, updated)
+    print(f"saved {args.out}/model.pt (parent {updated.meta['parent']['path']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -139,10 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a synthetic click log, split into train/test")
     p.add_argument("--out", required=True)
-    p.add_argument("--items", type=int, default=None, help="catalogue size")
+    p.add_argument(
+        "--items", type=int, default=None, help="catalogue size (with --churn: the stock)"
+    )
     p.add_argument("--sessions", type=int, default=None)
+    p.add_argument("--days", type=float, default=None, help="days of clicks (default 14)")
     p.add_argument("--test-days", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--churn", action="store_true", help="items appear every day and their interest decays"
+    )
+    p.add_argument("--new-items-per-day", type=float, default=None, help="with --churn")
+    p.add_argument("--stock-share", type=float, default=None, help="with --churn")
+    p.add_argument("--half-life-hours", type=float, default=None, help="with --churn: median")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("split", help="GRU4Rec preprocessing and time-based train/test split")
@@ -164,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_columns(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("update", help="continue training a saved model on new clicks")
+    p.add_argument("--model", required=True, help="the parent model directory")
+    p.add_argument("--train", required=True, help="the new clicks")
+    p.add_argument("--out", required=True, help="where the updated model goes")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--features", help="p-RNN: .npy, one row per item of the updated vocabulary")
+    p.add_argument("--test", help="evaluate on this file after the update (unknown items dropped)")
+    p.add_argument("--min-item-support", type=int, default=5, help="clicks a new item needs")
+    p.add_argument("--min-session-length", type=int, default=2)
+    p.add_argument("--new-rows", default="mean", choices=["mean", "init"])
+    _add_cutoffs(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_columns(p)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("evaluate", help="full-ranking Recall/MRR/NDCG@k of a trained model")
     p.add_argument("--model", required=True)

@@ -11,6 +11,11 @@ is dynamic. Ranking runs in the graph (ONNX TopK) rather than in numpy: at 40,00
 100 hidden units, one step with TopK took 0.33-0.37 ms on this 2-core machine against
 0.68-0.77 ms for the step plus numpy argpartition over the returned score row
 (scripts/bench_service.py reproduces the comparison).
+
+Beside it, prefix.onnx advances many sessions through whole click prefixes in one run:
+    items (T, B) int64, mask (T, B) bool, state (B, S) float32 -> new_state (B, S)
+It is the step graph pruned to the nodes new_state depends on (no scores, no TopK), made
+the body of an ONNX Scan over T; a Where keeps the state of rows whose mask is false.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from service import runtime as rt
@@ -60,7 +65,9 @@ class StepGraph(nn.Module):
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | None = None) -> Path:
-    """Write model.onnx, items.txt, popularity.npy and metadata.json to out_dir; returns it.
+    """Write model.onnx, prefix.onnx, items.txt, popularity.npy and metadata.json to
+    out_dir; returns it. prefix.onnx is left out (metadata.json says why) for a step graph
+    it cannot be built from.
 
     Raises ValueError for item ids that cannot go one a line, FileNotFoundError for a
     missing model."""
@@ -77,7 +84,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
     (out / rt.MODEL_FILE).write_bytes(data)
     (out / rt.ITEMS_FILE).write_bytes(("\n".join(ids) + "\n").encode("utf-8"))
     np.save(out / rt.POPULARITY_FILE, np.asarray(trained.popularity, dtype=np.int64))
+    prefix, skipped = _prefix_or_reason(graph)
+    if prefix is None:
+        # a prefix.onnx left from an earlier export would hold other weights
+        (out / rt.PREFIX_FILE).unlink(missing_ok=True)
+    else:
+        (out / rt.PREFIX_FILE).write_bytes(prefix.SerializeToString())
     meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest())
+    meta["prefix_graph"] = None if prefix is None else rt.PREFIX_FILE
+    if skipped:
+        meta["prefix_graph_skipped"] = f"{skipped}; the service feeds clicks one step at a time"
     (out / rt.METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -132,6 +148,115 @@ def _append_top_k(graph: onnx.ModelProto) -> None:
     )
 
 
+# value names prefix.onnx adds around the step's nodes; checked unused by the step graph
+_MASK_COLUMN, _MASK_AXES = "prefix_mask_column", "prefix_mask_axes"
+_BODY_STATE, _BODY_ITEMS, _BODY_MASK = "scan_state", "scan_items", "scan_mask"
+_BODY_STEPPED, _BODY_NEW_STATE = "scan_stepped", "scan_new_state"
+_ADDED_NAMES = {rt.INPUT_MASK, _MASK_COLUMN, _MASK_AXES, _BODY_STATE, _BODY_ITEMS, _BODY_MASK}
+_ADDED_NAMES |= {_BODY_STEPPED, _BODY_NEW_STATE}
+_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+class _Unsupported(Exception):
+    """The step graph holds something the prefix graph cannot be built around."""
+
+
+def _prefix_or_reason(step: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+    """(prefix graph, "") or (None, why it was left out)."""
+    try:
+        return _prefix_graph(step), ""
+    except _Unsupported as err:
+        return None, str(err)
+
+
+def _prefix_graph(step: onnx.ModelProto) -> onnx.ModelProto:
+    """prefix.onnx from the step graph: items (T, B) int64, mask (T, B) bool, state (B, S)
+    float32 -> new_state (B, S), the state after each column's clicks where mask is true.
+
+    Raises _Unsupported for graphs with local functions or nested graphs (the pruning would
+    miss what they use) or that already use a name the Scan wrapper adds."""
+    g = step.graph
+    if step.functions or any(a.type in _GRAPH_ATTRIBUTES for n in g.node for a in n.attribute):
+        raise _Unsupported("the step graph has local functions or nested graphs")
+    used = {name for n in g.node for name in (*n.input, *n.output)}
+    if clash := sorted(used & _ADDED_NAMES):
+        raise _Unsupported(f"the step graph already uses the names {clash}")
+    state = next(v for v in g.input if v.name == rt.INPUT_STATE)
+    size = state.type.tensor_type.shape.dim[1].dim_value
+    scan = helper.make_node(
+        "Scan",
+        [rt.INPUT_STATE, rt.INPUT_ITEMS, _MASK_COLUMN],  # loop state first, then scanned
+        [rt.OUTPUT_STATE],
+        body=_scan_body(g, size),
+        num_scan_inputs=2,
+        name="prefix_scan",
+    )
+    # the mask as (T, B, 1) once here, so each step's slice broadcasts over the state
+    axes = numpy_helper.from_array(np.array([2], dtype=np.int64), _MASK_AXES)
+    unsqueeze = helper.make_node("Unsqueeze", [rt.INPUT_MASK, _MASK_AXES], [_MASK_COLUMN])
+    graph = helper.make_graph(
+        [unsqueeze, scan],
+        "gru4rec_prefix",
+        [
+            helper.make_tensor_value_info(rt.INPUT_ITEMS, TensorProto.INT64, ["time", "batch"]),
+            helper.make_tensor_value_info(rt.INPUT_MASK, TensorProto.BOOL, ["time", "batch"]),
+            helper.make_tensor_value_info(rt.INPUT_STATE, TensorProto.FLOAT, ["batch", size]),
+        ],
+        [helper.make_tensor_value_info(rt.OUTPUT_STATE, TensorProto.FLOAT, ["batch", size])],
+        initializer=[axes],
+    )
+    prefix = helper.make_model(graph, opset_imports=step.opset_import)
+    prefix.ir_version = min(prefix.ir_version, MAX_IR_VERSION)
+    onnx.checker.check_model(prefix, full_check=True)
+    return prefix
+
+
+def _scan_body(step: onnx.GraphProto, size: int) -> onnx.GraphProto:
+    """One masked step: scan_state (B, S), scan_items (B,), scan_mask (B, 1) -> scan_new_state
+    (B, S), the step's new state where the mask is true and scan_state elsewhere.
+
+    Holds the nodes new_state depends on and their weights. Weights in the body rather than
+    read from the outer scope: onnxruntime 1.31.1 ran 29 steps of a 40,000-item, 100-unit
+    model 15-18% faster that way on this 2-core machine (0.52 against 0.64 ms)."""
+    nodes = _nodes_computing(step, rt.OUTPUT_STATE)
+    # the step's own input and output names are the outer graph's; the body gets its own
+    rename = {
+        rt.INPUT_ITEMS: _BODY_ITEMS,
+        rt.INPUT_STATE: _BODY_STATE,
+        rt.OUTPUT_STATE: _BODY_STEPPED,
+    }
+    body = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [rename.get(name, name) for name in node.input]
+        copy.output[:] = [rename.get(name, name) for name in node.output]
+        body.append(copy)
+    keep = helper.make_node("Where", [_BODY_MASK, _BODY_STEPPED, _BODY_STATE], [_BODY_NEW_STATE])
+    read = {name for n in nodes for name in n.input}
+    return helper.make_graph(
+        [*body, keep],
+        "masked_step",
+        [
+            helper.make_tensor_value_info(_BODY_STATE, TensorProto.FLOAT, ["batch", size]),
+            helper.make_tensor_value_info(_BODY_ITEMS, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(_BODY_MASK, TensorProto.BOOL, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info(_BODY_NEW_STATE, TensorProto.FLOAT, ["batch", size])],
+        initializer=[t for t in step.initializer if t.name in read],
+    )
+
+
+def _nodes_computing(graph: onnx.GraphProto, output: str) -> list[onnx.NodeProto]:
+    """The nodes `output` depends on, in graph order (ONNX graphs are topologically sorted)."""
+    wanted, kept = {output}, []
+    for node in reversed(graph.node):
+        if wanted.intersection(node.output):
+            kept.append(node)
+            wanted.update(name for name in node.input if name)
+    return kept[::-1]
+
+
 def _metadata(trained: Any, step: StepGraph, graph: onnx.ModelProto, digest: str) -> dict:
     meta = dict(trained.meta)
     training = {k: v for k, v in meta.items() if k != "evaluation"}
@@ -165,7 +290,8 @@ def check_parity(
 
     ok when at every step the scores agree within rtol=PARITY_RTOL, atol=PARITY_ATOL, the
     states likewise, and each row's top-20 items are the same in the same order, both from
-    the scores and from the graph's TopK."""
+    the scores and from the graph's TopK; and when the states after ragged prefixes of the
+    sessions (0 to n_steps clicks), all in one `advance_many`, agree likewise."""
     trained = load_model(model_dir, device="cpu")
     exported = rt.ExportedModel.load(export_dir, device="cpu")
     if exported.item_ids != [str(i) for i in trained.vocab.ids]:
@@ -173,7 +299,9 @@ def check_parity(
     step = StepGraph(trained.model).eval()
     rng = np.random.default_rng(seed)
     clicks = rng.integers(0, exported.n_items, size=(n_steps, n_sessions))
+    lengths = rng.integers(0, n_steps + 1, size=n_sessions)  # of the prefixes, some empty
     state = torch.zeros(n_sessions, sum(step.sizes))
+    states = [state.numpy()]  # PyTorch's, after 0, 1, ... clicks
     ort_state = exported.zero_state(n_sessions)
     top = min(PARITY_TOP, exported.n_items)
     worst = {"scores": 0.0, "state": 0.0, "abs": 0.0}
@@ -183,6 +311,7 @@ def check_parity(
         ort_scores, ort_state_next = exported.scores(items, ort_state)
         top_scores, top_items, _ = exported.top_k(items, ort_state, top)
         ort_state = ort_state_next
+        states.append(state.numpy())
         worst["scores"] = max(worst["scores"], _excess(ort_scores, scores.numpy()))
         worst["state"] = max(worst["state"], _excess(ort_state, state.numpy()))
         worst["abs"] = max(worst["abs"], float(np.max(np.abs(ort_scores - scores.numpy()))))
@@ -191,7 +320,12 @@ def check_parity(
         ort_top = np.argsort(-ort_scores, axis=1, kind="stable")[:, :top]
         top_mismatches += _rank_disagreements(reference, torch_top, ort_top)
         graph_top_mismatches += _rank_disagreements(reference, ort_top, top_items)
-    ok = worst["scores"] <= 1.0 and worst["state"] <= 1.0 and top_mismatches == 0
+    prefixes = [clicks[:n, b] for b, n in enumerate(lengths)]
+    after = exported.advance_many(prefixes, exported.zero_state(n_sessions))
+    expected = np.stack([states[n][b] for b, n in enumerate(lengths)])
+    worst["prefix"] = _excess(after, expected)
+    ok = worst["scores"] <= 1.0 and worst["state"] <= 1.0 and worst["prefix"] <= 1.0
+    ok = ok and top_mismatches == 0
     return {
         "ok": bool(ok and graph_top_mismatches == 0),
         "sessions": n_sessions,
@@ -201,6 +335,8 @@ def check_parity(
         "max_abs_score_diff": worst["abs"],
         "worst_score_error_vs_tolerance": worst["scores"],
         "worst_state_error_vs_tolerance": worst["state"],
+        "worst_prefix_state_error_vs_tolerance": worst["prefix"],
+        "prefix_graph": exported.has_prefix_graph,
         f"top{top}_mismatched_rows": top_mismatches,
         f"graph_top{top}_mismatched_rows": graph_top_mismatches,
         "provider": exported.provider,

@@ -21,6 +21,12 @@ that popularity and first-order co-occurrence miss):
     `days` days; clicks inside a session are 5 s + exponential(55 s) apart.
 Generation is vectorised over sessions (one numpy step per click position), so 100,000 items
 by 300,000 sessions take seconds. The same seed gives the same catalogue and events.
+
+With `churn=Churn(...)` (training.churn) items appear over time and their interest rises and
+decays: `n_items` is then the stock present from the start, and `new_items_per_day` items a
+day come on top; every draw above is weighted by the items' interest at the session's time,
+and clicks sometimes revisit an earlier item of the session. Without it (the default) the
+output is the same, bit for bit, as before churn existed.
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .churn import Churn, TimedSampler, balance_popularity, draw_lifetimes, successor_order
+from .churn import draw_sessions as draw_churned_sessions
+from .churn import interest as interest_curve
+
 DAY = 86_400.0
+HOUR = 3_600.0
 START_TIME = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC; any fixed origin would do
 
 
@@ -49,6 +60,8 @@ class SyntheticCatalog:
     item_variant: (n_items,) int64 in [0, n_successors): the successor slot this item steers
         to when it is the item before the previous one (the second-order signal).
     successors: (n_items, n_successors) int64 item indices.
+    item_release, item_half_life: (n_items,) float64 seconds, with churn only: the release
+        time (Unix s) and the half-life of interest (inf for the evergreen stock).
     """
 
     events: pd.DataFrame
@@ -58,22 +71,27 @@ class SyntheticCatalog:
     item_style: np.ndarray
     item_variant: np.ndarray
     successors: np.ndarray
+    item_release: np.ndarray | None = None
+    item_half_life: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
     def items_frame(self) -> pd.DataFrame:
-        """One row per item: ItemId, category, popularity, style, variant."""
-        return pd.DataFrame(
-            {
-                "ItemId": self.item_ids,
-                "category": self.item_category,
-                "popularity": self.item_popularity,
-                "style": self.item_style,
-                "variant": self.item_variant,
-            }
-        )
+        """One row per item: ItemId, category, popularity, style, variant; with churn also
+        release (Unix s) and half_life_hours (inf for the stock)."""
+        columns = {
+            "ItemId": self.item_ids,
+            "category": self.item_category,
+            "popularity": self.item_popularity,
+            "style": self.item_style,
+            "variant": self.item_variant,
+        }
+        if self.item_release is not None and self.item_half_life is not None:
+            columns["release"] = self.item_release
+            columns["half_life_hours"] = self.item_half_life / 3600.0
+        return pd.DataFrame(columns)
 
 
 def generate(
@@ -91,37 +109,86 @@ def generate(
     p_intent: float = 0.3,
     p_variant: float = 0.75,
     p_switch: float = 0.1,
+    churn: Churn | None = None,
 ) -> SyntheticCatalog:
     """Draw a catalogue and `n_sessions` sessions over `days` days (see the module docstring).
 
+    With `churn`, n_items is the stock present from the start and churn.n_new(days) more
+    items are released during the log (their ids follow the stock's).
     Raises ValueError when the sizes or probabilities make no sense.
     """
     _check(n_items, n_sessions, n_categories, days, mean_length, max_length, p_follow, p_intent)
     rng = np.random.default_rng(seed)
-    ranks = rng.permutation(n_items) + 1  # which item gets which popularity rank
+    n_total = n_items + (churn.n_new(days) if churn is not None else 0)
+    ranks = rng.permutation(n_total) + 1  # which item gets which popularity rank
     popularity = 1.0 / ranks.astype(np.float64) ** zipf_exponent
     popularity /= popularity.sum()
-    category = rng.integers(0, n_categories, n_items)
-    style = rng.random(n_items)
-    variant = rng.integers(0, n_successors, n_items)
-    sampler = _CategorySampler(category, popularity, n_categories)
-    successors = _draw_successors(rng, category, style, popularity, sampler, n_successors)
-
-    lengths = np.minimum(1 + rng.geometric(1.0 / (mean_length - 1.0), n_sessions), max_length)
-    items = _draw_sessions(
-        rng, lengths, sampler, successors, variant, popularity,
-        (p_follow, p_intent, p_variant, p_switch),
-    )  # fmt: skip
-    events = _timestamps(rng, lengths, items, days, n_items)
-    return SyntheticCatalog(
-        events=events,
-        item_ids=_item_ids(n_items),
+    category = rng.integers(0, n_categories, n_total)
+    style = rng.random(n_total)
+    variant = rng.integers(0, n_successors, n_total)
+    cat = SyntheticCatalog(
+        events=pd.DataFrame(),
+        item_ids=_item_ids(n_total),
         item_category=category.astype(np.int64),
         item_popularity=popularity,
         item_style=style,
         item_variant=variant.astype(np.int64),
-        successors=successors,
+        successors=np.zeros((n_total, n_successors), dtype=np.int64),
     )
+    probs = (p_follow, p_intent, p_variant, p_switch)
+    if churn is not None:
+        sizes = (n_items, n_sessions, n_categories, mean_length, max_length)
+        return _add_churned_sessions(rng, cat, sizes, days, probs, churn)
+    sampler = _CategorySampler(category, popularity, n_categories)
+    cat.successors = _draw_successors(rng, category, style, popularity, sampler, n_successors)
+
+    lengths = np.minimum(1 + rng.geometric(1.0 / (mean_length - 1.0), n_sessions), max_length)
+    items = _draw_sessions(rng, lengths, sampler, cat.successors, variant, popularity, probs)
+    start = START_TIME + rng.random(n_sessions) * days * DAY  # uniform session starts
+    cat.events = _timestamps(rng, lengths, items, start, n_items)
+    return cat
+
+
+def _add_churned_sessions(
+    rng: np.random.Generator,
+    cat: SyntheticCatalog,
+    sizes: tuple[int, int, int, float, int],
+    days: float,
+    probs: tuple[float, float, float, float],
+    churn: Churn,
+) -> SyntheticCatalog:
+    """generate()'s steps for a changing catalogue (training.churn): lifetimes, popularity
+    balanced between stock and new items, successors out around the same time, then
+    sessions drawn with the weights of the hour they start in."""
+    n_stock, n_sessions, n_categories, mean_length, max_length = sizes
+    release, half_life = draw_lifetimes(
+        rng, n_stock, cat.n_items - n_stock, START_TIME, days, churn
+    )
+    popularity = balance_popularity(
+        cat.item_popularity, release, half_life, START_TIME, days, churn
+    )
+    static = _CategorySampler(cat.item_category, popularity, n_categories)  # cross slots
+    cat.successors = _draw_successors(
+        rng,
+        cat.item_category,
+        successor_order(release, cat.item_style, START_TIME),
+        popularity,
+        static,
+        cat.successors.shape[1],
+        window=churn.successor_window,
+    )
+    lengths = np.minimum(1 + rng.geometric(1.0 / (mean_length - 1.0), n_sessions), max_length)
+    start = START_TIME + rng.random(n_sessions) * days * DAY
+    hour = ((start - START_TIME) // HOUR).astype(np.int64)
+    hour_starts = START_TIME + HOUR * np.arange(hour.max() + 1)
+    curves = interest_curve(hour_starts, release, half_life, churn)
+    timed = TimedSampler(popularity, cat.item_category, n_categories, curves)
+    items = draw_churned_sessions(
+        rng, lengths, hour, timed, cat.successors, cat.item_variant, probs, churn.p_repeat
+    )
+    cat.events = _timestamps(rng, lengths, items, start, cat.n_items)
+    cat.item_popularity, cat.item_release, cat.item_half_life = popularity, release, half_life
+    return cat
 
 
 def _check(n_items, n_sessions, n_categories, days, mean_length, max_length, p_follow, p_intent):
@@ -258,13 +325,12 @@ def _timestamps(
     rng: np.random.Generator,
     lengths: np.ndarray,
     drawn: tuple[np.ndarray, np.ndarray],
-    days: float,
+    start: np.ndarray,
     n_items: int,
 ) -> pd.DataFrame:
-    """Events frame: sessions start uniformly over `days`, ids given in start order."""
+    """Events frame: session s starts at start[s] (Unix s), ids given in start order."""
     clicks, by_length = drawn
     n = len(lengths)
-    start = START_TIME + rng.random(n) * days * DAY
     chrono = np.argsort(start[by_length], kind="stable")  # positions in by_length order
     lens = lengths[by_length][chrono]
     rows = clicks.T[chrono]  # (n, max_length), sessions in start order
@@ -305,7 +371,7 @@ def generate_to_dir(
     Returns the written paths by name."""
     from .data import preprocess, split_by_time, write_events
 
-    sizes = {"n_items": n_items, "n_sessions": n_sessions}
+    sizes: dict[str, Any] = {"n_items": n_items, "n_sessions": n_sessions}
     cat = generate(seed=seed, **{k: v for k, v in sizes.items() if v is not None}, **kwargs)
     out = Path(out_dir)
     paths = {name: out / f"{name}.tsv" for name in ("events", "items", "train", "test")}

@@ -3,7 +3,9 @@
     python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
 
 A model directory holds model.pt (format version, config, item vocabulary, popularity,
-weights, metadata: all a reader needs to rebuild the model) and config.json for people.
+weights, metadata: all a reader needs to rebuild the model; and, since incremental updates,
+the optimiser state, so training can continue where it stopped) and config.json for people.
+Files without optimiser state still load (Trained.optimizer_state is None).
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class EpochStats:
 @dataclass
 class History:
     epochs: list[EpochStats] = field(default_factory=list)
+    # the optimiser's state after the last epoch, by parameter name (see save_model)
+    optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None
+
+
+OptimizerState = dict[str, dict[str, torch.Tensor]]  # parameter name -> its state tensors
 
 
 class _GroupedOptimizer:
@@ -78,6 +85,41 @@ class _GroupedOptimizer:
         for name in active:
             self.optimizers[name].step()
 
+    def _torch_optimizers(self) -> list[torch.optim.Optimizer]:
+        # SparseDenseAdam is a pair of torch optimisers; IndexedAdagrad is one itself
+        return [o for opt in self.optimizers.values() for o in getattr(opt, "optimizers", [opt])]
+
+    def state_by_name(self) -> OptimizerState:
+        """Per-parameter state keyed by parameter name, not by position, so it survives a
+        model whose item tables grew (training.update). Plain numbers (SparseAdam's step)
+        become 0-d tensors."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        return {
+            names[id(p)]: {key: torch.as_tensor(value) for key, value in state.items()}
+            for opt in self._torch_optimizers()
+            for p, state in opt.state.items()
+            if state
+        }
+
+    def load_state_by_name(self, saved: OptimizerState) -> None:
+        """Restore what state_by_name() returned (copies); ValueError on a shape mismatch."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        for opt in self._torch_optimizers():
+            for p in (p for group in opt.param_groups for p in group["params"]):
+                for key, value in saved.get(names[id(p)], {}).items():
+                    if value.dim() and value.shape != p.shape:
+                        raise ValueError(
+                            f"optimiser state {names[id(p)]}.{key} has shape "
+                            f"{tuple(value.shape)}, the parameter {tuple(p.shape)}"
+                        )
+                    opt.state[p][key] = _restored(key, value, p.device)
+
+
+def _restored(key: str, value: torch.Tensor, device: torch.device) -> Any:
+    if key == "step":  # torch keeps step counters on the CPU; SparseAdam's is an int
+        return value.clone() if value.is_floating_point() else int(value)
+    return value.to(device, copy=True)
+
 
 def fit(
     train: Sessions,
@@ -85,9 +127,13 @@ def fit(
     cfg: Config,
     progress: bool = True,
     model: nn.Module | None = None,
+    optimizer_state: OptimizerState | None = None,
 ) -> tuple[nn.Module, History]:
     """Train with session-parallel mini-batches and sampled negatives; returns the model in
-    eval mode and per-epoch statistics."""
+    eval mode and per-epoch statistics with the final optimiser state.
+
+    `model` continues training a given model; `optimizer_state` (History.optimizer_state of
+    an earlier run, or Trained.optimizer_state) continues its optimiser too."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads > 0:
@@ -103,6 +149,8 @@ def fit(
     log_pop = torch.log(torch.as_tensor(np.maximum(popularity, 1), dtype=torch.float32)).to(device)
     use_logq = cfg.loss == "cross-entropy" and cfg.logq > 0
     optimizer = _GroupedOptimizer(model, cfg)
+    if optimizer_state:
+        optimizer.load_state_by_name(optimizer_state)
     items = torch.as_tensor(np.array(train.items, dtype=np.int64), device=device)
     n_epochs = model.n_epochs_total(cfg) if hasattr(model, "n_epochs_total") else cfg.n_epochs
     history = History()
@@ -127,6 +175,7 @@ def fit(
                 "check the data"
             )
     model.eval()
+    history.optimizer_state = optimizer.state_by_name()
     return model, history
 
 
@@ -184,6 +233,7 @@ class Trained:
     vocab: ItemVocab
     popularity: np.ndarray
     meta: dict[str, Any]
+    optimizer_state: OptimizerState | None = None  # None in files written before it was saved
 
 
 def save_model(
@@ -193,7 +243,10 @@ def save_model(
     vocab: ItemVocab,
     popularity: np.ndarray,
     meta: dict[str, Any] | None = None,
+    optimizer_state: OptimizerState | None = None,
 ) -> Path:
+    """Write model.pt and config.json to out_dir. `optimizer_state` (History.optimizer_state)
+    is kept when given, so `python -m training update` can continue the optimiser."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
@@ -206,6 +259,11 @@ def save_model(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": json.loads(json.dumps(meta)),  # keep it plain data
     }
+    if optimizer_state is not None:
+        payload["optimizer"] = {
+            name: {key: value.detach().cpu() for key, value in state.items()}
+            for name, state in optimizer_state.items()
+        }
     torch.save(payload, out / "model.pt")
     readable = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "n_items": len(vocab)}
     (out / "config.json").write_text(json.dumps({**readable, "meta": meta}, indent=2) + "\n")
@@ -231,4 +289,5 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> Trained:
         vocab=ItemVocab(payload["item_ids"]),
         popularity=payload["popularity"].numpy(),
         meta=payload["meta"],
+        optimizer_state=payload.get("optimizer"),
     )

@@ -12,47 +12,55 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOURCE_UNSPECIFIED: _ClassVar[Source]
     SOURCE_MODEL: _ClassVar[Source]
     SOURCE_POPULARITY: _ClassVar[Source]
+    SOURCE_ONLINE: _ClassVar[Source]
+    SOURCE_BLEND: _ClassVar[Source]
 SOURCE_UNSPECIFIED: Source
 SOURCE_MODEL: Source
 SOURCE_POPULARITY: Source
+SOURCE_ONLINE: Source
+SOURCE_BLEND: Source
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "include_clicked", "strict")
+    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "exclude_clicked", "strict")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
-    INCLUDE_CLICKED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CLICKED_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     clicks: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     exclude_items: _containers.RepeatedScalarFieldContainer[str]
-    include_clicked: bool
+    exclude_clicked: bool
     strict: bool
-    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., include_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., exclude_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score")
+    __slots__ = ("item_id", "score", "source")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    source: Source
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "source")
+    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "source", "skipped_clicks")
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_CLICKS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_CLICKS_FIELD_NUMBER: _ClassVar[int]
     recommendation_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     unknown_clicks: _containers.RepeatedScalarFieldContainer[str]
     source: Source
-    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
+    skipped_clicks: int
+    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ..., skipped_clicks: _Optional[int] = ...) -> None: ...
 
 class ScoreItemsRequest(_message.Message):
     __slots__ = ("session_id", "clicks", "candidates", "strict")
@@ -67,17 +75,41 @@ class ScoreItemsRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class ScoreItemsResponse(_message.Message):
-    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "unknown_candidates", "source")
+    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "unknown_candidates", "source", "skipped_clicks")
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_CLICKS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_CLICKS_FIELD_NUMBER: _ClassVar[int]
     recommendation_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     unknown_clicks: _containers.RepeatedScalarFieldContainer[str]
     unknown_candidates: _containers.RepeatedScalarFieldContainer[str]
     source: Source
-    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., unknown_candidates: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
+    skipped_clicks: int
+    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., unknown_candidates: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ..., skipped_clicks: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("model_version", "model_dir", "n_items", "provider", "loaded_at", "last_reload_result", "last_reload_at")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
+    N_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_AT_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    model_dir: str
+    n_items: int
+    provider: str
+    loaded_at: float
+    last_reload_result: str
+    last_reload_at: float
+    def __init__(self, model_version: _Optional[str] = ..., model_dir: _Optional[str] = ..., n_items: _Optional[int] = ..., provider: _Optional[str] = ..., loaded_at: _Optional[float] = ..., last_reload_result: _Optional[str] = ..., last_reload_at: _Optional[float] = ...) -> None: ...

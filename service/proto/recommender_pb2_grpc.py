@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.ScoreItemsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.ScoreItemsResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/recsys.v1.Recommender/Status',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.StatusRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -65,6 +70,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """The model being served and the result of the last reload (for operators and tools).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.ScoreItems,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.ScoreItemsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.ScoreItemsResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.StatusRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class Recommender:
             '/recsys.v1.Recommender/ScoreItems',
             recsys_dot_v1_dot_recommender__pb2.ScoreItemsRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.ScoreItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/Status',
+            recsys_dot_v1_dot_recommender__pb2.StatusRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,6 +89,7 @@ def test_image_environment_matches_the_service_defaults():
     assert int(values["RECSYS_METRICS_PORT"]) == defaults["metrics_port"]
     assert values["RECSYS_DEVICE"] == defaults["device"]
     assert float(values["RECSYS_GRACE_S"]) == defaults["grace_s"]
+    assert float(values["RECSYS_DRAIN_S"]) == defaults["drain_s"]
     exposed = {int(p) for args in _in_stage("runtime", "EXPOSE") for p in args.split()}
     assert exposed == {defaults["port"], defaults["metrics_port"]}
 

@@ -88,9 +88,11 @@ def test_startup_budget_covers_a_slow_model_load(rendered):
 def test_grace_period_outlasts_prestop_and_drain(rendered):
     objects = _objects(rendered[1])
     pod = objects["Deployment"]["spec"]["template"]["spec"]
-    drain = float(_env(objects).get("RECSYS_GRACE_S", ServiceConfig.grace_s))
+    env = _env(objects)
+    drain = float(env.get("RECSYS_DRAIN_S", ServiceConfig.drain_s))
+    grace = float(env.get("RECSYS_GRACE_S", ServiceConfig.grace_s))
     pre_stop = _server(objects)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + grace
 
 
 def test_rollout_never_drops_below_serving_capacity(rendered):

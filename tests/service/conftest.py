@@ -75,11 +75,15 @@ class Running:
 
 @pytest.fixture
 def start_server(tiny: TinyModel) -> Iterator[Callable[..., Running]]:
-    """start_server(load=True, **config overrides) -> Running; all stopped at teardown."""
+    """start_server(load=True, **config overrides) -> Running; all stopped at teardown.
+    The online layer is off unless asked for, so answers are the model's alone."""
     started: list[Running] = []
 
     def start(load: bool = True, **overrides: object) -> Running:
-        settings: dict = dict(model_dir=tiny.export_dir, host="127.0.0.1", port=0, metrics_port=0)
+        settings: dict = dict(
+            model_dir=tiny.export_dir, host="127.0.0.1", port=0, metrics_port=0, drain_s=0.0,
+            online=False,
+        )  # fmt: skip
         config = ServiceConfig(**{**settings, **overrides})
         server = RecommendationServer(config)
         server.start()

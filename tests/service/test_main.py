@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import RecommenderClient
 from training.config import Config
@@ -97,39 +97,68 @@ def heavy_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_model(root / "model", root / "export")
 
 
-def in_progress(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
-    found = re.findall(rb'recsys_requests_in_progress\{method="Recommend"\} (\S+)', text)
-    return float(found[0]) if found else 0.0
+def health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
 @pytest.mark.slow
-def test_sigterm_during_calls_lets_them_finish_and_refuses_new_ones(heavy_export):
+def test_sigterm_under_load_drains_then_finishes_every_call_in_flight(heavy_export):
+    """Health turns NOT_SERVING at once, calls are still taken for --drain-s, then new calls
+    are refused with UNAVAILABLE (retryable elsewhere) and none in flight is CANCELLED."""
     service = ServiceProcess(
         "--model", str(heavy_export), "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "0", "--grace-s", "60", "--workers", "4", "--cache-size", "0",
+        "--metrics-port", "0", "--grace-s", "60", "--drain-s", "1.5", "--cache-size", "0",
     )  # fmt: skip
     try:
-        found = service.wait_for(r"gRPC on 127\.0\.0\.1:(\d+), metrics on port (\d+)")
-        port, metrics_port = int(found[1]), int(found[2])
+        port = int(service.wait_for(r"gRPC on 127\.0\.0\.1:(\d+)")[1])
         service.wait_for("serving model")
-        clicks = [f"h{(i * 7919) % 30_000}" for i in range(200)]
-        with (
-            RecommenderClient(f"127.0.0.1:{port}", timeout_s=120) as client,
-            ThreadPoolExecutor(6) as pool,
-        ):
-            calls = [pool.submit(client.recommend, "", clicks, 10) for _ in range(6)]
-            while in_progress(metrics_port) < 1:
-                assert not any(c.done() for c in calls), "calls ended before the signal"
-                time.sleep(0.005)
+        signalled = threading.Event()
+        outcomes: list[tuple[bool, str]] = []  # (sent after the signal, status code name)
+
+        def caller(n: int) -> None:
+            with RecommenderClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+                for i in range(10_000):  # bounded; ends at the first refusal
+                    clicks = [f"h{(n * 7919 + i * 31 + j) % 30_000}" for j in range(200)]
+                    after = signalled.is_set()
+                    try:
+                        client.recommend("", clicks, 10)
+                        outcomes.append((after, "OK"))
+                    except grpc.RpcError as err:
+                        outcomes.append((after, err.code().name))
+                        return
+
+        with ThreadPoolExecutor(16) as pool:
+            calls = [pool.submit(caller, n) for n in range(16)]
+            time.sleep(1.0)
             service.proc.send_signal(signal.SIGTERM)
-            service.wait_for("shutting down")
-            with pytest.raises(grpc.RpcError) as refused:
-                client.recommend("late", clicks[:1], 10)
-            answers = [c.result() for c in calls]
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert all(len(a.items) == 10 for a in answers)
+            signalled.set()
+            service.wait_for("still taking calls")
+            assert health(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+            for call in calls:
+                call.result(timeout=120)
+        codes = [code for _, code in outcomes]
+        assert "CANCELLED" not in codes and set(codes) <= {"OK", "UNAVAILABLE"}
+        assert sum(1 for after, code in outcomes if after and code == "OK") >= 16  # drained
         assert service.proc.wait(timeout=120) == 0
         service.wait_for("stopped")
     finally:
         service.close()
+
+
+def test_a_second_server_on_the_same_port_fails_to_start(heavy_export):
+    first = ServiceProcess(
+        "--model", str(heavy_export), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"
+    )
+    try:
+        port = first.wait_for(r"gRPC on 127\.0\.0\.1:(\d+)")[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "service", "--model", str(heavy_export), "--host",
+             "127.0.0.1", "--port", port, "--metrics-port", "0"],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+    finally:
+        first.close()

@@ -1,5 +1,5 @@
-"""Loading an export directory: execution provider choice, torch-free imports, and errors
-that name the file at fault."""
+"""Loading an export directory: execution provider choice, torch-free imports, errors that
+name the file at fault, and whole click prefixes in one run (advance_many)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from service.runtime import (
     choose_providers,
     cuda_device_count,
 )
+from training.export import PARITY_ATOL, PARITY_RTOL
 
 ROOT = Path(__file__).resolve().parents[2]
 no_gpu = pytest.mark.skipif(cuda_device_count() > 0, reason="checks the CPU-only fallback")
@@ -85,6 +86,7 @@ def broken_copy(tiny, tmp_path: Path, name: str, content: bytes | None) -> Path:
     [
         ("model.onnx", None, "model.onnx is missing"),
         ("model.onnx", b"not a model", "cannot load it"),
+        ("prefix.onnx", b"not a model", "cannot load it"),
         ("items.txt", b"a\nb\n", "expected 60 distinct item ids"),
         ("metadata.json", b"{}", "unreadable or incomplete"),
         (
@@ -108,3 +110,66 @@ def test_popularity_of_the_wrong_shape_is_refused(tiny, tmp_path):
     np.save(target / "popularity.npy", np.zeros(3, dtype=np.int64))
     with pytest.raises(ModelLoadError, match=r"popularity.npy: expected \(60,\) integer"):
         ExportedModel.load(target, "cpu")
+
+
+def step_by_step(
+    model: ExportedModel, sequences: list[np.ndarray], state: np.ndarray
+) -> np.ndarray:
+    """The reference: each row's clicks through `advance`, one click per call."""
+    rows = []
+    for clicks, row in zip(sequences, state, strict=True):
+        row = row[None]
+        for item in clicks:
+            row = model.advance(np.array([item], dtype=np.int64), row)
+        rows.append(row[0])
+    return np.stack(rows)
+
+
+def ragged(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 60, n) for n in lengths]
+
+
+@pytest.mark.parametrize("lengths", [[29], [0], [1], [6, 0, 1, 13, 0], [0, 0]], ids=str)
+def test_advance_many_equals_advancing_click_by_click(tiny, lengths):
+    model = ExportedModel.load(tiny.export_dir, "cpu")
+    assert model.has_prefix_graph
+    sequences = ragged(lengths)
+    state = np.random.default_rng(1).standard_normal((len(lengths), 14)).astype(np.float32)
+    got = model.advance_many(sequences, state)
+    assert got.shape == state.shape and got.dtype == np.float32
+    expected = step_by_step(model, sequences, state)
+    np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+    for b, clicks in enumerate(sequences):
+        if len(clicks) == 0:
+            assert np.array_equal(got[b], state[b])
+
+
+def test_without_a_prefix_file_advance_many_steps_and_gives_the_same_states(tiny, tmp_path):
+    target = broken_copy(tiny, tmp_path, "prefix.onnx", None)  # an export from before it
+    fallback = ExportedModel.load(target, "cpu")
+    model = ExportedModel.load(tiny.export_dir, "cpu")
+    assert not fallback.has_prefix_graph
+    sequences = ragged([6, 0, 1, 13, 0], seed=2)
+    state = np.random.default_rng(3).standard_normal((5, 14)).astype(np.float32)
+    got = fallback.advance_many(sequences, state)
+    np.testing.assert_allclose(
+        got, model.advance_many(sequences, state), rtol=PARITY_RTOL, atol=PARITY_ATOL
+    )
+    expected = step_by_step(model, sequences, state)
+    np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+    assert np.array_equal(got[[1, 4]], state[[1, 4]])
+
+
+def test_advance_many_leaves_the_callers_state_alone(tiny):
+    model = ExportedModel.load(tiny.export_dir, "cpu")
+    state = model.zero_state(2)
+    assert model.advance_many([np.array([], np.int64)] * 2, state) is not state
+    model.advance_many(ragged([3, 2]), state)
+    assert not state.any()
+
+
+def test_advance_many_refuses_a_state_with_another_number_of_rows(tiny):
+    model = ExportedModel.load(tiny.export_dir, "cpu")
+    with pytest.raises(ValueError, match=r"one row per sequence \(3\)"):
+        model.advance_many(ragged([1, 2, 3]), model.zero_state(2))

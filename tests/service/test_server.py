@@ -30,11 +30,12 @@ def ranked(scores: np.ndarray, exclude: set[int], k: int) -> list[int]:
     return [i for i in order if i not in exclude][:k]
 
 
-def test_recommend_matches_pytorch_and_excludes_clicked_items_by_default(served, tiny):
+def test_recommend_matches_pytorch_and_may_return_clicked_items_by_default(served, tiny):
     clicks = [tiny.item_ids[i] for i in (3, 17, 3, 42)]
-    response = served.client.recommend("s1", clicks, top_k=10)
+    response = served.client.recommend("s1", clicks, top_k=len(tiny.item_ids))
     expected_scores = tiny.scores_after(clicks)
-    expected = ranked(expected_scores, {3, 17, 42}, 10)
+    expected = ranked(expected_scores, set(), len(tiny.item_ids))
+    assert set(clicks) <= {it.item_id for it in response.items}  # what offline evaluation ranks
     assert [it.item_id for it in response.items] == [tiny.item_ids[i] for i in expected]
     np.testing.assert_allclose(
         [it.score for it in response.items], expected_scores[expected], rtol=1e-5, atol=1e-6
@@ -43,20 +44,22 @@ def test_recommend_matches_pytorch_and_excludes_clicked_items_by_default(served,
     assert list(response.unknown_clicks) == []
 
 
-def test_include_clicked_and_exclude_items_change_the_candidate_set(served, tiny):
+def test_exclude_items_and_exclude_clicked_change_the_candidate_set(served, tiny):
     clicks = [tiny.item_ids[i] for i in (5, 6)]
     scores = tiny.scores_after(clicks)
-    banned = [tiny.item_ids[i] for i in ranked(scores, set(), 3)]
+    banned = [tiny.item_ids[i] for i in ranked(scores, {5, 6}, 3)]
+    everything = len(tiny.item_ids)
     response = served.client.recommend(
-        "",
-        clicks,
-        top_k=len(tiny.item_ids),
-        exclude_items=banned + ["not-an-item"],
-        include_clicked=True,
+        "", clicks, top_k=everything, exclude_items=banned + ["not-an-item"]
     )
     got = [it.item_id for it in response.items]
     assert set(got) == set(tiny.item_ids) - set(banned)
     assert set(clicks) <= set(got)
+    response = served.client.recommend(
+        "", clicks, top_k=10, exclude_items=banned, exclude_clicked=True
+    )
+    got = [it.item_id for it in response.items]
+    assert got == [tiny.item_ids[i] for i in ranked(scores, {5, 6, *map(tiny.index, banned)}, 10)]
 
 
 def test_unknown_clicks_are_skipped_and_echoed_in_request_order(served, tiny):
@@ -105,8 +108,10 @@ BAD_REQUESTS = [
     ("top_k too large", dict(top_k=1001), grpc.StatusCode.INVALID_ARGUMENT, "1 to 1000"),
     ("session id too long", dict(session_id="s" * 257), grpc.StatusCode.INVALID_ARGUMENT,
      "at most 256"),
-    ("too many exclusions", dict(exclude_items=["x"] * 10_001), grpc.StatusCode.INVALID_ARGUMENT,
-     "at most 10000"),
+    ("too many exclusions", dict(exclude_items=["x"] * 1001), grpc.StatusCode.INVALID_ARGUMENT,
+     "at most 1000 item ids"),
+    ("item id too long", dict(clicks=["i" * 129]), grpc.StatusCode.INVALID_ARGUMENT,
+     "longer than 128 bytes"),
     ("strict without known click", dict(clicks=["nope", "nada"], strict=True),
      grpc.StatusCode.NOT_FOUND, "unset strict"),
 ]  # fmt: skip
@@ -124,12 +129,14 @@ def test_bad_recommend_requests_get_a_status_that_says_what_to_fix(served, overr
     assert served.client.recommend("after", ["item-001"]).items  # still serving
 
 
-@pytest.mark.parametrize("n_candidates", [0, 10_001])
-def test_score_items_refuses_empty_or_oversized_candidate_lists(served, n_candidates):
+@pytest.mark.parametrize(
+    "n_candidates, hint", [(0, "send 1 to 1000 item ids"), (1001, "at most 1000 item ids")]
+)
+def test_score_items_refuses_empty_or_oversized_candidate_lists(served, n_candidates, hint):
     with pytest.raises(grpc.RpcError) as caught:
         served.client.score_items("s", ["item-001"], ["item-002"] * n_candidates)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "send 1 to 10000 item ids" in caught.value.details()
+    assert hint in caught.value.details()
 
 
 def test_strict_score_items_without_known_click_is_not_found(served):
@@ -180,7 +187,7 @@ def test_reflection_lists_the_recommender_and_health_services(served):
     assert {SERVICE, "grpc.health.v1.Health"} <= services
     assert recommender.name == "recsys/v1/recommender.proto"
     methods = {m.name for m in recommender.service[0].method}
-    assert methods == {"Recommend", "ScoreItems"}
+    assert methods == {"Recommend", "ScoreItems", "Status"}
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -212,6 +219,7 @@ def test_metrics_count_calls_by_method_and_code_cache_hits_and_the_model(served,
     assert got[("recsys_session_cache_hits_total", ())] == 2
     assert got[("recsys_session_cache_misses_total", ())] == 1  # m2 never reached the model
     assert got[("recsys_session_cache_entries", ())] == 1
+    assert got[("recsys_session_cache_bytes", ())] > 0
     assert got[("recsys_unknown_clicks_total", ())] == 2
     assert got[("recsys_popularity_fallbacks_total", ())] == 1
     assert got[("recsys_model_loaded", ())] == 1

@@ -4,8 +4,9 @@ and without it are identical over gRPC."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from service.sessions import SessionCache, SessionState, clicks_digest
+from service.sessions import ENTRY_OVERHEAD_BYTES, SessionCache, SessionState, make_entry
 
 
 class FakeClock:
@@ -18,7 +19,7 @@ class FakeClock:
 
 def entry(clicks: list[int], tag: float = 0.0) -> SessionState:
     before = np.full((1, 3), tag, dtype=np.float32)
-    return SessionState(len(clicks), clicks_digest(np.array(clicks)), before, before + 1)
+    return make_entry(np.array(clicks), before, before + 1)
 
 
 def test_least_recently_used_session_is_evicted_beyond_the_size_bound():
@@ -73,6 +74,57 @@ def test_resume_recomputes_when_the_history_diverges_shrinks_or_is_unknown():
         assert (resume.start, resume.state, resume.hit) == (0, None, False)
 
 
+def test_a_sliding_window_of_the_latest_clicks_resumes_from_the_cached_state():
+    cache = SessionCache(max_entries=10, ttl_s=30)
+    window = list(range(100, 300))  # a session longer than the 200-click request limit
+    before = np.full((1, 3), 7.0, dtype=np.float32)
+    cache.put("s", make_entry(np.array(window), before, before + 1, full=True))
+    slid = cache.resume("s", np.array(window[1:] + [5]), full=True)  # oldest dropped, one new
+    assert (slid.start, slid.hit) == (199, True)
+    assert slid.state is not None and slid.state[0, 0] == 8.0  # after the whole session
+    jumped = cache.resume("s", np.array(window[3:] + [5, 6, 7]), full=True)  # three calls
+    assert (jumped.start, jumped.hit) == (197, True)
+    same_window_shrunk = cache.resume("s", np.array(window[1:]), full=True)  # nothing new
+    assert same_window_shrunk.hit is False
+
+
+def test_short_sessions_never_resume_by_a_chance_overlap():
+    cache = SessionCache(max_entries=10, ttl_s=30)
+    cache.put("s", entry([1, 15, 43, 31, 22, 15]))
+    assert cache.resume("s", np.array([15, 43, 31, 22, 15])).hit is False  # ends on 15 too
+
+
+def test_the_byte_bound_evicts_the_least_recently_used_sessions():
+    one = entry(list(range(10)))
+    per_entry = one.nbytes + 50  # key strings are about 50 bytes
+    cache = SessionCache(max_entries=1000, ttl_s=30, max_bytes=3 * per_entry)
+    for name in "abcde":
+        cache.put(name, entry(list(range(10))))
+    assert len(cache) == 3 and cache.nbytes <= 3 * per_entry
+    assert cache.get("a") is None and cache.get("e") is not None
+    cache.put("e", entry(list(range(200))))  # a longer session costs more bytes
+    assert cache.nbytes <= 3 * per_entry and cache.get("e") is not None
+
+
+def test_the_byte_estimate_matches_what_the_entries_really_take():
+    """The documented cost per session comes from here: 100 hidden units, 6 clicks."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    states = [rng.standard_normal((1, 100)).astype(np.float32) for _ in range(2)]
+    cache = SessionCache(max_entries=100_000, ttl_s=30)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(20_000):
+        clicks = rng.integers(0, 40_000, 6)
+        cache.put(f"session-{n:08d}", make_entry(clicks, states[0], states[1]))
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_session = used / len(cache)
+    assert cache.nbytes / len(cache) == pytest.approx(per_session, rel=0.25)
+    assert ENTRY_OVERHEAD_BYTES < per_session < 2000  # about 1.3 KB, as config.py says
+
+
 def replay(client, sessions: list[list[str]], prefix: str) -> list[tuple]:
     """Interleaved click-by-click replay plus some repeats, rewrites and ScoreItems calls;
     returns everything that should not depend on the cache."""
@@ -103,7 +155,7 @@ def test_answers_are_identical_with_and_without_the_cache(start_server, tiny):
     with_cache = replay(cached.client, sessions, "a")
     without = replay(uncached.client, sessions, "a")
     assert with_cache == without  # item ids and float scores bit for bit
-    assert len(cached.server.servicer.engine.cache) == len(sessions)
-    assert len(uncached.server.servicer.engine.cache) == 0
+    assert len(cached.server.handlers.engine.cache) == len(sessions)
+    assert len(uncached.server.handlers.engine.cache) == 0
     hits = cached.server.metrics.registry.get_sample_value("recsys_session_cache_hits_total")
     assert hits is not None and hits > len(with_cache) / 2  # the cached path did run

@@ -1,5 +1,5 @@
 """ONNX export: PyTorch parity, loadability in the pinned onnxruntime, dynamic batch, the
-files beside the graph."""
+files beside the graph, and the prefix graph that feeds whole click prefixes in one run."""
 
 from __future__ import annotations
 
@@ -14,11 +14,18 @@ import pytest
 import torch
 
 from service.runtime import ExportedModel
+from training import export as export_module
 from training.config import Config
 from training.data import ItemVocab
-from training.export import MAX_IR_VERSION, check_parity, export_model
+from training.export import (
+    MAX_IR_VERSION,
+    PARITY_ATOL,
+    PARITY_RTOL,
+    check_parity,
+    export_model,
+)
 from training.model import build_model
-from training.train import save_model
+from training.train import load_model, save_model
 
 N_ITEMS = 40
 ODD_IDS = ["plain", "with space", "tab\there", "form\x0cfeed", "ünï", "", "x\x1cy"]
@@ -54,6 +61,7 @@ def test_onnxruntime_and_pytorch_agree_on_scores_and_top20(tmp_path, config):
     assert report["ok"], report
     assert report["worst_score_error_vs_tolerance"] <= 1.0
     assert report["top20_mismatched_rows"] == report["graph_top20_mismatched_rows"] == 0
+    assert report["prefix_graph"] and report["worst_prefix_state_error_vs_tolerance"] <= 1.0
 
 
 def test_parity_fails_for_an_export_of_other_weights(tmp_path, exported):
@@ -143,3 +151,116 @@ def test_an_item_id_with_a_line_break_is_refused(tmp_path):
     save_model(tmp_path / "m", build_model(2, cfg), cfg, vocab, np.ones(2, dtype=np.int64), {})
     with pytest.raises(ValueError, match="line break"):
         export_model(tmp_path / "m", tmp_path / "e")
+
+
+# ---- prefix.onnx: a whole click prefix per session in one run ----
+
+RAGGED = [[5, 0, 33, 5, 12, 39, 1], [], [17], [2, 2, 2, 8]]  # some empty, one repeating
+
+
+def features_model(root: Path) -> dict:
+    """Config of a p-RNN (parallel ID and feature subnets) with a features file in root."""
+    root.mkdir(parents=True, exist_ok=True)
+    features = np.random.default_rng(0).normal(size=(N_ITEMS, 5)).astype(np.float32)
+    np.save(root / "features.npy", features)
+    path = str(root / "features.npy")
+    return dict(architecture="parallel", layers=(6,), feature_layers=(4,), features=path)
+
+
+PREFIX_VARIANTS = {
+    **VARIANTS,
+    "Bloom input": dict(layers=(8,), bloom_bits=0.5, bloom_hashes=2, bloom_on="input"),
+    "Bloom both": dict(layers=(6, 4), bloom_bits=0.5, bloom_hashes=2, bloom_on="both"),
+    "p-RNN parallel": features_model,
+}
+
+
+@torch.no_grad()
+def pytorch_states(model_dir: Path, sequences: list[list[int]], state: np.ndarray) -> np.ndarray:
+    """The reference: each row's clicks fed one by one through the PyTorch model."""
+    model = load_model(model_dir, device="cpu").model.eval()
+    sizes = [int(h.shape[1]) for h in model.init_hidden(1, "cpu")]
+    rows = []
+    for clicks, row in zip(sequences, state, strict=True):
+        hidden = list(torch.from_numpy(row[None].copy()).split(sizes, dim=1))
+        for item in clicks:
+            _, hidden = model(torch.tensor([item]), hidden, None)
+        rows.append(torch.cat(hidden, dim=1)[0].numpy())
+    return np.stack(rows)
+
+
+def as_arrays(sequences: list[list[int]]) -> list[np.ndarray]:
+    return [np.array(s, dtype=np.int64) for s in sequences]
+
+
+@pytest.mark.parametrize("config", PREFIX_VARIANTS.values(), ids=PREFIX_VARIANTS.keys())
+def test_advance_many_equals_pytorch_click_by_click_for_ragged_sessions(tmp_path, config):
+    if callable(config):
+        config = config(tmp_path / "features")
+    model_dir = saved_model(tmp_path / "model", **config)
+    model = ExportedModel.load(export_model(model_dir, tmp_path / "export"), "cpu")
+    assert model.has_prefix_graph
+    rng = np.random.default_rng(3)
+    state = rng.standard_normal((len(RAGGED), model.state_size)).astype(np.float32)
+    got = model.advance_many(as_arrays(RAGGED), state)
+    expected = pytorch_states(model_dir, RAGGED, state)
+    np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+    assert np.array_equal(got[1], state[1])  # no clicks, same state
+    for b in range(len(RAGGED)):  # batch 1 as well
+        one = model.advance_many(as_arrays(RAGGED[b : b + 1]), state[b : b + 1])
+        np.testing.assert_allclose(one[0], expected[b], rtol=PARITY_RTOL, atol=PARITY_ATOL)
+
+
+def test_the_prefix_file_loads_in_onnxruntime_without_the_scoring_part(exported):
+    _, export_dir = exported
+    graph = onnx.load(export_dir / "prefix.onnx")
+    assert graph.ir_version <= MAX_IR_VERSION
+    onnx.checker.check_model(graph, full_check=True)
+    session = ort.InferenceSession(
+        str(export_dir / "prefix.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in session.get_inputs()] == ["items", "mask", "state"]
+    assert [o.name for o in session.get_outputs()] == ["new_state"]
+    assert [n.op_type for n in graph.graph.node] == ["Unsqueeze", "Scan"]
+    body = graph.graph.node[1].attribute[0].g
+    assert "TopK" not in {n.op_type for n in body.node}
+    assert "scores" not in {name for n in body.node for name in n.output}
+    meta = json.loads((export_dir / "metadata.json").read_text())
+    assert meta["prefix_graph"] == "prefix.onnx" and "prefix_graph_skipped" not in meta
+
+
+def test_the_prefix_graph_feeds_only_the_masked_in_clicks_in_time_order(exported):
+    model_dir, export_dir = exported
+    model = ExportedModel.load(export_dir, "cpu")
+    session = ort.InferenceSession(
+        str(export_dir / "prefix.onnx"), providers=["CPUExecutionProvider"]
+    )
+    items = np.array([[3, 9], [4, 1], [5, 2], [6, 7]], dtype=np.int64)  # (T=4, B=2)
+    mask = np.array([[True, False], [False, True], [True, False], [True, True]])  # holes
+    state = np.random.default_rng(0).standard_normal((2, model.state_size)).astype(np.float32)
+    (got,) = session.run(["new_state"], {"items": items, "mask": mask, "state": state})
+    expected = pytorch_states(model_dir, [[3, 5, 6], [1, 7]], state)
+    np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+
+
+def test_an_export_without_a_prefix_graph_says_why_and_drops_a_stale_file(
+    tmp_path, exported, monkeypatch
+):
+    model_dir, export_dir = exported
+    target = tmp_path / "export"
+    shutil.copytree(export_dir, target)  # holds a prefix.onnx from the earlier export
+
+    def unsupported(step: onnx.ModelProto) -> onnx.ModelProto:
+        raise export_module._Unsupported("the step graph has local functions or nested graphs")
+
+    monkeypatch.setattr(export_module, "_prefix_graph", unsupported)
+    export_model(model_dir, target)
+    meta = json.loads((target / "metadata.json").read_text())
+    assert not (target / "prefix.onnx").exists()
+    assert meta["prefix_graph"] is None and "nested graphs" in meta["prefix_graph_skipped"]
+    model = ExportedModel.load(target, "cpu")
+    assert not model.has_prefix_graph
+    state = model.zero_state(len(RAGGED))
+    got = model.advance_many(as_arrays(RAGGED), state)
+    expected = pytorch_states(model_dir, RAGGED, state)
+    np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)

@@ -1,16 +1,23 @@
-"""training.synthetic: schema, determinism, and that the clicks carry the structure they are
-drawn with (checked against the catalogue's latent truth, not against fixed figures)."""
+"""training.synthetic and training.churn: schema, determinism, and that the clicks carry the
+structure they are drawn with (checked against the catalogue's latent truth, not against
+fixed figures); with churn, that no click precedes its item's release and that a day's next
+clicks go to brand-new items about as often as on a news site."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from training.__main__ import main
+from training.churn import Churn, new_item_share
 from training.data import read_events
 from training.synthetic import DAY, START_TIME, generate, generate_to_dir
 
 SMALL = dict(n_items=500, n_sessions=6000, n_categories=10, days=5.0)
+CHURNED = dict(n_items=800, n_sessions=8000, n_categories=20, days=6.0)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +161,113 @@ def test_generate_to_dir_writes_a_time_split_readable_by_the_data_module(tmp_pat
     assert (test.groupby("SessionId").Time.max() > last_day).all()
     assert (train.groupby("SessionId").Time.max() <= last_day).all()
     assert test.groupby("SessionId").size().min() >= 2
+
+
+def _digest(cat) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(cat.events.SessionId + " " + cat.events.ItemId).encode())
+    h.update(cat.events.Time.to_numpy(np.float64).tobytes())
+    arrays = (cat.item_category, cat.item_popularity, cat.item_style, cat.item_variant)
+    for a in (*arrays, cat.successors):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def test_without_churn_the_output_is_bit_identical_to_the_generator_before_churn():
+    # digest and rows computed with the generator as it was before the churn option
+    cat = generate(n_items=200, n_sessions=1000, n_categories=8, days=3.0, seed=11)
+    assert _digest(cat) == "d67645a0c4b35491956e4b74bafc862d6e8d0a2c8db64c174f4c4313644cb11c"
+    rows = cat.events.iloc[[0, 1, 3000, -1]]
+    assert rows.ItemId.tolist() == ["i00000", "i00074", "i00112", "i00124"]
+    assert rows.Time.tolist() == [
+        1700000217.6403718, 1700000269.8495884, 1700135557.8488734, 1700259724.648721
+    ]  # fmt: skip
+    assert cat.item_release is None and "release" not in cat.items_frame().columns
+
+
+@pytest.fixture(scope="module")
+def churned():
+    return generate(**CHURNED, seed=5, churn=Churn())
+
+
+def test_churned_data_are_the_same_for_the_same_seed_and_differ_for_another():
+    a, b = generate(**CHURNED, seed=2, churn=Churn()), generate(**CHURNED, seed=2, churn=Churn())
+    c = generate(**CHURNED, seed=3, churn=Churn())
+    pd.testing.assert_frame_equal(a.events, b.events)
+    np.testing.assert_array_equal(a.item_release, b.item_release)
+    np.testing.assert_array_equal(a.successors, b.successors)
+    assert not a.events.ItemId.equals(c.events.ItemId)
+
+
+def test_the_stock_is_there_from_the_start_and_new_items_come_every_day(churned):
+    n_new = Churn().n_new(CHURNED["days"])
+    assert churned.n_items == CHURNED["n_items"] + n_new
+    release = churned.item_release
+    assert (release[: CHURNED["n_items"]] < START_TIME).all()
+    assert np.isinf(churned.item_half_life[: CHURNED["n_items"]]).all()
+    new = release[CHURNED["n_items"] :]
+    per_day = np.bincount(((new - START_TIME) // DAY).astype(int))
+    assert len(per_day) == CHURNED["days"] and per_day.min() > 0.8 * Churn().new_items_per_day
+    half_lives_hours = churned.item_half_life[CHURNED["n_items"] :] / 3600
+    assert half_lives_hours.min() >= 2 and half_lives_hours.max() <= 7 * 24
+    assert {"release", "half_life_hours"} <= set(churned.items_frame().columns)
+
+
+def test_no_item_is_clicked_before_its_release(churned):
+    index = _index(churned)
+    assert (churned.events.Time.to_numpy() > churned.item_release[index]).all()
+    # and the clicks do reach the new items, soon after their release
+    released_in_log = churned.item_release[index] >= START_TIME
+    assert released_in_log.mean() > 0.5
+
+
+def test_a_days_next_clicks_go_to_items_new_that_day_as_on_a_news_site(churned):
+    # the last day is the test day of split_by_time; the others show it is no accident
+    assert 0.2 <= new_item_share(churned.events) <= 0.35
+    shares = [new_item_share(churned.events, d) for d in range(int(CHURNED["days"]) - 1)]
+    assert 0.2 <= np.mean(shares) <= 0.35 and min(shares) > 0.15
+
+
+def test_new_item_share_counts_targets_on_items_first_clicked_that_day():
+    end = START_TIME + 3 * DAY
+    rows = [  # (session, item, hours before the end)
+        ("z", "old", 50.0),  # first click of "old", two days before the end; no target
+        ("a", "old", 30.0), ("a", "old", 29.9),  # the day before: a target, not a new item
+        ("b", "old", 5.0), ("b", "new", 4.9), ("b", "old", 4.8),  # targets: new, old
+        ("c", "new", 3.0), ("c", "new", 2.9), ("c", "fresh", 0.0),  # targets: new, fresh
+    ]  # fmt: skip
+    events = pd.DataFrame(rows, columns=["SessionId", "ItemId", "hours"])
+    events["Time"] = end - events.pop("hours") * 3600
+    assert new_item_share(events) == pytest.approx(3 / 4)
+    assert new_item_share(events, days_ago=1) == 0.0  # its one target: "old", seen that day
+    assert np.isnan(new_item_share(events, days_ago=2))
+
+
+def test_churned_clicks_keep_the_skew_the_sequences_and_some_repeats(churned):
+    counts = np.bincount(_index(churned), minlength=churned.n_items)
+    share = np.sort(counts)[::-1].cumsum() / counts.sum()
+    assert share[len(share) // 10 - 1] > 0.35
+    prev, nxt = _consecutive(churned)
+    followed = (churned.successors[prev] == nxt[:, None]).any(axis=1).mean()
+    by_chance = churned.item_popularity[churned.successors[prev]].sum(axis=1).mean()
+    assert followed > 0.15 and followed > 10 * by_chance
+    repeats = churned.events.duplicated(["SessionId", "ItemId"]).mean()
+    assert 0.1 < repeats < 0.4
+
+
+def test_invalid_churn_parameters_are_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="stock_share"):
+        Churn(stock_share=0.0)
+    with pytest.raises(ValueError, match="p_repeat"):
+        Churn(p_repeat=1.0)
+
+
+def test_cli_generate_with_churn_writes_the_usual_files(tmp_path, capsys):
+    main(["generate", "--out", str(tmp_path), "--items", "300", "--sessions", "3000",
+          "--churn", "--days", "4", "--new-items-per-day", "100"])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events.tsv", "items.tsv", "test.tsv", "train.tsv"
+    ]  # fmt: skip
+    items = pd.read_csv(tmp_path / "items.tsv", sep="\t")
+    assert len(items) == 300 + 400 and "release" in items.columns
+    assert "of next clicks are on items first seen that day" in capsys.readouterr().out

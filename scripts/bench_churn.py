@@ -1,0 +1,388 @@
+"""The service's blend of GRU4Rec and the online layer, replayed on a changing catalogue and
+on the stable demo data; with --sweep, the grid of blend settings behind BlendConfig.
+
+    .venv/bin/python scripts/bench_churn.py            # both tables (about 6 min, 2 cores)
+    .venv/bin/python scripts/bench_churn.py --sweep    # + the sweep (about 6 min more)
+    .venv/bin/python scripts/bench_churn.py --no-hourly --sessions 10000    # quick
+
+Churn: training.synthetic with training.churn (items released all day, interest fading
+within hours) over --days days. Sessions are split by the day they start in: the last day is
+the test, the days before it the history. GRU4Rec is trained on the history (GRU4Rec
+preprocessing) and exported; then service.replay walks the test day, every next click
+counted, items the model cannot know included, for: the frozen model (online layer off),
+the online layer alone, the blend, and an hourly update: before each hour of the test day
+the model is the previous one continued on the previous hour's clicks (training.update)
+and re-exported, and a new Recommender takes over with the same OnlineLayer, as the
+server's hot reload does. Stable: data/demo's train/test with runs/demo-export, frozen
+model against the blend. Seconds: the replay, and update + export for the hourly variant.
+
+The sweep records each call's two proposals once (the model's top candidates with logits,
+the online layer's with scores) and re-blends them with service.blend.blend for every
+setting, which gives what a replay with that setting would give (checked for the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.blend import BlendConfig, OnlineLayer, Ranked, blend  # noqa: E402
+from service.config import ServiceConfig  # noqa: E402
+from service.decode import Limits  # noqa: E402
+from service.proto import recommender_pb2 as pb  # noqa: E402
+from service.recommender import SOURCE_MODEL, Recommender  # noqa: E402
+from service.replay import Click, read_clicks, replay  # noqa: E402
+from service.runtime import ExportedModel  # noqa: E402
+from service.server import make_online_layer  # noqa: E402
+from service.sessions import SessionCache  # noqa: E402
+from training.churn import Churn  # noqa: E402
+from training.config import Config  # noqa: E402
+from training.data import ItemVocab, Sessions, item_popularity, preprocess  # noqa: E402
+from training.export import export_model  # noqa: E402
+from training.synthetic import DAY, HOUR, START_TIME, generate  # noqa: E402
+from training.train import fit, save_model  # noqa: E402
+from training.update import UpdateOptions, save_update, update  # noqa: E402
+
+K = 20
+ROOT = Path(__file__).resolve().parents[1]
+# the synthetic_demo preset, shortened: 3 epochs and a small negative store keep training
+# near a minute on 2 cores
+SETTINGS = ["n_epochs=3", "sample_store_size=200000", "threads=1"]
+UPDATE_PARAMS = ["n_epochs=2"]  # an hour's clicks are few: two passes
+# an item first seen in the hour joins the model with 2 clicks there, not the 5 of a first
+# training: an hour is short, and the online layer covers an item until then
+UPDATE_OPTIONS = UpdateOptions(min_item_support=2)
+
+
+# --- data ---
+
+
+def churn_split(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(all clicks, history, test): sessions starting on the last day are the test."""
+    churn = Churn()
+    events = generate(args.items, args.sessions, days=args.days, seed=args.seed, churn=churn)
+    clicks = events.events
+    start = clicks.groupby("SessionId")["Time"].transform("min")
+    is_test = (start >= START_TIME + (args.days - 1) * DAY).to_numpy()
+    return clicks, clicks[~is_test], clicks[is_test]
+
+
+def to_clicks(frame: pd.DataFrame) -> list[Click]:
+    """Clicks in time order, a session's clicks in file order among equal times."""
+    ordered = frame.sort_values("Time", kind="stable")
+    rows = zip(ordered.SessionId, ordered.ItemId, ordered.Time, strict=True)
+    return [Click(str(s), str(i), float(t)) for s, i, t in rows]
+
+
+def target_shares(test: pd.DataFrame, known: set[str], history: pd.DataFrame) -> tuple[float, ...]:
+    """Shares of the test's next clicks (all clicks but a session's first) on items the
+    model does not know, and on items first clicked on the test day."""
+    targets = test[test.groupby("SessionId").cumcount() > 0].ItemId
+    unknown = float((~targets.isin(known)).mean())
+    return unknown, float((~targets.isin(set(history.ItemId))).mean())
+
+
+# --- models ---
+
+
+def train_export(history: pd.DataFrame, model_dir: Path, export_dir: Path) -> float:
+    """Train GRU4Rec on the preprocessed history, save and export it; seconds."""
+    started = time.perf_counter()
+    cfg = Config.from_sources("synthetic_demo", SETTINGS)
+    clicks = preprocess(history)
+    vocab = ItemVocab.from_events(clicks)
+    train = Sessions.from_events(clicks, vocab)
+    model, run = fit(train, len(vocab), cfg, progress=False)
+    save_model(model_dir, model, cfg, vocab, item_popularity(train, len(vocab)), {})
+    export_model(model_dir, export_dir)
+    return time.perf_counter() - started
+
+
+def hourly_exports(
+    events: pd.DataFrame, base: Path, start: float, hours: int, root: Path
+) -> tuple[list[tuple[float, Path]], float]:
+    """[(from time, export dir)] of the models serving each hour of the test day: the base
+    model, then each continued on the hour before's clicks; and the update + export seconds."""
+    exports = [(start, base / "export")]
+    parent, seconds = base, 0.0
+    for h in range(1, hours):
+        lo, hi = start + (h - 1) * HOUR, start + h * HOUR
+        hour = events[(events.Time >= lo) & (events.Time < hi)]
+        started = time.perf_counter()
+        out = root / f"hour-{h:02d}"
+        updated = update(parent, hour, UPDATE_PARAMS, UPDATE_OPTIONS, source=f"hour {h - 1}")
+        save_update(out, updated)
+        export_model(out, out / "export")
+        seconds += time.perf_counter() - started
+        exports.append((hi, out / "export"))
+        parent = out
+    return exports, seconds
+
+
+# --- replays ---
+
+
+def walk(test: Sequence[Click], answer: Callable[[Click, list[str]], list[str]]) -> np.ndarray:
+    """Ranks (inf: missed) of every next click under `answer(click, session so far)`, called
+    for each click in time order: service.replay's protocol, with the answerer a function."""
+    sessions: dict[str, list[str]] = defaultdict(list)
+    pending: dict[str, list[str]] = {}
+    ranks = []
+    for click in test:
+        answer_before = pending.pop(click.session, None)
+        if answer_before is not None:
+            hit = click.item in answer_before
+            ranks.append(answer_before.index(click.item) + 1 if hit else np.inf)
+        clicks = sessions[click.session]
+        clicks.append(click.item)
+        pending[click.session] = answer(click, clicks[-200:])
+    return np.asarray(ranks, dtype=np.float64)
+
+
+def figures(ranks: np.ndarray) -> tuple[float, float]:
+    """(Recall@K, MRR@K) of ranks."""
+    hit = ranks <= K
+    return float(hit.mean()), float(np.where(hit, 1.0 / ranks, 0.0).mean())
+
+
+def server_layer(candidates: int | None = None) -> OnlineLayer:
+    """A fresh online layer as the server makes it with its default settings (with another
+    candidate count when given)."""
+    layer = make_online_layer(ServiceConfig(model_dir=Path(".")))
+    assert layer is not None
+    if candidates is not None:
+        layer.config = replace(layer.config, candidates=candidates)
+    return layer
+
+
+def engine_for(
+    export_dir: Path, layer: OnlineLayer | None, use_model: bool = True
+) -> Recommender:
+    """What server._build_engine makes of an export (CPU, one thread), sharing `layer`."""
+    model = ExportedModel.load(export_dir, "cpu", threads=1)
+    cache = SessionCache(1_000_000, 10 * DAY)  # replay time is not the wall clock
+    return Recommender(model, cache, Limits(max_clicks=200), online=layer, use_model=use_model)
+
+
+def learn_history(layer: OnlineLayer, history: Sequence[Click]) -> None:
+    """What service.replay.replay does with the history: every click learnt, in order."""
+    sessions: dict[str, list[str]] = defaultdict(list)
+    for click in history:
+        clicks = sessions[click.session]
+        clicks.append(click.item)
+        layer.learn(click.session, clicks[-200:], click.time)
+
+
+def replay_swapping(
+    exports: list[tuple[float, Path]], history: Sequence[Click], test: Sequence[Click]
+) -> tuple[float, float, float]:
+    """The test replayed while the model changes at the given times (one OnlineLayer
+    throughout, as the server's reload keeps it); (Recall@K, MRR@K, seconds)."""
+    started = time.perf_counter()
+    layer = server_layer()
+    learn_history(layer, history)
+    engines = [(t, engine_for(path, layer)) for t, path in exports]
+    current = 0
+
+    def answer(click: Click, clicks: list[str]) -> list[str]:
+        nonlocal current
+        while current + 1 < len(engines) and click.time >= engines[current + 1][0]:
+            current += 1
+        engine = engines[current][1]
+        request = pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=K)
+        return engine.recommend_now(engine.decode(request), now=click.time).item_ids
+
+    recall, mrr = figures(walk(test, answer))
+    return recall, mrr, time.perf_counter() - started
+
+
+def run_replay(
+    export_dir: Path,
+    history: Sequence[Click],
+    test: Sequence[Click],
+    online: bool = True,
+    use_model: bool = True,
+) -> tuple[float, float, float]:
+    """service.replay.replay of one engine: (Recall@K, MRR@K, seconds)."""
+    engine = engine_for(export_dir, server_layer() if online else None, use_model)
+    result = replay(engine, history, test, (K,))
+    return result[f"recall@{K}"], result[f"mrr@{K}"], result["seconds"]
+
+
+# --- the sweep: each call's two proposals, re-blended ---
+
+
+@dataclass
+class Call:
+    model: Ranked | None  # None: no click known to the model (the online answer alone)
+    online: Ranked
+    stale: bool  # the last click is unknown to the model
+    fallback: list[str]  # training popularity, for a call neither side can answer
+
+
+def record(
+    export_dir: Path, history: Sequence[Click], test: Sequence[Click], n: int
+) -> tuple[list[Call], np.ndarray]:
+    """Each test call's proposals (n candidates a side) and the index of each next click's
+    call in the list, with its target: (calls, [(call index, target)] as objects)."""
+    frozen = engine_for(export_dir, None)
+    layer = server_layer(candidates=n)
+    learn_history(layer, history)
+    calls: list[Call] = []
+    targets: list[tuple[int, str]] = []
+    last_call: dict[str, int] = {}
+
+    def answer(click: Click, clicks: list[str]) -> list[str]:
+        if click.session in last_call:
+            targets.append((last_call[click.session], click.item))
+        last_call[click.session] = len(calls)
+        layer.learn(click.session, clicks, click.time)
+        query = frozen.decode(pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=n))
+        result = frozen.recommend_now(query, now=click.time)
+        ranked = None
+        if result.source == SOURCE_MODEL:
+            ranked = Ranked(result.item_ids, np.asarray(result.scores, np.float32))
+        stale = bool(query.unknown) and clicks[-1] not in frozen.model.index
+        calls.append(Call(ranked, layer.propose(clicks, click.time, ()), stale, result.item_ids))
+        return []
+
+    walk(test, answer)
+    return calls, np.array(targets, dtype=object)
+
+
+def reblend(calls: list[Call], targets: np.ndarray, config: BlendConfig) -> tuple[float, float]:
+    """(Recall@K, MRR@K) of the blend with `config` over recorded calls, as the recommender
+    would answer them."""
+    n = config.candidates
+    answers = []
+    for call in calls:
+        online = Ranked(call.online.ids[:n], call.online.scores[:n])
+        if call.model is None:
+            answers.append(online.ids[:K] if online.ids else call.fallback[:K])
+            continue
+        weight = config.model_weight * (config.stale_factor if call.stale else 1.0)
+        model = Ranked(call.model.ids[:n], call.model.scores[:n])
+        answers.append(blend(model, online, K, weight)[0])
+    ranks = [
+        answers[i].index(item) + 1 if item in answers[i] else np.inf for i, item in targets
+    ]
+    return figures(np.asarray(ranks, dtype=np.float64))
+
+
+def sweep(
+    recorded: dict[str, tuple[list[Call], np.ndarray]], frozen: dict[str, tuple[float, float]]
+) -> None:
+    """Every setting of the grid on every data set; a setting passes when the stable data's
+    blend is within 1% (relative) of the frozen model on Recall@K and MRR@K."""
+    grid = itertools.product((0.3, 0.5, 0.7, 0.8, 0.9), (0.0, 0.25, 0.5, 1.0), (50, 100))
+    names = list(recorded)
+    print("\n| model_weight | stale_factor | candidates | " + " | ".join(
+        f"{name} R@{K} | MRR@{K}" for name in names) + " | stable within 1% |")  # fmt: skip
+    print("|---" * (4 + 2 * len(names)) + "|")
+    for weight, stale, n in grid:
+        config = replace(BlendConfig(), model_weight=weight, stale_factor=stale, candidates=n)
+        got = {name: reblend(*recorded[name], config) for name in names}
+        r, m = got["stable"]
+        ok = r >= 0.99 * frozen["stable"][0] and m >= 0.99 * frozen["stable"][1]
+        cells = " | ".join(f"{got[name][0]:.4f} | {got[name][1]:.4f}" for name in names)
+        print(f"| {weight} | {stale} | {n} | {cells} | {'yes' if ok else 'no'} |", flush=True)
+
+
+# --- per-call cost ---
+
+
+def blend_cost(n: int = 100, repeats: int = 2000) -> float:
+    """Microseconds per blend() call of n model + n online candidates, half of them shared."""
+    rng = np.random.default_rng(0)
+    logits = np.sort(rng.normal(size=n))[::-1].astype(np.float32)
+    model = Ranked([f"i{j}" for j in range(n)], logits)
+    ids = [f"i{j}" for j in range(0, 2 * n, 2)]
+    online = Ranked(ids, np.sort(rng.random(n) / n)[::-1].astype(np.float32))
+    weight = BlendConfig().model_weight
+    started = time.perf_counter()
+    for _ in range(repeats):
+        blend(model, online, K, weight)
+    return (time.perf_counter() - started) / repeats * 1e6
+
+
+def print_table(title: str, rows: list[tuple[str, float, float, str]]) -> None:
+    print(f"\n{title}\n\n| variant | Recall@{K} | MRR@{K} | seconds |\n|---|---|---|---|")
+    for name, recall, mrr, seconds in rows:
+        print(f"| {name} | {recall:.4f} | {mrr:.4f} | {seconds} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=7, help="the last is the test day")
+    parser.add_argument("--items", type=int, default=2000, help="stock at the start")
+    parser.add_argument("--sessions", type=int, default=30_000, help="over all the days")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-hourly", action="store_true", help="skip the hourly updates")
+    parser.add_argument("--sweep", action="store_true", help="also the grid of blend settings")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    events, history_df, test_df = churn_split(args)
+    history, test = to_clicks(history_df), to_clicks(test_df)
+    defaults = BlendConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train_s = train_export(history_df, root / "base", root / "base" / "export")
+        known = set((root / "base" / "export" / "items.txt").read_text().split("\n"))
+        unknown, new = target_shares(test_df, known, history_df)
+        print(
+            f"churn: {len(events):,} clicks over {args.days} days (seed {args.seed}); test day "
+            f"{len(test):,} clicks, {test_df.SessionId.nunique():,} sessions; of its next clicks "
+            f"{unknown:.1%} are on items the model does not know, {new:.1%} on items first seen "
+            f"that day; training + export {train_s:.0f} s"
+        )
+        export = root / "base" / "export"
+        rows = [
+            ("frozen model", *run_replay(export, history, test, online=False)),
+            ("online layer alone", *run_replay(export, history, test, use_model=False)),
+            ("blend (defaults)", *run_replay(export, history, test)),
+        ]
+        rows = [(name, r, m, f"{s:.1f}") for name, r, m, s in rows]
+        if not args.no_hourly:
+            start = START_TIME + (args.days - 1) * DAY
+            hours = int(np.ceil((test_df.Time.max() - start) / HOUR))
+            exports, update_s = hourly_exports(events, root / "base", start, hours, root)
+            r, m, replay_s = replay_swapping(exports, history, test)
+            rows.append(("blend + hourly update", r, m, f"{replay_s:.1f} + {update_s:.1f}"))
+        print_table(f"Churn data, defaults {defaults}", rows)
+        recorded = {}
+        if args.sweep:
+            recorded["churn"] = record(export, history, test, 200)
+    demo = ROOT / "data" / "demo"
+    stable_history, stable_test = read_clicks(demo / "train.tsv"), read_clicks(demo / "test.tsv")
+    stable_export = ROOT / "runs" / "demo-export"
+    stable = [
+        ("frozen model", *run_replay(stable_export, stable_history, stable_test, online=False)),
+        ("blend (defaults)", *run_replay(stable_export, stable_history, stable_test)),
+    ]
+    print_table("Stable data (data/demo, runs/demo-export)", [
+        (name, r, m, f"{s:.1f}") for name, r, m, s in stable])  # fmt: skip
+    print(f"\nblend() per call, 100 + 100 candidates: {blend_cost():.1f} us")
+    if args.sweep:
+        recorded["stable"] = record(stable_export, stable_history, stable_test, 200)
+        check = reblend(*recorded["stable"], defaults)
+        print(f"re-blended defaults on stable data: {check[0]:.4f} / {check[1]:.4f}")
+        sweep(recorded, {"stable": stable[0][1:3]})
+    print(f"\n{platform.processor() or 'cpu'}, torch {torch.__version__}, 1 thread")
+
+
+if __name__ == "__main__":
+    main()

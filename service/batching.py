@@ -1,0 +1,154 @@
+"""Dynamic batching: calls that arrive together share one model run.
+
+    batcher = Batcher(run, max_batch=64, max_wait_s=0.0, max_queue=512)
+    await batcher.submit(job)      # returns once `run` has filled the job in
+
+One run is in flight at a time, in a worker thread. Calls that arrive meanwhile queue up
+and form the next batch, so under load batches grow by themselves and at low load a call
+waits for nobody (max_wait_s=0). A positive max_wait_s holds a batch that is not yet full
+until that long after its first call arrived (fewer, larger runs for more latency; the
+trade-off is measured in docs/service.md). The knobs are the ones Triton's dynamic batcher
+names: max_batch_size, max_queue_delay, and a bounded queue.
+
+A full queue refuses at once (Overloaded -> RESOURCE_EXHAUSTED), so latency and memory stay
+bounded under any load; a call whose deadline has passed by the time its batch forms is
+dropped (DeadlineExpired) instead of run for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, Protocol, TypeVar
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should back off or try another replica."""
+
+
+class DeadlineExpired(Exception):
+    """The call's deadline passed before its batch ran."""
+
+
+class HasDeadline(Protocol):
+    deadline: float  # time.monotonic() seconds
+
+
+J = TypeVar("J", bound=HasDeadline)
+
+
+class BatchStats:
+    """Plain counters the metrics collector reads at scrape time (no per-call locking)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.calls = 0
+        self.expired = 0
+        self.refused = 0
+        self.run_seconds = 0.0
+        self.queue_seconds = 0.0
+        self.batch_sizes: dict[int, int] = {}
+
+
+class Batcher(Generic[J]):
+    def __init__(
+        self,
+        run: Callable[[list[J]], None],
+        max_batch: int = 64,
+        max_wait_s: float = 0.0,
+        max_queue: int = 512,
+        stats: BatchStats | None = None,
+    ):
+        self.run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.stats = stats or BatchStats()
+        self._queue: deque[tuple[J, asyncio.Future[None], float]] = deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job: J) -> asyncio.Future[None]:
+        """Queue a job; the future completes when it has run. Raises Overloaded at once."""
+        if len(self._queue) >= self.max_queue or self._closing:
+            self.stats.refused += 1
+            raise Overloaded(
+                f"{len(self._queue)} calls are waiting for the model; retry with backoff or "
+                "on another replica"
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((job, future, time.monotonic()))
+        self._wake.set()
+        return future
+
+    async def close(self) -> None:
+        """Run what is queued, then stop the worker."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.max_wait_s > 0 and len(self._queue) < self.max_batch:
+                first_arrival = self._queue[0][2]
+                delay = first_arrival + self.max_wait_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            batch = self._take()
+            if not batch:
+                continue
+            jobs = [job for job, _, _ in batch]
+            started = time.monotonic()
+            try:
+                await loop.run_in_executor(self._executor, self.run, jobs)
+            except Exception as err:  # the model failed: every caller of the batch hears it
+                for _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            finished = time.monotonic()
+            self._account(batch, started, finished)
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    def _take(self) -> list[tuple[J, asyncio.Future[None], float]]:
+        """Up to max_batch live jobs from the front of the queue; expired ones are failed."""
+        now = time.monotonic()
+        batch = []
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            job, future, _ = item
+            if future.done():  # the caller went away (cancelled, e.g. its deadline passed)
+                self.stats.expired += 1
+                continue
+            if job.deadline <= now:
+                self.stats.expired += 1
+                future.set_exception(DeadlineExpired("the deadline passed while queued"))
+                continue
+            batch.append(item)
+        return batch
+
+    def _account(self, batch: list, started: float, finished: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.calls += len(batch)
+        stats.run_seconds += finished - started
+        stats.queue_seconds += sum(started - arrived for _, _, arrived in batch)
+        stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1

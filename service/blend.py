@@ -1,0 +1,128 @@
+"""Stage 4: online scores and the blend with the model.
+
+    ids, scores, sources = blend(model_top, online_top, config)
+
+The model ranks the items it was trained on; the online statistics (online.py) rank every
+item clicked lately, new ones included. Both become probabilities of being the next click:
+the model's logits through a softmax over its top `candidates` (the tail beyond them holds
+little mass for a trained model), the online mixture as it is (its parts are already
+conditional probabilities). The blend is
+
+    score(j) = model_weight * p_model(j) + (1 - model_weight) * p_online(j)
+
+where an item one side does not rank counts 0 there, so an item newer than the model can
+still win on its online evidence. model_weight applies when the session's last click is
+known to the model; when it is not (the session just clicked a new item), the model only
+knows the session's older clicks and its weight is scaled by stale_factor. Defaults are
+chosen by `python -m service.replay` on churn data (docs/online.md).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from .online import OnlineModel
+
+SOURCE_MODEL, SOURCE_ONLINE = "model", "online"
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    model_weight: float = 0.5  # share of the model when the last click is known to it
+    stale_factor: float = 0.5  # scales model_weight when the last click is unknown to it
+    candidates: int = 100  # items each side proposes before the blend
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.model_weight <= 1.0 or not 0.0 <= self.stale_factor <= 1.0:
+            raise ValueError("model_weight and stale_factor must be in [0, 1]")
+        if self.candidates < 1:
+            raise ValueError(f"candidates={self.candidates} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One side's proposal: ids best first with scores (logits for the model)."""
+
+    ids: list[str]
+    scores: np.ndarray
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    if len(logits) == 0:
+        return logits.astype(np.float64)
+    z = np.exp(logits.astype(np.float64) - float(np.max(logits)))
+    return z / z.sum()
+
+
+def blend(
+    model: Ranked | None, online: Ranked | None, k: int, weight: float
+) -> tuple[list[str], list[float], list[str]]:
+    """The k best items of the blend, with blended scores and the side that gave each item
+    more of its score (SOURCE_MODEL or SOURCE_ONLINE). weight: the model's share."""
+    combined: dict[str, list[float]] = {}
+    if model is not None and weight > 0:
+        for item, p in zip(model.ids, softmax(model.scores).tolist(), strict=True):
+            combined[item] = [weight * p, 0.0]
+    if online is not None and weight < 1:
+        share = 1.0 - weight
+        for item, p in zip(online.ids, online.scores.tolist(), strict=True):
+            parts = combined.get(item)
+            if parts is None:
+                combined[item] = [0.0, share * p]
+            else:
+                parts[1] = share * p
+    best = sorted(combined.items(), key=lambda kv: kv[1][0] + kv[1][1], reverse=True)[:k]
+    ids = [item for item, _ in best]
+    scores = [m + o for _, (m, o) in best]
+    sources = [SOURCE_MODEL if m >= o else SOURCE_ONLINE for _, (m, o) in best]
+    return ids, scores, sources
+
+
+class OnlineLayer:
+    """The online statistics of one server, shared by every model it loads in turn, and
+    what each session has already taught them.
+
+    A request carries the session's whole history, so the same click arrives again and
+    again; only clicks not seen before for the session are learnt. A session this replica
+    has not seen teaches only its last click (the earlier ones went to whichever replica
+    served them). Requests without a session id teach their last click."""
+
+    def __init__(self, model: OnlineModel, config: BlendConfig, max_sessions: int = 100_000):
+        self.model = model
+        self.config = config
+        self.max_sessions = max_sessions
+        self._seen: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (n, last click)
+        # called with (session id, the session's clicks up to the one learnt, time) for each
+        # click learnt: clickbus.ClickBus.publish shares it with the other replicas
+        self.on_learn: Callable[[str, list[str], float], None] | None = None
+
+    def learn(self, session_id: str, clicks: list[str], now: float) -> int:
+        """Learn the clicks of a request that are new; returns how many were learnt."""
+        if not clicks:
+            return 0
+        n, last = len(clicks), clicks[-1]
+        start = n - 1
+        if session_id:
+            seen = self._seen.pop(session_id, None)
+            if seen is not None:
+                if seen == (n, last):
+                    start = n  # a repeat: nothing new
+                elif seen[0] < n:
+                    start = seen[0]
+            self._seen[session_id] = (n, last)
+            if len(self._seen) > self.max_sessions:
+                self._seen.popitem(last=False)
+        for i in range(start, n):
+            prefix = clicks[: i + 1]
+            self.model.learn(prefix, now)
+            if self.on_learn is not None:
+                self.on_learn(session_id, prefix, now)
+        return n - start
+
+    def propose(self, clicks: list[str], now: float, exclude: Collection[str]) -> Ranked:
+        ids, scores, _ = self.model.score(clicks, now, self.config.candidates, exclude)
+        return Ranked(ids, scores)

@@ -1,0 +1,27 @@
+"""Stage 5: filters. What the caller asked not to see is removed, and the list is cut to k.
+
+The model stage asks the graph's TopK for k plus the number of excluded items, so k always
+survive the exclusions; these helpers only drop and cut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k_excluding(
+    items: np.ndarray, scores: np.ndarray, excluded: np.ndarray, k: int
+) -> tuple[list[int], list[float]]:
+    """The first k of items (best first) not in excluded, with their scores, as lists."""
+    if len(excluded) == 0:
+        return items[:k].tolist(), scores[:k].tolist()
+    banned = set(excluded.tolist())
+    kept = [(i, s) for i, s in zip(items.tolist(), scores.tolist(), strict=True) if i not in banned]
+    kept = kept[:k]
+    return [i for i, _ in kept], [s for _, s in kept]
+
+
+def order_candidates(candidates: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
+    """Candidates best first; equal scores keep the request order."""
+    order = np.argsort(-scores, kind="stable")
+    return candidates[order].tolist(), scores[order].tolist()
