@@ -6,7 +6,7 @@ clicks through the click bus (service/clickbus.py) wins back.
         --param n_epochs=3 --param layers=64
     python -m training export --model runs/churn --out runs/churn-export
     .venv/bin/python scripts/bench_replicas.py --model runs/churn-export \\
-        --events data/churn/events.tsv                    # about 80 s on 2 cores
+        --events data/churn/events.tsv                    # about 50 s on 2 cores
     .venv/bin/python scripts/bench_replicas.py ... --redis-url redis://127.0.0.1:6379/0
         # also: the cost of publishing on the request path and the delay to another replica
 
@@ -14,9 +14,10 @@ The replay is service.replay's (read_clicks, build_engine, replay): the history 
 then every test click is one call, scored against the session's next click. Clicks on items
 the model never saw count, so the log is events.tsv, not test.tsv (which drops them). The
 sessions that start in the first --test-hours of the last --test-days are the test; those
-that start before are the history (subsample: 12 of the last 24 hours by default, to stay
-within about two minutes). Each call goes to one of the replicas, as a load balancer routes
-it, and each replica has an OnlineLayer of its own:
+that start in the --history-days before are the history (4 days by default: older clicks
+weigh < 2^-8 with the 12 h transition half-life, and all 13 days of the churn data give the
+same figures to three decimals in twice the time). Each call goes to one of the replicas,
+as a load balancer routes it, and each replica has an OnlineLayer of its own:
 
     one          one replica sees every call
     round-robin  --replicas replicas, call i to replica i mod N (per-call balancing, gRPC's
@@ -36,6 +37,7 @@ import random
 import statistics
 import sys
 import time
+import timeit
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -83,15 +85,15 @@ class Replicas:
         return self._next(query.session_id).recommend_now(query, now)
 
 
-def split(clicks: Sequence[Click], test_days: float, test_hours: float):
-    """(history, test): the clicks of sessions that start before the last test_days, and of
-    those that start in the first test_hours after that, each in time order."""
+def split(clicks: Sequence[Click], test_days: float, test_hours: float, history_days: float):
+    """(history, test): the clicks of sessions that start in the history_days before the last
+    test_days, and of those that start in the first test_hours after that, in time order."""
     starts: dict[str, float] = {}
     for click in clicks:
         starts.setdefault(click.session, click.time)
     cutoff = clicks[-1].time - test_days * DAY
     end = cutoff + test_hours * 3600
-    history = [c for c in clicks if starts[c.session] < cutoff]
+    history = [c for c in clicks if cutoff - history_days * DAY <= starts[c.session] < cutoff]
     test = [c for c in clicks if cutoff <= starts[c.session] < end]
     return history, test
 
@@ -108,8 +110,8 @@ def run_variant(args: argparse.Namespace, n: int, route: Route, shared: bool, hi
     return replay(cast(Recommender, replicas), history, test, (20,))
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    history, test = split(read_clicks(args.events), args.test_days, args.test_hours)
+def compare(args: argparse.Namespace, clicks: Sequence[Click]) -> dict[str, Any]:
+    history, test = split(clicks, args.test_days, args.test_hours, args.history_days)
     n = args.replicas
     variants: dict[str, tuple[int, Route, bool]] = {
         "one replica": (1, lambda i, s: 0, False),
@@ -118,8 +120,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         f"{n} replicas, round-robin, shared clicks": (n, lambda i, s: i % n, True),
     }
     sessions = len({c.session for c in test})
-    print(f"history {len(history):,} clicks; test {len(test):,} clicks in {sessions:,} "
-          f"sessions (first {args.test_hours:g} h of the last {args.test_days:g} d); "
+    print(f"history {len(history):,} clicks ({args.history_days:g} d); test {len(test):,} "
+          f"clicks in {sessions:,} sessions (first {args.test_hours:g} h of the last "
+          f"{args.test_days:g} d); "
           f"{'online layer alone' if args.no_model else 'model + online blend'}")  # fmt: skip
     print(f"{'':44} {'Recall@20':>9} {'MRR@20':>8} {'vs one':>16} {'s':>5}")
     out: dict[str, Any] = {}
@@ -137,15 +140,21 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 # --- the Redis bus: what publishing costs a call, how soon another replica learns it ---
 
 
-def publish_cost(clicks: Sequence[Click], repeats: int = 3) -> dict[str, float]:
+def publish_cost(clicks: Sequence[Click], repeats: int = 5) -> dict[str, float]:
     """Microseconds per learnt click of OnlineLayer.learn with and without the bus's publish
-    hook (best of `repeats` over the same clicks); the bus is never started, so this is the
-    request path alone."""
-    best: dict[str, float] = {}
+    hook (best of `repeats` over the same clicks), and of ClickBus.publish alone; the bus is
+    never started, so this is the request path alone."""
+    n = 100_000
+    bus = ClickBus(OnlineLayer(OnlineModel(), BlendConfig()), "redis://unused",
+                   BusConfig(max_pending=n * repeats + 1))  # fmt: skip
+    history = [c.item for c in clicks[:10]]
+    alone = min(timeit.repeat(lambda: bus.publish("s", history, 0.0), number=n, repeat=repeats))
+    best: dict[str, float] = {"publish_alone_us": alone / n * 1e6}
     for hooked in (False, True) * repeats:
         layer = OnlineLayer(OnlineModel(), BlendConfig())
         if hooked:
-            ClickBus(layer, "redis://unused", BusConfig(max_pending=len(clicks) + 1))
+            # the writer keeps the queue short; a small bound does so here (and drops)
+            ClickBus(layer, "redis://unused", BusConfig(max_pending=64))
         sessions: dict[str, list[str]] = {}
         started = time.perf_counter()
         for click in clicks:
@@ -200,20 +209,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", required=True, help="the whole click log (events.tsv)")
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--test-days", type=float, default=1.0)
-    parser.add_argument("--test-hours", type=float, default=12.0, help="of the test day(s)")
+    parser.add_argument("--test-hours", type=float, default=24.0, help="of the test day(s)")
+    # older clicks weigh < 2^-8 with the default 12 h transition half-life
+    parser.add_argument("--history-days", type=float, default=4.0, help="before the test")
     parser.add_argument("--bus-delay-s", type=float, default=0.01, help="shared: replay time")
     parser.add_argument("--no-model", action="store_true", help="the online layer alone")
     parser.add_argument("--redis-url", help="also measure the Redis bus's costs there")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
-    out: dict[str, Any] = {"variants": compare(args)}
+    clicks = read_clicks(args.events)
+    out: dict[str, Any] = {"variants": compare(args, clicks)}
     if args.redis_url:
-        cost = publish_cost(read_clicks(args.events)[:50_000])
-        print("request path, per learnt click: learn {learn_us:.2f} us, with publish "
-              "{learn_with_publish_us:.2f} us: +{publish_us:.2f} us".format(**cost))
+        cost = publish_cost(clicks[:50_000])
+        print(
+            "request path, per learnt click: learn {learn_us:.2f} us, with publish "
+            "{learn_with_publish_us:.2f} us: +{publish_us:.2f} us (publish alone "
+            "{publish_alone_us:.2f} us)".format(**cost)
+        )
         delay = asyncio.run(delivery_delay(args.redis_url))
-        print("learnt on one replica -> learnt on another: p50 {p50_ms:.1f} ms, p90 "
-              "{p90_ms:.1f} ms, p99 {p99_ms:.1f} ms, max {max_ms:.1f} ms".format(**delay))
+        print(
+            "learnt on one replica -> learnt on another: p50 {p50_ms:.1f} ms, p90 "
+            "{p90_ms:.1f} ms, p99 {p99_ms:.1f} ms, max {max_ms:.1f} ms".format(**delay)
+        )
         out.update(publish=cost, delivery=delay)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

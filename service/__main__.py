@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_hangup)
     try:
         server.start()
-    except OSError as err:
+    except (OSError, ValueError) as err:  # port in use, unreadable TLS file, bad Redis URL
         log.error("%s", err)
         server.stop(0, 0)
         return 2

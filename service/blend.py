@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .online import OnlineModel
+from .online import OnlineConfig, OnlineModel
 
 SOURCE_MODEL, SOURCE_ONLINE = "model", "online"
 
@@ -52,34 +53,52 @@ class Ranked:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    if len(logits) == 0:
-        return logits.astype(np.float64)
-    z = np.exp(logits.astype(np.float64) - float(np.max(logits)))
+    """(n,) logits -> (n,) float64 probabilities summing to 1 (empty for empty)."""
+    x = logits.astype(np.float64)
+    if len(x) == 0:
+        return x
+    z = np.exp(x - x.max())  # the largest term is exp(0): no overflow, whatever the logits
     return z / z.sum()
 
 
 def blend(
     model: Ranked | None, online: Ranked | None, k: int, weight: float
 ) -> tuple[list[str], list[float], list[str]]:
-    """The k best items of the blend, with blended scores and the side that gave each item
-    more of its score (SOURCE_MODEL or SOURCE_ONLINE). weight: the model's share."""
-    combined: dict[str, list[float]] = {}
+    """The k best items of the blend (module docstring), with blended scores and the side
+    whose part of each score is the larger (SOURCE_MODEL or SOURCE_ONLINE; the model on a
+    tie). weight: the model's share in [0, 1]; a side with no share proposes nothing, so
+    weight=1 ranks the model's candidates alone. Equal scores keep the model's order, then
+    the online order.
+
+    About 40 us for 100 + 100 candidates on a busy 2-core machine, 60% of the version that
+    kept both parts of every score (scripts/bench_churn.py prints it)."""
+    model_part: dict[str, float] = {}
     if model is not None and weight > 0:
-        for item, p in zip(model.ids, softmax(model.scores).tolist(), strict=True):
-            combined[item] = [weight * p, 0.0]
+        model_part = dict(zip(model.ids, (weight * softmax(model.scores)).tolist(), strict=True))
+    combined = model_part.copy()
     if online is not None and weight < 1:
-        share = 1.0 - weight
+        share, get = 1.0 - weight, combined.get
         for item, p in zip(online.ids, online.scores.tolist(), strict=True):
-            parts = combined.get(item)
-            if parts is None:
-                combined[item] = [0.0, share * p]
-            else:
-                parts[1] = share * p
-    best = sorted(combined.items(), key=lambda kv: kv[1][0] + kv[1][1], reverse=True)[:k]
-    ids = [item for item, _ in best]
-    scores = [m + o for _, (m, o) in best]
-    sources = [SOURCE_MODEL if m >= o else SOURCE_ONLINE for _, (m, o) in best]
+            combined[item] = get(item, 0.0) + share * p
+    # a bound method as key keeps the sort in C; sorted() is stable, hence the tie order
+    ids = sorted(combined, key=combined.__getitem__, reverse=True)[:k]
+    scores = [combined[item] for item in ids]
+    from_model = model_part.get
+    # the model's part m of a score s = m + o is the larger exactly when 2m >= s
+    sources = [
+        SOURCE_MODEL if 2.0 * from_model(item, 0.0) >= s else SOURCE_ONLINE
+        for item, s in zip(ids, scores, strict=True)
+    ]
     return ids, scores, sources
+
+
+EXCLUDE_ROOM = 50  # exclusions a call may carry before the online popularity list runs short
+
+
+def online_config_for(blend_config: BlendConfig, **settings: Any) -> OnlineConfig:
+    """OnlineConfig whose sorted popularity list covers what the blend asks for: a longer
+    request would fall back to a scan of every tracked item (about a millisecond)."""
+    return OnlineConfig(popular_candidates=blend_config.candidates + EXCLUDE_ROOM, **settings)
 
 
 class OnlineLayer:
@@ -122,6 +141,22 @@ class OnlineLayer:
             if self.on_learn is not None:
                 self.on_learn(session_id, prefix, now)
         return n - start
+
+    def learn_shared(self, session_id: str, n: int, recent: list[str], now: float) -> bool:
+        """Learn the n-th click of a session that another replica learnt (recent: its last
+        few clicks, the learnt one last), unless this layer learnt the session that far
+        already; True if learnt. Not published again."""
+        if session_id:
+            last = recent[-1]
+            seen = self._seen.pop(session_id, None)
+            if seen is not None and (seen[0] > n or seen == (n, last)):
+                self._seen[session_id] = seen
+                return False
+            self._seen[session_id] = (n, last)
+            if len(self._seen) > self.max_sessions:
+                self._seen.popitem(last=False)
+        self.model.learn(recent, now)
+        return True
 
     def propose(self, clicks: list[str], now: float, exclude: Collection[str]) -> Ranked:
         ids, scores, _ = self.model.score(clicks, now, self.config.candidates, exclude)

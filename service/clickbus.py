@@ -34,8 +34,10 @@ _applied, _dropped, _duplicates and _lag_seconds (metrics.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -92,7 +94,7 @@ class BusStats:
         self.lag = Histogram()  # click time (the publisher's clock) to its learning here
 
 
-class SharedClick(NamedTuple):  # a tuple: made on the request path, ~5x cheaper than a dataclass
+class SharedClick(NamedTuple):  # made on the request path: cheaper than a frozen dataclass
     session: str  # "" for calls without a session id
     n: int  # the session's click count up to this click
     clicks: tuple[str, ...]  # its last up to WINDOW clicks, this one last
@@ -118,7 +120,8 @@ def decode(fields: Mapping[str, str]) -> tuple[str, SharedClick]:
         replica = fields["r"]
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"not a click message: {dict(fields)!r}") from err
-    if not clicks or not all(isinstance(c, str) for c in clicks) or click.n < 1:
+    valid = clicks and all(isinstance(c, str) for c in clicks) and math.isfinite(click.time)
+    if not valid or click.n < 1:  # a NaN time would poison every decayed statistic
         raise ValueError(f"not a click message: {dict(fields)!r}")
     return replica, click
 
@@ -129,19 +132,7 @@ def learn_shared(layer: OnlineLayer, click: SharedClick) -> bool:
 
     Keeps the layer's per-session record (n, last click) in step by its own rules, so a
     later call of the session here learns only what came after."""
-    # OnlineLayer.learn's record, kept by the same rules; a method there would be tidier
-    seen_sessions = layer._seen
-    if click.session:
-        last = click.clicks[-1]
-        seen = seen_sessions.pop(click.session, None)
-        if seen is not None and (seen[0] > click.n or seen == (click.n, last)):
-            seen_sessions[click.session] = seen
-            return False
-        seen_sessions[click.session] = (click.n, last)
-        if len(seen_sessions) > layer.max_sessions:
-            seen_sessions.popitem(last=False)
-    layer.model.learn(click.clicks, click.time)
-    return True
+    return layer.learn_shared(click.session, click.n, list(click.clicks), click.time)
 
 
 def _shared(session_id: str, clicks: Sequence[str], now: float) -> SharedClick:
@@ -213,15 +204,14 @@ class ClickBus:
         if self._stopping is not None:
             self._stopping.set()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.config.block_ms / 1000 + timeout_s)
+            wait_s = self.config.block_ms / 1000 + timeout_s
+            _, late = await asyncio.wait(self._tasks, timeout=wait_s)
             for task in late:
                 task.cancel()  # a Redis that stopped answering: leave it
         self._tasks = []
         if self._client is not None:
-            try:
+            with contextlib.suppress(*_errors()):  # TimeoutError included
                 await asyncio.wait_for(self._client.aclose(), timeout_s)
-            except (asyncio.TimeoutError, *_errors()):
-                pass
             self._client = None
 
     def _stopped(self) -> bool:
@@ -230,10 +220,8 @@ class ClickBus:
     async def _pause(self, seconds: float) -> None:
         """A backoff sleep that stop() cuts short."""
         assert self._stopping is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
 
     # --- writing ---
 
@@ -247,7 +235,7 @@ class ClickBus:
                 await asyncio.sleep(c.flush_ms / 1000)
             try:
                 await self._flush()
-            except _errors() as err:
+            except Exception as err:  # the task must outlive anything Redis does
                 self._down(err)
                 backoff = min(max(2 * backoff, c.backoff_min_s), c.backoff_max_s)
                 continue
@@ -263,7 +251,8 @@ class ClickBus:
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for click in batch:
-                        pipe.xadd(c.stream, encode(self.replica, click), maxlen=c.maxlen)
+                        fields: dict[Any, Any] = encode(self.replica, click)  # redis-py's types
+                        pipe.xadd(c.stream, fields, maxlen=c.maxlen)
                     await pipe.execute()
             except BaseException:
                 self._pending.extendleft(reversed(batch))
@@ -288,7 +277,7 @@ class ClickBus:
                 reply: Any = await self._client.xread(
                     {c.stream: last}, count=c.max_batch, block=c.block_ms
                 )
-            except _errors() as err:
+            except Exception as err:  # the task must outlive anything Redis does
                 self._down(err)
                 backoff = min(max(2 * backoff, c.backoff_min_s), c.backoff_max_s)
                 await self._pause(backoff)
@@ -297,7 +286,7 @@ class ClickBus:
             self._set_up()
             # [[stream, entries]] in RESP2 and redis-py's legacy RESP3 form; {stream: entries}
             # in its newer RESP3 form
-            for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or ()):
+            for _stream, entries in reply.items() if isinstance(reply, dict) else reply or ():
                 for entry_id, fields in entries:
                     last = entry_id
                     self._apply(fields)
@@ -331,10 +320,12 @@ class ClickBus:
                      _redacted(self.url), self.config.stream, self.replica)  # fmt: skip
         self._up, self.stats.connected = True, 1.0
 
-    def _down(self, err: BaseException) -> None:
+    def _down(self, err: Exception) -> None:
         if self._up is not False:
-            log.warning("click bus: Redis at %s unreachable (%s); serving on this replica's "
-                        "own clicks and retrying", _redacted(self.url), err)  # fmt: skip
+            expected = isinstance(err, _errors())  # else a bug: worth its traceback
+            log.warning("click bus: cannot use Redis at %s (%r); serving on this replica's "
+                        "own clicks and retrying", _redacted(self.url), err,
+                        exc_info=not expected)  # fmt: skip
         self._up, self.stats.connected = False, 0.0
 
 
@@ -376,7 +367,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     the bus is used)."""
     from redis.exceptions import RedisError
 
-    return (RedisError, OSError, asyncio.TimeoutError)
+    return (RedisError, OSError)  # OSError covers TimeoutError
 
 
 def _redacted(url: str) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blend import BlendConfig, OnlineLayer
+from .blend import BlendConfig, OnlineLayer, online_config_for
 from .decode import Limits
 from .online import OnlineConfig, OnlineModel
 from .proto import recommender_pb2 as pb
@@ -78,7 +78,8 @@ def build_engine(
     model = ExportedModel.load(export_dir, "cpu", threads=1)
     layer = None
     if online:
-        layer = OnlineLayer(OnlineModel(online_config), blend or BlendConfig())
+        blend = blend or BlendConfig()
+        layer = OnlineLayer(OnlineModel(online_config or online_config_for(blend)), blend)
     cache = SessionCache(1_000_000, 10 * 86_400.0)  # replay time is not the wall clock
     return Recommender(model, cache, Limits(max_clicks=max_clicks), online=layer,
                        use_model=use_model)  # fmt: skip
@@ -164,12 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     half_life = args.half_life_s
+    blend = BlendConfig(model_weight=args.model_weight)
     engine = build_engine(
         args.model,
         online=not args.no_online,
         use_model=not args.no_model,
-        blend=BlendConfig(model_weight=args.model_weight),
-        online_config=OnlineConfig(half_life_s=half_life),
+        blend=blend,
+        online_config=online_config_for(blend, half_life_s=half_life),
         max_clicks=args.max_clicks,
     )
     figures = replay(engine, history, test, args.cutoffs, args.exclude_clicked, progress=True)

@@ -26,13 +26,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .blend import BlendConfig, OnlineLayer
+from .blend import BlendConfig, OnlineLayer, online_config_for
 from .clickbus import ClickBus
 from .config import ServiceConfig
 from .decode import Limits
 from .handlers import SERVICE_NAME, Handlers
 from .metrics import MetricsEndpoint, ServerStats
-from .online import OnlineConfig, OnlineModel
+from .online import OnlineModel
 from .proto import recommender_pb2 as pb
 from .recommender import Recommender
 from .reload import ModelSource
@@ -250,11 +250,11 @@ class RecommendationServer:
 def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
     if not cfg.online:
         return None
-    statistics = OnlineModel(
-        OnlineConfig(half_life_s=cfg.online_half_life_s, max_items=cfg.online_max_items)
+    blend = BlendConfig(model_weight=cfg.blend_model_weight)
+    settings = online_config_for(
+        blend, half_life_s=cfg.online_half_life_s, max_items=cfg.online_max_items
     )
-    return OnlineLayer(statistics, BlendConfig(model_weight=cfg.blend_model_weight),
-                       max_sessions=max(cfg.cache_size, 1))  # fmt: skip
+    return OnlineLayer(OnlineModel(settings), blend, max_sessions=max(cfg.cache_size, 1))
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
