@@ -1,8 +1,8 @@
 """The service's blend of GRU4Rec and the online layer, replayed on a changing catalogue and
 on the stable demo data; with --sweep, the grid of blend settings behind BlendConfig.
 
-    .venv/bin/python scripts/bench_churn.py            # both tables (about 6 min, 2 cores)
-    .venv/bin/python scripts/bench_churn.py --sweep    # + the sweep (about 6 min more)
+    .venv/bin/python scripts/bench_churn.py            # both tables (about 3 min, 2 cores)
+    .venv/bin/python scripts/bench_churn.py --sweep    # and the sweep (about 6 min in all)
     .venv/bin/python scripts/bench_churn.py --no-hourly --sessions 10000    # quick
 
 Churn: training.synthetic with training.churn (items released all day, interest fading
@@ -65,7 +65,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # the synthetic_demo preset, shortened: 3 epochs and a small negative store keep training
 # near a minute on 2 cores
 SETTINGS = ["n_epochs=3", "sample_store_size=200000", "threads=1"]
-UPDATE_PARAMS = ["n_epochs=2"]  # an hour's clicks are few: two passes
+# one gentle pass over an hour's clicks: more drifts the model off the items it knew (blend
+# with model_weight 0.5, seed 1: 2 epochs at the parent's learning rate 0.1 gave Recall@20
+# 0.643, 1 at 0.05 0.651, 1 at 0.02 0.655; the model trained once, 0.661)
+UPDATE_PARAMS = ["n_epochs=1", "learning_rate=0.02"]
 # an item first seen in the hour joins the model with 2 clicks there, not the 5 of a first
 # training: an hour is short, and the online layer covers an item until then
 UPDATE_OPTIONS = UpdateOptions(min_item_support=2)
@@ -187,6 +190,16 @@ def learn_history(layer: OnlineLayer, history: Sequence[Click]) -> None:
         layer.learn(click.session, clicks[-MAX_CLICKS:], click.time)
 
 
+def current(engines: list[tuple[float, Recommender]], now: float) -> Recommender:
+    """The engine serving at `now`: the last to have started (the first serves before)."""
+    serving = engines[0][1]
+    for start, engine in engines[1:]:
+        if start > now:
+            break
+        serving = engine
+    return serving
+
+
 def replay_swapping(
     exports: list[tuple[float, Path]], history: Sequence[Click], test: Sequence[Click]
 ) -> tuple[float, float, float]:
@@ -196,13 +209,9 @@ def replay_swapping(
     layer = server_layer()
     learn_history(layer, history)
     engines = [(t, engine_for(path, layer)) for t, path in exports]
-    current = 0
 
     def answer(click: Click, clicks: list[str]) -> list[str]:
-        nonlocal current
-        while current + 1 < len(engines) and click.time >= engines[current + 1][0]:
-            current += 1
-        engine = engines[current][1]
+        engine = current(engines, click.time)
         request = pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=K)
         return engine.recommend_now(engine.decode(request), now=click.time).item_ids
 
@@ -237,10 +246,12 @@ class Call:
     fallback: list[str]  # training popularity, for a call neither side can answer
 
 
-def record(export_dir: Path, history: Sequence[Click], test: Sequence[Click], n: int) -> Recorded:
-    """Each test call's two proposals (n candidates a side), and for each next click the
-    call that predicted it."""
-    frozen = engine_for(export_dir, None)
+def record(
+    exports: list[tuple[float, Path]], history: Sequence[Click], test: Sequence[Click], n: int
+) -> Recorded:
+    """Each test call's two proposals (n candidates a side), the model changing at the
+    given times as in replay_swapping, and for each next click the call that predicted it."""
+    frozen = [(t, engine_for(path, None)) for t, path in exports]
     layer = server_layer(candidates=n)
     learn_history(layer, history)
     calls: list[Call] = []
@@ -252,13 +263,13 @@ def record(export_dir: Path, history: Sequence[Click], test: Sequence[Click], n:
             targets.append((last_call[click.session], click.item))
         last_call[click.session] = len(calls)
         layer.learn(click.session, clicks, click.time)  # as Recommender.recommend_now does
-        request = pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=n)
-        query = frozen.decode(request)
-        result = frozen.recommend_now(query, now=click.time)
+        engine = current(frozen, click.time)
+        query = engine.decode(pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=n))
+        result = engine.recommend_now(query, now=click.time)
         ranked = None
         if result.source == SOURCE_MODEL:
             ranked = Ranked(result.item_ids, np.asarray(result.scores, np.float32))
-        stale = bool(query.unknown) and clicks[-1] not in frozen.model.index
+        stale = bool(query.unknown) and clicks[-1] not in engine.model.index
         calls.append(Call(ranked, layer.propose(clicks, click.time, ()), stale, result.item_ids))
         return []
 
@@ -328,14 +339,22 @@ def blend_cost(n: int = 100, calls: int = 2000, rounds: int = 7) -> float:
     return best
 
 
-def print_table(title: str, rows: list[tuple[str, float, float, str]]) -> None:
+Row = tuple[str, float, float, str]  # variant, Recall@K, MRR@K, seconds as printed
+
+
+def row(name: str, result: tuple[float, float, float]) -> Row:
+    recall, mrr, seconds = result
+    return name, recall, mrr, f"{seconds:.1f}"
+
+
+def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n{title}\n\n| variant | Recall@{K} | MRR@{K} | seconds |\n|---|---|---|---|")
     for name, recall, mrr, seconds in rows:
         print(f"| {name} | {recall:.4f} | {mrr:.4f} | {seconds} |", flush=True)
 
 
-def churn_rows(args: argparse.Namespace, root: Path) -> tuple[list, Recorded | None]:
-    """The churn table's rows; the recorded calls too with --sweep."""
+def churn_rows(args: argparse.Namespace, root: Path) -> tuple[list[Row], dict[str, Recorded]]:
+    """The churn table's rows; with --sweep also the recorded calls, by variant."""
     events, history_df, test_df = churn_split(args)
     history, test = to_clicks(history_df), to_clicks(test_df)
     base = root / "base"
@@ -350,18 +369,22 @@ def churn_rows(args: argparse.Namespace, root: Path) -> tuple[list, Recorded | N
         flush=True,
     )
     rows = [
-        ("frozen model", *run_replay(base / "export", history, test, online=False)),
-        ("online layer alone", *run_replay(base / "export", history, test, use_model=False)),
-        ("blend", *run_replay(base / "export", history, test)),
+        row("frozen model", run_replay(base / "export", history, test, online=False)),
+        row("online layer alone", run_replay(base / "export", history, test, use_model=False)),
+        row("blend", run_replay(base / "export", history, test)),
     ]
-    rows = [(name, r, m, f"{s:.1f}") for name, r, m, s in rows]
+    variants = {"churn": [(0.0, base / "export")]}
     if not args.no_hourly:
         start = START_TIME + (args.days - 1) * DAY
         hours = int(np.ceil((test_df.Time.max() - start) / HOUR))
-        exports, update_s = hourly_exports(events, base, start, hours, root)
-        r, m, replay_s = replay_swapping(exports, history, test)
+        variants["hourly"], update_s = hourly_exports(events, base, start, hours, root)
+        r, m, replay_s = replay_swapping(variants["hourly"], history, test)
         rows.append(("blend, hourly update", r, m, f"{replay_s:.1f} + {update_s:.1f} update"))
-    recorded = record(base / "export", history, test, RECORDED) if args.sweep else None
+    recorded: dict[str, Recorded] = {}
+    if args.sweep:
+        recorded = {
+            name: record(exports, history, test, RECORDED) for name, exports in variants.items()
+        }
     return rows, recorded
 
 
@@ -376,19 +399,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        rows, recorded_churn = churn_rows(args, Path(tmp))
+        rows, recorded = churn_rows(args, Path(tmp))
     print_table(f"Churn data; {BlendConfig()}", rows)
     demo, export = ROOT / "data" / "demo", ROOT / "runs" / "demo-export"
     history, test = read_clicks(demo / "train.tsv"), read_clicks(demo / "test.tsv")
     frozen = run_replay(export, history, test, online=False)
-    stable = [("frozen model", *frozen), ("blend", *run_replay(export, history, test))]
-    print_table("Stable data (data/demo, runs/demo-export)", [
-        (name, r, m, f"{s:.1f}") for name, r, m, s in stable])  # fmt: skip
+    stable = [row("frozen model", frozen), row("blend", run_replay(export, history, test))]
+    print_table("Stable data (data/demo, runs/demo-export)", stable)
     print(f"\nblend() per call, 100 + 100 candidates: {blend_cost():.1f} us of CPU")
-    if recorded_churn is not None:
-        recorded = {"churn": recorded_churn, "stable": record(export, history, test, RECORDED)}
-        check = reblend(recorded["stable"], BlendConfig())
-        print(f"re-blended defaults, stable data: {check[0]:.4f} / {check[1]:.4f} (= replay)")
+    if recorded:
+        recorded["stable"] = record([(0.0, export)], history, test, RECORDED)
+        for name, calls in recorded.items():  # the same as the replays above, or a bug
+            r, m = reblend(calls, BlendConfig())
+            print(f"re-blended defaults, {name}: {r:.4f} / {m:.4f}")
         sweep(recorded, frozen[:2])
     print(f"\n{platform.processor() or 'cpu'}, torch {torch.__version__}, 1 thread")
 

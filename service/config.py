@@ -54,7 +54,7 @@ class ServiceConfig:
     # online layer (blend.py, online.py): statistics learnt from the requests' clicks,
     # blended with the model; the defaults come from `python -m service.replay` runs
     online: bool = True
-    blend_model_weight: float = 0.5
+    blend_model_weight: float = 0.7
     online_half_life_s: float = 3600.0
     online_max_items: int = 100_000
     # replicas share the clicks they learn through this Redis (clickbus.py); None: each

@@ -15,7 +15,14 @@ entry as time passes, a click at time t adds the gain g(t) = 2^((t - t0) / half-
 reference time), so an entry's decayed value at time u is stored * 2^-((u - t0) / half-life),
 the same factor for all: rankings and ratios read straight off the stored values. There are
 two clocks, `half_life_s` (popularity) and `transition_half_life_s` (transitions, sessions).
-Once a gain passes 2^RENORM_HALF_LIVES everything is divided by it (one O(size) pass).
+Once a gain passes 2^RENORM_HALF_LIVES everything is divided by it: one pass over the whole
+model, the only work in learn() that grows with the model, done every 256 popularity
+half-lives (10.7 days at the default 1 h).
+
+Caps. Every learn() over a cap takes one step of an eviction sweep that cycles through the
+tracked items: of the next SWEEP items it drops the weakest, and the weakest transitions of
+their successor lists. A click adds at most one item and two transitions and a step drops one
+and up to DROP, so the sizes stay at their caps, and no call does more than a step's work.
 
 Score of item j for a session ending ..., c2, c1 (c1 the last click): a mixture of estimates
 of P(next = j), each non-negative and summing to at most 1 over j, so score <= sum of weights:
@@ -44,7 +51,7 @@ from __future__ import annotations
 import heapq
 import sys
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -54,7 +61,12 @@ import numpy as np
 SOURCE_POPULARITY, SOURCE_TRANSITION, SOURCE_TRANSITION2, SOURCE_KNN = 0, 1, 2, 3
 SOURCE_NAMES = ("popularity", "transition", "transition2", "knn")  # index = source code
 RENORM_HALF_LIVES = 256.0  # 2^256 ~ 1e77: far from float64 overflow, so a pass is rare
-SLACK = 1.25  # a capped structure grows to SLACK x its cap before one eviction pass
+# no capped structure passes SLACK x its cap. The sweep holds items at max_items + 1 and
+# transitions within a few of max_transitions; on a stream whose sweep meets too few successor
+# lists, new transitions are refused at SLACK x max_transitions
+SLACK = 1.25
+SWEEP = 16  # items a learn() over a cap visits: the weakest of 16 is in the bottom ~6%
+DROP = 3  # transitions a learn() over max_transitions drops at least: more than a click adds
 
 # Sizes for memory_bytes(); containers themselves are measured with sys.getsizeof
 _FLOAT = sys.getsizeof(1.0)  # every stored value is its own float object
@@ -91,7 +103,9 @@ class OnlineConfig:
     sessions_per_item: int = 30  # most recent sessions looked up per query click
     knn_query_items: int = 3  # last distinct clicks of the scored session that find neighbours
     knn_k: int = 20  # neighbours that vote
-    popular_candidates: int = 50  # top popular items kept sorted (grows to twice this)
+    # top popular items kept sorted (grows to twice this); the only popularity-only
+    # candidates, so n + |exclude| beyond it gets fewer of them rather than a scan of all items
+    popular_candidates: int = 50
     skip_weight: float = 0.5  # learn: items[-3] -> items[-1] counts this much (0 or 0.5: same)
     # decayed clicks added to out(a): 4 fresh clicks of a -> b give b half of w_transition
     smoothing: float = 4.0
@@ -124,6 +138,7 @@ class OnlineConfig:
         characters: every structure at SLACK x its cap, every container just grown."""
         slot = 120  # worst bytes per entry of a big dict just after it grew (3.11)
         item = sys.getsizeof("x" * id_chars) + 4 * slot + 2 * _FLOAT
+        item += 9  # its place in the sweep: a pointer in a deque block of 64
         item += sys.getsizeof({"x": 1.0})  # its successor dict, without entries
         succ = [sys.getsizeof(dict.fromkeys(map(str, range(n)), 0.0)) for n in range(1, 90)]
         transition = _FLOAT + max((b - succ[0]) / n for n, b in enumerate(succ[1:], 1))
@@ -156,7 +171,9 @@ def _key(items: Sequence[str], n_items: int, window: int) -> int:
 class OnlineModel:
     """Decayed popularity, transitions and session-KNN, learnt one click at a time.
 
-    Thread-safe (one lock); learn() is O(1) amortised, score() touches only candidates."""
+    Thread-safe (one lock). Work per call is bounded by the configuration, not the model's
+    size: learn() touches the click's entries and one sweep step, score() only candidates;
+    the one exception is the renormalisation every 256 half-lives (module docstring)."""
 
     def __init__(self, config: OnlineConfig | None = None) -> None:
         self.config = c = config or OnlineConfig()
@@ -168,6 +185,7 @@ class OnlineModel:
         self._top: dict[str, float] = {}  # a superset of the popular_candidates most popular
         self._top_order: list[str] = []  # _top's keys, most popular first
         self._top_floor = 0.0  # no item outside _top is more popular than this
+        self._sweep: deque[str] = deque()  # every tracked item once, in the sweep's order
         self._succ: dict[str, dict[str, float]] = {}  # a -> {b: decayed a -> b}
         self._out: dict[str, float] = {}  # a -> all decayed a -> * mass, trimmed included
         self._n_transitions = 0
@@ -197,10 +215,8 @@ class OnlineModel:
                 self._add_transition(self._ids[items[-3]], x, g * c.skip_weight)
             if c.w_knn > 0:
                 self._add_to_session(items, x, g)
-            if len(self._pop) > SLACK * c.max_items:
-                self._evict_items()
-            if self._n_transitions > SLACK * c.max_transitions:
-                self._evict_transitions()
+            if len(self._pop) > c.max_items or self._n_transitions > c.max_transitions:
+                self._evict()
 
     def _gains(self, t: float) -> tuple[float, float]:
         """What a click at t adds on the popularity clock and on the transition clock,
@@ -217,6 +233,7 @@ class OnlineModel:
         old = self._pop.get(x)
         if old is None:
             self._str_bytes += sys.getsizeof(x)
+            self._sweep.append(x)
         v = self._pop[x] = (old or 0.0) + g
         self._pop_total += g
         if x in self._top:
@@ -242,10 +259,12 @@ class OnlineModel:
 
     def _add_transition(self, a: str, b: str, w: float) -> None:
         succ = self._succ.get(a)
+        old = succ.get(b) if succ is not None else None
+        if old is None and self._n_transitions >= SLACK * self.config.max_transitions:
+            return  # the backstop of SLACK's comment: no new pair until the sweep catches up
         if succ is None:
             succ = self._succ[a] = {}
             self._nested_bytes += sys.getsizeof(succ)
-        old = succ.get(b)
         if old is None:
             size = sys.getsizeof(succ)
             succ[b] = w
@@ -255,17 +274,18 @@ class OnlineModel:
             succ[b] = old + w
         self._out[a] = self._out.get(a, 0.0) + w
         if len(succ) >= 2 * self.config.max_successors:
-            self._replace_successors(
-                a, heapq.nlargest(self.config.max_successors, succ.items(), key=_value)
-            )
+            keep = heapq.nlargest(self.config.max_successors, succ.items(), key=_value)
+            self._replace_successors(a, dict(keep))
 
-    def _replace_successors(self, a: str, keep: list[tuple[str, float]]) -> None:
+    def _replace_successors(self, a: str, keep: dict[str, float]) -> None:
+        """a's successor list becomes `keep`, a new dict: one built by insertion is sized to
+        its entries, where a dict emptied in place keeps its table. {} drops a's list."""
         old = self._succ[a]
         self._nested_bytes -= sys.getsizeof(old)
         self._n_transitions -= len(old) - len(keep)
         if keep:
-            new = self._succ[a] = dict(keep)
-            self._nested_bytes += sys.getsizeof(new)
+            self._succ[a] = keep
+            self._nested_bytes += sys.getsizeof(keep)
         else:
             del self._succ[a], self._out[a]
 
@@ -296,44 +316,47 @@ class OnlineModel:
             self._nested_bytes -= _RECORD + sys.getsizeof(old.items)
             old.items = _DEAD
 
-    # --- eviction and renormalisation (amortised: one pass per (SLACK - 1) x cap) ---
+    # --- eviction (a bounded step per learn() over a cap) and renormalisation ---
 
-    def _evict_items(self) -> None:
-        values = np.fromiter(self._pop.values(), dtype=np.float64, count=len(self._pop))
-        n_drop = len(values) - self.config.max_items
-        threshold = np.partition(values, n_drop - 1)[n_drop - 1]
-        for x in [x for x, v in self._pop.items() if v <= threshold][:n_drop]:
-            self._pop_total -= self._pop.pop(x)
-            self._str_bytes -= sys.getsizeof(self._ids.pop(x))
-            # transitions *into* x stay until their lists trim them; the cap bounds them
-            if x in self._succ:
-                self._replace_successors(x, [])
-            sessions = self._index.pop(x, None)
-            if sessions is not None:
-                self._nested_bytes -= sys.getsizeof(sessions)
-            if self._top.pop(x, None) is not None:
-                self._top_order.remove(x)
-        self._pop_total = max(self._pop_total, 0.0)
+    def _evict(self) -> None:
+        """One step of the sweep: visit the next SWEEP items; drop the weakest of them while
+        items are over max_items, and weak transitions of their lists while transitions are
+        over max_transitions. At most SWEEP items and DROP successor lists are touched."""
+        c = self.config
+        visited = [self._sweep.popleft() for _ in range(min(SWEEP, len(self._sweep)))]
+        if len(self._pop) > c.max_items:
+            weakest = min(visited, key=self._pop.__getitem__)
+            visited.remove(weakest)
+            self._evict_item(weakest)
+        if self._n_transitions > c.max_transitions:
+            self._evict_transitions(visited)
+        self._sweep.extend(visited)  # to the back: each item is visited once per cycle
 
-    def _evict_transitions(self) -> None:
-        n_drop = self._n_transitions - self.config.max_transitions
-        weights = np.fromiter(
-            (w for succ in self._succ.values() for w in succ.values()),
-            dtype=np.float64,
-            count=self._n_transitions,
-        )
-        threshold = np.partition(weights, n_drop - 1)[n_drop - 1]
-        ties = n_drop - int(np.count_nonzero(weights < threshold))  # equal ones to drop too
-        for a, succ in list(self._succ.items()):
-            if min(succ.values()) > threshold:
-                continue
-            keep = []
-            for b, w in succ.items():
-                if w > threshold or (w == threshold and ties <= 0):
-                    keep.append((b, w))
-                elif w == threshold:
-                    ties -= 1
-            self._replace_successors(a, keep)
+    def _evict_item(self, x: str) -> None:
+        self._pop_total = max(self._pop_total - self._pop.pop(x), 0.0)
+        self._str_bytes -= sys.getsizeof(self._ids.pop(x))
+        # transitions *into* x stay until their lists trim them or the sweep drops them
+        if x in self._succ:
+            self._replace_successors(x, {})
+        sessions = self._index.pop(x, None)
+        if sessions is not None:
+            self._nested_bytes -= sys.getsizeof(sessions)
+        if self._top.pop(x, None) is not None:
+            self._top_order.remove(x)
+
+    def _evict_transitions(self, visited: list[str]) -> None:
+        """Of the visited items' successor lists, the k whose weakest transition is weakest
+        (k: the excess over max_transitions, at most DROP) lose every transition at or below
+        the largest of those k minima: at least k transitions, none of them stronger than
+        the weakest of any other visited list."""
+        k = min(DROP, self._n_transitions - self.config.max_transitions)
+        lists = [(min(succ.values()), a) for a in visited if (succ := self._succ.get(a))]
+        weakest = sorted(lists)[:k]  # (weight, item) pairs: ties break by id
+        if weakest:
+            threshold = weakest[-1][0]
+            for _, a in weakest:
+                keep = {b: w for b, w in self._succ[a].items() if w > threshold}
+                self._replace_successors(a, keep)
 
     def _rescale(self, f_pop: float, f_tr: float) -> None:
         for tables, f in (((self._pop,), f_pop), ((self._out, *self._succ.values()), f_tr)):
@@ -349,13 +372,19 @@ class OnlineModel:
     # --- score ---
 
     def score(
-        self, items: Sequence[str], t: float, n: int, exclude: Collection[str] = ()
+        self,
+        items: Sequence[str],
+        t: float,
+        n: int,
+        exclude: Collection[str] = (),
+        with_sources: bool = True,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Candidates for the click after `items` (the session so far, oldest first, may be
         empty; unknown ids are fine) at Unix time t: up to n ids best first, their scores (n,)
         float32 (the mixture in the module docstring: >= 0, higher better) and sources (n,)
         int8, the statistic contributing most to each (SOURCE_NAMES[code]). Never returns an
-        id in `exclude`. Changes nothing."""
+        id in `exclude`. Changes nothing. with_sources=False skips working out the sources
+        (all 0), which costs more than the scoring itself."""
         if n <= 0:
             return [], np.zeros(0, np.float32), np.zeros(0, np.int8)
         with self._lock:
@@ -379,7 +408,10 @@ class OnlineModel:
             else:
                 best = sorted(comb.items(), key=_value, reverse=True)[:n]
             ids = [j for j, _ in best]
-            sources = self._sources(ids, parts, coef_pop)
+            if with_sources:
+                sources = self._sources(ids, parts, coef_pop)
+            else:
+                sources = np.zeros(len(ids), np.int8)
         scores = np.array([v for _, v in best], np.float64) * base
         return ids, scores.astype(np.float32), sources
 
@@ -411,11 +443,9 @@ class OnlineModel:
         """comb plus coef x popularity for its items and for the `prefix` most popular."""
         pop_get = self._pop.get
         comb = {j: v + coef * pop_get(j, 0.0) for j, v in comb.items()}
-        # a popularity-only candidate below the first n + |exclude| popular cannot make it
-        popular = self._top_order[:prefix]
-        if len(popular) < min(prefix, len(self._pop)):  # n beyond popular_candidates: rare
-            popular = heapq.nlargest(prefix, self._pop, key=self._pop.__getitem__)
-        for j in popular:
+        # a popularity-only candidate below the first n + |exclude| popular cannot make it;
+        # past the sorted list none is offered, as finding them would scan every item
+        for j in self._top_order[:prefix]:
             if j not in comb:
                 comb[j] = coef * self._pop[j]
         return comb
@@ -482,7 +512,8 @@ class OnlineModel:
     def memory_bytes(self) -> int:
         """Estimated bytes held (O(1); tests check it against tracemalloc within 25%)."""
         with self._lock:
-            tables = (self._ids, self._pop, self._out, self._succ, self._index, self._sessions)
+            tables = (self._ids, self._pop, self._out, self._succ, self._index)
+            tables += (self._sessions, self._sweep)
             floats = len(self._pop) + len(self._out) + self._n_transitions
             return (
                 sum(map(sys.getsizeof, tables))

@@ -5,6 +5,7 @@ catalogue changes, where the blend must beat the frozen model."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,10 +97,10 @@ def test_equal_scores_keep_the_model_order_then_the_online_order_and_k_cuts():
     assert blend(model, online, k=3, weight=0.5)[0] == ["a", "b", "d"]
 
 
-@pytest.mark.parametrize("field", ["model_weight", "stale_factor"])
-def test_a_weight_outside_zero_to_one_is_refused(field: str):
+@pytest.mark.parametrize("settings", [{"model_weight": 1.5}, {"stale_factor": -0.1}])
+def test_a_weight_outside_zero_to_one_is_refused(settings: dict[str, Any]):
     with pytest.raises(ValueError, match="must be in"):
-        BlendConfig(**{field: 1.5})
+        BlendConfig(**settings)
 
 
 # --- the stale rule, through the recommender ---
@@ -155,7 +156,7 @@ def churned_stream(known: list[str], seed: int = 0) -> tuple[list[Click], list[C
         for s in range(60)
         for n, item in enumerate(known_chain())
     ]
-    test = []
+    test: list[Click] = []
     for s in range(200):
         chain = news_chain(wave=s // 40) if s % 2 else known_chain()
         start = T0 + 86_400.0 + 60 * s

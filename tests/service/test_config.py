@@ -18,7 +18,7 @@ def test_defaults_are_the_documented_ones():
     assert (cfg.max_batch, cfg.max_wait_ms, cfg.max_queue) == (64, 0.0, 512)
     assert (cfg.max_clicks, cfg.max_item_id_bytes, cfg.log_level) == (200, 128, "INFO")
     assert cfg.reuse_port is False and cfg.tls_cert is None
-    assert (cfg.online, cfg.blend_model_weight, cfg.online_half_life_s) == (True, 0.5, 3600.0)
+    assert (cfg.online, cfg.blend_model_weight, cfg.online_half_life_s) == (True, 0.7, 3600.0)
 
 
 def test_the_receive_limit_is_close_to_the_largest_valid_request():

@@ -225,12 +225,14 @@ def test_an_empty_session_gets_the_most_popular_and_n_zero_gets_nothing():
     assert model.score(["never-seen"], T0, n=1)[0] == ["a"]
 
 
-def test_more_candidates_than_popular_candidates_are_served_from_all_items():
+def test_popularity_only_candidates_come_from_the_sorted_list_not_a_scan_of_all_items():
     model = OnlineModel(replace(only(w_popularity=1.0), popular_candidates=5))
     for k in range(40):
         for _ in range(k + 1):
             model.learn([f"i{k:02d}"], T0)
-    assert model.score([], T0, n=30)[0] == [f"i{k:02d}" for k in range(39, 9, -1)]
+    ids = model.score([], T0, n=30)[0]
+    assert 5 <= len(ids) <= 10  # the list holds popular_candidates to twice that
+    assert ids == [f"i{k:02d}" for k in range(39, 39 - len(ids), -1)]
 
 
 # --- caps, eviction, memory ---
@@ -287,7 +289,7 @@ def test_memory_stays_under_the_bound_of_the_caps():
     cfg = replace(OnlineConfig(), max_items=500, max_transitions=2000, max_sessions=300, w_knn=0.25)
     model = OnlineModel(cfg)
     traced = _traced(model, random_stream(5000, 50_000, seed=5))
-    assert model.stats()["items"] > cfg.max_items  # the caps were reached
+    assert model.stats()["items"] == cfg.max_items  # the caps were reached
     assert traced < cfg.bound_bytes() and model.memory_bytes() < cfg.bound_bytes()
 
 
