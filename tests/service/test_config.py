@@ -26,9 +26,12 @@ def test_the_receive_limit_is_close_to_the_largest_valid_request():
     ids = ["i" * cfg.max_item_id_bytes]
     from service.proto import recommender_pb2 as pb
 
-    largest = pb.ScoreItemsRequest(
-        session_id="s" * 256, clicks=ids * cfg.max_clicks, candidates=ids * cfg.max_candidates
-    ).ByteSize() + pb.RecommendRequest(exclude_items=ids * cfg.max_exclude).ByteSize()
+    largest = (
+        pb.ScoreItemsRequest(
+            session_id="s" * 256, clicks=ids * cfg.max_clicks, candidates=ids * cfg.max_candidates
+        ).ByteSize()
+        + pb.RecommendRequest(exclude_items=ids * cfg.max_exclude).ByteSize()
+    )
     assert largest <= cfg.max_request_bytes <= 1.1 * largest + 8192
     assert cfg.max_request_bytes < 512 * 1024  # far below gRPC's 4 MB default
 

@@ -111,9 +111,12 @@ def test_a_new_export_is_swapped_in_under_load_without_a_failed_call(
     status = running.client.status()
     assert status.model_version == version_of(second_export)
     assert status.model_dir == str(second_export.resolve())
-    assert running.server.metrics.registry.get_sample_value(
-        "recsys_model_reloads_total", {"result": "ok"}
-    ) == 2  # the first load and the swap
+    assert (
+        running.server.metrics.registry.get_sample_value(
+            "recsys_model_reloads_total", {"result": "ok"}
+        )
+        == 2
+    )  # the first load and the swap
 
 
 def test_a_broken_export_is_rejected_and_the_old_model_keeps_serving(
