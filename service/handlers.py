@@ -67,6 +67,8 @@ class Handlers:
         self.stats = stats
         self.engine: Recommender | None = None  # set once a model is loaded
         self.status = pb.StatusResponse()
+        self.closing = False  # shutting down: new calls are told to go elsewhere
+        self.in_flight = 0  # calls inside _answer now
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable, request: Any, response: Any) -> grpc.RpcMethodHandler:
@@ -101,8 +103,13 @@ class Handlers:
         t0 = time.perf_counter()
         engine = self.engine
         code, message, response = grpc.StatusCode.OK, "", None
+        self.in_flight += 1
         try:
-            if request is UNDECODABLE:
+            if self.closing:
+                # answered here, not left to gRPC's shutdown, which cancels calls that arrive
+                # while it stops: CANCELLED is not retried by clients, UNAVAILABLE is
+                code, message = grpc.StatusCode.UNAVAILABLE, "shutting down; retry elsewhere"
+            elif request is UNDECODABLE:
                 stats.undecodable[method] = stats.undecodable.get(method, 0) + 1
                 raise InvalidRequest(
                     f"the request is not a valid recsys.v1.{method}Request (protobuf, strings "
@@ -147,6 +154,8 @@ class Handlers:
         except Exception:  # a bug, not the caller's fault: log it, keep serving
             log.exception("%s failed", method)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        finally:
+            self.in_flight -= 1
         stats.record_call(method, code.name, time.perf_counter() - t0)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)

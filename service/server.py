@@ -40,6 +40,8 @@ from .runtime import ExportedModel, ModelLoadError
 from .sessions import SessionCache
 
 log = logging.getLogger(__name__)
+# on shutdown, how long no call may have been in flight before gRPC itself stops
+REFUSE_QUIET_S = 0.2
 
 T = TypeVar("T")
 
@@ -227,6 +229,21 @@ class RecommendationServer:
         status.last_reload_at = self.stats.last_reload_at
         self.handlers.status = status
 
+    async def _refuse_then_wait(self, grace: float) -> None:
+        """New calls get UNAVAILABLE from the handlers; wait (at most grace) until the calls
+        in flight have answered and callers have had a moment to hear the refusal."""
+        self.handlers.closing = True
+        deadline = time.monotonic() + grace
+        quiet_since = None
+        while time.monotonic() < deadline:
+            if self.handlers.in_flight == 0:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= REFUSE_QUIET_S:
+                    return
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.01)
+
     async def _stop(self, grace: float, drain: float) -> None:
         self.stats.model_loaded = 0.0
         if self._watcher is not None:
@@ -238,6 +255,7 @@ class RecommendationServer:
                 log.info("shutting down: still taking calls for %.1f s", drain)
                 await asyncio.sleep(drain)
             log.info("shutting down: in-flight calls get up to %.1f s", grace)
+            await self._refuse_then_wait(grace)
             await self._server.stop(grace)
             self._server = None
         engine = self.handlers.engine
