@@ -116,7 +116,7 @@ EXCLUDE_ROOM = 50  # exclusions a call may carry before the online popularity li
 
 def online_config_for(blend_config: BlendConfig, **settings: Any) -> OnlineConfig:
     """OnlineConfig whose sorted popularity list covers what the blend asks for: a longer
-    request would fall back to a scan of every tracked item (about a millisecond)."""
+    request would get fewer popularity-only candidates than it asked for."""
     return OnlineConfig(popular_candidates=blend_config.candidates + EXCLUDE_ROOM, **settings)
 
 

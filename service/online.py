@@ -14,15 +14,20 @@ Decay. A statistic is a sum of clicks weighted 2^-(age / half-life). Rather than
 entry as time passes, a click at time t adds the gain g(t) = 2^((t - t0) / half-life) (t0: a
 reference time), so an entry's decayed value at time u is stored * 2^-((u - t0) / half-life),
 the same factor for all: rankings and ratios read straight off the stored values. There are
-two clocks, `half_life_s` (popularity) and `transition_half_life_s` (transitions, sessions).
-Once a gain passes 2^RENORM_HALF_LIVES everything is divided by it: one pass over the whole
-model, the only work in learn() that grows with the model, done every 256 popularity
-half-lives (10.7 days at the default 1 h).
+two clocks, `half_life_s` (popularity) and `transition_half_life_s` (transitions, sessions),
+each with its own t0. Once a clock's gain passes 2^RENORM_HALF_LIVES its values are divided
+by it, the only work of learn() that grows with the model: with the default half-lives, every
+256 h (10.7 days) a pass over every item's popularity (about 50 ms at 100,000 items, on the
+machine of bench_online.py's 90-120 ns per dict update), and every 128 days one over every
+transition and session (about 0.3 s per 400,000 transitions).
 
-Caps. Every learn() over a cap takes one step of an eviction sweep that cycles through the
-tracked items: of the next SWEEP items it drops the weakest, and the weakest transitions of
-their successor lists. A click adds at most one item and two transitions and a step drops one
-and up to DROP, so the sizes stay at their caps, and no call does more than a step's work.
+Caps. Two sweeps cycle through the tracked items and through the successor lists, and a
+learn() that goes over a cap takes one bounded step of them: of the next SWEEP items it drops
+the weakest, of the next SWEEP lists it drops the weakest transitions, as many as the click
+added (at most two) or more. So learn() returns within the caps, and no call pays for a pass
+over the whole model, which would stall the event loop for seconds at the default caps. What
+remains is CPython's own: a dict of n keys rebuilds its table, O(n), about once per n
+insertions; the items' two dicts do so together, about 10 ms at 100,000 items.
 
 Score of item j for a session ending ..., c2, c1 (c1 the last click): a mixture of estimates
 of P(next = j), each non-negative and summing to at most 1 over j, so score <= sum of weights:
@@ -60,13 +65,14 @@ import numpy as np
 
 SOURCE_POPULARITY, SOURCE_TRANSITION, SOURCE_TRANSITION2, SOURCE_KNN = 0, 1, 2, 3
 SOURCE_NAMES = ("popularity", "transition", "transition2", "knn")  # index = source code
-RENORM_HALF_LIVES = 256.0  # 2^256 ~ 1e77: far from float64 overflow, so a pass is rare
-# no capped structure passes SLACK x its cap. The sweep holds items at max_items + 1 and
-# transitions within a few of max_transitions; on a stream whose sweep meets too few successor
-# lists, new transitions are refused at SLACK x max_transitions
+RENORM_HALF_LIVES = 256.0  # 2^256 ~ 1e77: far from float64 overflow (2^1024)
+# what bound_bytes() allows over the caps. learn() returns with items and transitions within
+# their caps; successor lists of evicted items wait for the list sweep (at most 1 in SWEEP)
 SLACK = 1.25
-SWEEP = 16  # items a learn() over a cap visits: the weakest of 16 is in the bottom ~6%
-DROP = 3  # transitions a learn() over max_transitions drops at least: more than a click adds
+# items, and successor lists, a sweep step visits: the weakest of 8 is in their bottom 11% on
+# average. On bench_online.py's stream with tight caps 8 and 16 scored as the one-pass
+# eviction did; 8 costs a learn() over a cap about 10 us
+SWEEP = 8
 
 # Sizes for memory_bytes(); containers themselves are measured with sys.getsizeof
 _FLOAT = sys.getsizeof(1.0)  # every stored value is its own float object
@@ -81,7 +87,7 @@ class OnlineConfig:
     """Knobs of OnlineModel. Caps bound memory (bound_bytes()) and the cost of a call.
 
     Measured with tracemalloc (test_documented_bytes_per_item_and_per_transition; CPython
-    3.11, 8-character ids): 125 bytes per tracked item, 150 more once it has successors, 43
+    3.11, 8-character ids): 131 bytes per tracked item, 158 more once it has successors, 43
     per transition; with w_knn > 0, about 390 per session of 5 clicks.
 
     Weights, half-lives and smoothing: the best Recall@20 + MRR@20 (0.520, 0.251) of the 54
@@ -138,7 +144,7 @@ class OnlineConfig:
         characters: every structure at SLACK x its cap, every container just grown."""
         slot = 120  # worst bytes per entry of a big dict just after it grew (3.11)
         item = sys.getsizeof("x" * id_chars) + 4 * slot + 2 * _FLOAT
-        item += 9  # its place in the sweep: a pointer in a deque block of 64
+        item += 2 * 9  # its places in the two sweeps: a pointer in a deque block of 64
         item += sys.getsizeof({"x": 1.0})  # its successor dict, without entries
         succ = [sys.getsizeof(dict.fromkeys(map(str, range(n)), 0.0)) for n in range(1, 90)]
         transition = _FLOAT + max((b - succ[0]) / n for n, b in enumerate(succ[1:], 1))
@@ -163,6 +169,11 @@ class _Session:
         self.gain = gain
 
 
+def _scale(table: dict[str, float], f: float) -> None:
+    """Multiply every value of table by f, in C: the values are replaced in place."""
+    table.update(zip(table, map(f.__mul__, table.values()), strict=True))
+
+
 def _key(items: Sequence[str], n_items: int, window: int) -> int:
     """Hash of a session's first n_items clicks (their last `window`, and the count)."""
     return hash((n_items, tuple(items[max(0, n_items - window) : n_items])))
@@ -179,14 +190,17 @@ class OnlineModel:
         self.config = c = config or OnlineConfig()
         self._lock = threading.Lock()
         self._rates = (1.0 / c.half_life_s, 1.0 / c.transition_half_life_s)  # per second
-        self._t0: float | None = None
+        self._t0: list[float] = []  # reference times of the two clocks; set by the first learn
         self._pop: dict[str, float] = {}  # item -> decayed clicks (popularity clock)
         self._pop_total = 0.0
         self._top: dict[str, float] = {}  # a superset of the popular_candidates most popular
         self._top_order: list[str] = []  # _top's keys, most popular first
         self._top_floor = 0.0  # no item outside _top is more popular than this
-        self._sweep: deque[str] = deque()  # every tracked item once, in the sweep's order
+        self._items_sweep: deque[str] = deque()  # every tracked item once, next to visit first
         self._succ: dict[str, dict[str, float]] = {}  # a -> {b: decayed a -> b}
+        # every key of _succ once. Lists are only deleted by this sweep, so that one deleted
+        # and made again before the sweep came round could not be in it twice
+        self._lists_sweep: deque[str] = deque()
         self._out: dict[str, float] = {}  # a -> all decayed a -> * mass, trimmed included
         self._n_transitions = 0
         self._sessions: OrderedDict[int, _Session] = OrderedDict()  # least recent first
@@ -208,32 +222,40 @@ class OnlineModel:
             g_pop, g = self._gains(t)
             x = self._ids.setdefault(items[-1], items[-1])
             self._add_click(x, g_pop)
-            # an untracked (evicted) previous click teaches nothing: sources stay <= items
+            # an untracked (evicted) previous click teaches nothing: only tracked items gain
+            # transitions (an evicted item's list waits for the list sweep to drop it)
             if len(items) >= 2 and items[-2] in self._pop:
                 self._add_transition(self._ids[items[-2]], x, g)
             if len(items) >= 3 and c.skip_weight > 0 and items[-3] in self._pop:
                 self._add_transition(self._ids[items[-3]], x, g * c.skip_weight)
             if c.w_knn > 0:
                 self._add_to_session(items, x, g)
-            if len(self._pop) > c.max_items or self._n_transitions > c.max_transitions:
-                self._evict()
+            over_items = len(self._pop) > c.max_items
+            if over_items:
+                self._evict_item()
+            if over_items or self._n_transitions > c.max_transitions:
+                self._sweep_lists()
 
     def _gains(self, t: float) -> tuple[float, float]:
         """What a click at t adds on the popularity clock and on the transition clock,
-        renormalising first when that grows too large."""
-        if self._t0 is None:
-            self._t0 = t
-        e_pop, e_tr = (t - self._t0) * self._rates[0], (t - self._t0) * self._rates[1]
-        if max(e_pop, e_tr) > RENORM_HALF_LIVES:
-            self._rescale(2.0**-e_pop, 2.0**-e_tr)
-            self._t0, e_pop, e_tr = t, 0.0, 0.0
+        renormalising a clock first when its gain grows too large."""
+        if not self._t0:
+            self._t0 = [t, t]
+        e_pop = (t - self._t0[0]) * self._rates[0]
+        e_tr = (t - self._t0[1]) * self._rates[1]
+        if e_pop > RENORM_HALF_LIVES:
+            self._rescale_popularity(2.0**-e_pop)
+            self._t0[0], e_pop = t, 0.0
+        if e_tr > RENORM_HALF_LIVES:
+            self._rescale_transitions(2.0**-e_tr)
+            self._t0[1], e_tr = t, 0.0
         return 2.0**e_pop, 2.0**e_tr
 
     def _add_click(self, x: str, g: float) -> None:
         old = self._pop.get(x)
         if old is None:
             self._str_bytes += sys.getsizeof(x)
-            self._sweep.append(x)
+            self._items_sweep.append(x)
         v = self._pop[x] = (old or 0.0) + g
         self._pop_total += g
         if x in self._top:
@@ -259,12 +281,11 @@ class OnlineModel:
 
     def _add_transition(self, a: str, b: str, w: float) -> None:
         succ = self._succ.get(a)
-        old = succ.get(b) if succ is not None else None
-        if old is None and self._n_transitions >= SLACK * self.config.max_transitions:
-            return  # the backstop of SLACK's comment: no new pair until the sweep catches up
         if succ is None:
             succ = self._succ[a] = {}
             self._nested_bytes += sys.getsizeof(succ)
+            self._lists_sweep.append(a)
+        old = succ.get(b)
         if old is None:
             size = sys.getsizeof(succ)
             succ[b] = w
@@ -279,7 +300,8 @@ class OnlineModel:
 
     def _replace_successors(self, a: str, keep: dict[str, float]) -> None:
         """a's successor list becomes `keep`, a new dict: one built by insertion is sized to
-        its entries, where a dict emptied in place keeps its table. {} drops a's list."""
+        its entries, where a dict emptied in place keeps its table. {} drops a's list, and
+        is for the list sweep alone: a's place in it is the one it is visiting."""
         old = self._succ[a]
         self._nested_bytes -= sys.getsizeof(old)
         self._n_transitions -= len(old) - len(keep)
@@ -318,56 +340,58 @@ class OnlineModel:
 
     # --- eviction (a bounded step per learn() over a cap) and renormalisation ---
 
-    def _evict(self) -> None:
-        """One step of the sweep: visit the next SWEEP items; drop the weakest of them while
-        items are over max_items, and weak transitions of their lists while transitions are
-        over max_transitions. At most SWEEP items and DROP successor lists are touched."""
-        c = self.config
-        visited = [self._sweep.popleft() for _ in range(min(SWEEP, len(self._sweep)))]
-        if len(self._pop) > c.max_items:
-            weakest = min(visited, key=self._pop.__getitem__)
-            visited.remove(weakest)
-            self._evict_item(weakest)
-        if self._n_transitions > c.max_transitions:
-            self._evict_transitions(visited)
-        self._sweep.extend(visited)  # to the back: each item is visited once per cycle
-
-    def _evict_item(self, x: str) -> None:
+    def _evict_item(self) -> None:
+        """Drop the weakest of the next SWEEP items. Its successor list stays (scored, not
+        learnt into unless the item is clicked again) until the list sweep comes round to
+        it; transitions *into* it stay until their lists drop them."""
+        sweep = self._items_sweep
+        visited = [sweep.popleft() for _ in range(min(SWEEP, len(sweep)))]
+        x = min(visited, key=self._pop.__getitem__)
+        visited.remove(x)
+        sweep.extend(visited)  # to the back: every item is visited once per cycle
         self._pop_total = max(self._pop_total - self._pop.pop(x), 0.0)
         self._str_bytes -= sys.getsizeof(self._ids.pop(x))
-        # transitions *into* x stay until their lists trim them or the sweep drops them
-        if x in self._succ:
-            self._replace_successors(x, {})
         sessions = self._index.pop(x, None)
         if sessions is not None:
             self._nested_bytes -= sys.getsizeof(sessions)
         if self._top.pop(x, None) is not None:
             self._top_order.remove(x)
 
-    def _evict_transitions(self, visited: list[str]) -> None:
-        """Of the visited items' successor lists, the k whose weakest transition is weakest
-        (k: the excess over max_transitions, at most DROP) lose every transition at or below
-        the largest of those k minima: at least k transitions, none of them stronger than
-        the weakest of any other visited list."""
-        k = min(DROP, self._n_transitions - self.config.max_transitions)
-        lists = [(min(succ.values()), a) for a in visited if (succ := self._succ.get(a))]
-        weakest = sorted(lists)[:k]  # (weight, item) pairs: ties break by id
-        if weakest:
+    def _sweep_lists(self) -> None:
+        """Visit the next SWEEP successor lists: drop those of evicted items and, while
+        transitions are over max_transitions by k, weak transitions of the rest. The k
+        lists whose weakest transition is weakest lose every transition at or below the
+        largest of their k minima: at least k go (fewer only if fewer lists are visited),
+        none stronger than the weakest of a visited list that keeps all of its own."""
+        sweep, succ_of = self._lists_sweep, self._succ
+        lists = []
+        for _ in range(min(SWEEP, len(sweep))):
+            a = sweep.popleft()
+            if a in self._pop:
+                lists.append(a)
+            else:
+                self._replace_successors(a, {})
+        k = self._n_transitions - self.config.max_transitions  # what this click added: <= 2
+        if k > 0 and lists:
+            weakest = sorted([(min(succ_of[a].values()), a) for a in lists])[:k]  # ties: by id
             threshold = weakest[-1][0]
             for _, a in weakest:
-                keep = {b: w for b, w in self._succ[a].items() if w > threshold}
-                self._replace_successors(a, keep)
+                self._replace_successors(a, {b: w for b, w in succ_of[a].items() if w > threshold})
+            lists = [a for a in lists if a in succ_of]
+        sweep.extend(lists)  # to the back: every list is visited once per cycle
 
-    def _rescale(self, f_pop: float, f_tr: float) -> None:
-        for tables, f in (((self._pop,), f_pop), ((self._out, *self._succ.values()), f_tr)):
-            for table in tables:
-                for k in table:
-                    table[k] *= f
+    def _rescale_popularity(self, f: float) -> None:
+        _scale(self._pop, f)
         self._top = {x: self._pop[x] for x in self._top}  # share the rescaled floats again
+        self._pop_total *= f
+        self._top_floor *= f
+
+    def _rescale_transitions(self, f: float) -> None:
+        _scale(self._out, f)
+        for succ in self._succ.values():
+            _scale(succ, f)
         for rec in self._sessions.values():
-            rec.gain *= f_tr
-        self._pop_total *= f_pop
-        self._top_floor *= f_pop
+            rec.gain *= f
 
     # --- score ---
 
@@ -419,7 +443,7 @@ class OnlineModel:
         """(source, {item: stored value}, coefficient) of each non-empty statistic other than
         popularity; value x coefficient is the item's term in the mixture."""
         c = self.config
-        idle = (t - (self._t0 if self._t0 is not None else t)) * self._rates[1]
+        idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
         mu = c.smoothing * 2.0 ** min(idle, 1000.0)  # 1000: no overflow after a long idle
         parts = []
         for code, back, w in (
@@ -512,8 +536,8 @@ class OnlineModel:
     def memory_bytes(self) -> int:
         """Estimated bytes held (O(1); tests check it against tracemalloc within 25%)."""
         with self._lock:
-            tables = (self._ids, self._pop, self._out, self._succ, self._index)
-            tables += (self._sessions, self._sweep)
+            tables: list[object] = [self._ids, self._pop, self._out, self._succ, self._index]
+            tables += [self._sessions, self._items_sweep, self._lists_sweep]
             floats = len(self._pop) + len(self._out) + self._n_transitions
             return (
                 sum(map(sys.getsizeof, tables))
