@@ -32,10 +32,11 @@ step() {  # step NAME COMMAND...: run, time, remember
 install_system() {
   $sudo apt-get update -qq
   # runc: the OCI runtime used here; uidmap/netavark/aardvark-dns/iptables: podman networking
-  # for `--publish`; debootstrap: the base image; redis-server: tests/service/test_clickbus.py.
+  # for `--publish`; debootstrap: the base image; redis-server: tests/service/test_clickbus.py;
+  # chromium + chromium-driver: the sanity page's browser test (tests/service/test_web_browser.py).
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     podman buildah runc conmon catatonit uidmap netavark aardvark-dns iptables \
-    debootstrap ca-certificates redis-server >/dev/null
+    debootstrap ca-certificates redis-server chromium chromium-driver >/dev/null
   # Debian's kubernetes-client (1.20) is too old for these kustomizations; CI images carry a
   # current kubectl (kustomize v5) at /usr/bin/kubectl.
   command -v kubectl >/dev/null || { echo "kubectl is needed (kubectl kustomize)" >&2; exit 1; }
