@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,15 @@ def fit(
     progress: bool = True,
     model: nn.Module | None = None,
     optimizer_state: OptimizerState | None = None,
+    on_epoch: Callable[[EpochStats, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, History]:
     """Train with session-parallel mini-batches and sampled negatives; returns the model in
     eval mode and per-epoch statistics with the final optimiser state.
 
     `model` continues training a given model; `optimizer_state` (History.optimizer_state of
-    an earlier run, or Trained.optimizer_state) continues its optimiser too."""
+    an earlier run, or Trained.optimizer_state) continues its optimiser too. `on_epoch(stats,
+    model)` runs after each epoch (training.tune evaluates and prunes there); it may raise to
+    stop training."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads > 0:
@@ -174,6 +178,9 @@ def fit(
                 f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate or "
                 "check the data"
             )
+        if on_epoch is not None:
+            on_epoch(stats, model)
+            model.train()  # the callback may have evaluated the model
     model.eval()
     history.optimizer_state = optimizer.state_by_name()
     return model, history
