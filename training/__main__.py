@@ -1,7 +1,9 @@
-"""Command line: python -m training {generate,split,train,update,evaluate,baselines,export,parity}.
+"""Command line: python -m training {generate,split,train,tune,update,evaluate,baselines,report,
+export,parity}.
 
 python -m training generate --out data/demo [--churn --days 10 --new-items-per-day 300]
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
+python -m training tune --train data/demo/train.tsv --out runs/tune --trials 20
 python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
 python -m training update --model runs/demo --train data/day6.tsv --out runs/demo-day6
 """
@@ -162,6 +164,36 @@ def cmd_baselines(args: argparse.Namespace) -> None:
     print(compare(args.train, args.test, cutoffs=args.cutoffs))
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .tune import TuneOptions, run_study
+
+    options = TuneOptions(
+        train=args.train,
+        out=args.out,
+        valid=args.valid,
+        valid_days=args.valid_days,
+        study=args.study,
+        study_name=args.study_name,
+        loss=args.loss,
+        metric=args.metric,
+        trials=args.trials,
+        timeout=args.timeout,
+        config=args.config,
+        params=tuple(args.param),
+        ranges=tuple(args.range),
+        seed=args.seed,
+        prune_startup_trials=args.prune_startup_trials,
+        prune_warmup_epochs=args.prune_warmup_epochs,
+        progress=not args.quiet,
+    )
+    summary = run_study(options)
+    print(
+        f"{summary['metric']} on validation: base {summary['base_value']}, best "
+        f"{summary['best_value']:.4f} (trial {summary['best_trial']}); {summary['trials']} "
+        f"trials, {summary['pruned']} pruned -> {args.out}/best.json, trials.csv, summary.json"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_model
 
@@ -253,6 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True)
     _add_cutoffs(p)
     p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("tune", help="Optuna search on a validation split of the training data")
+    p.add_argument("--train", required=True)
+    p.add_argument("--out", required=True, help="writes best.json, trials.csv, summary.json")
+    p.add_argument("--valid", help="validation file; default: the last --valid-days of --train")
+    p.add_argument("--valid-days", type=float, default=1.0)
+    p.add_argument("--study", help="SQLite file of the study (resumable); default OUT/study.db")
+    p.add_argument("--study-name", default="gru4rec")
+    p.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "bpr-max"])
+    p.add_argument("--metric", default="mrr@20", help="mrr@K or recall@K, maximised")
+    p.add_argument("--trials", type=int, default=20, help="trials in this run")
+    p.add_argument("--timeout", type=float, default=None, help="seconds for this run")
+    p.add_argument("--config", help="base config, trial 0; file or preset name")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="fixed")
+    p.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prune-startup-trials", type=int, default=3)
+    p.add_argument("--prune-warmup-epochs", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="write model.onnx and what the service needs")
     p.add_argument("--model", required=True)
