@@ -48,6 +48,7 @@ class RecommenderClient:
         exclude_items: Sequence[str] = (),
         exclude_clicked: bool = False,
         strict: bool = False,
+        bottom_k: int = 0,
     ) -> pb.RecommendResponse:
         request = pb.RecommendRequest(
             session_id=session_id,
@@ -56,6 +57,7 @@ class RecommenderClient:
             exclude_items=list(exclude_items),
             exclude_clicked=exclude_clicked,
             strict=strict,
+            bottom_k=bottom_k,
         )
         return self.stub.Recommend(request, timeout=self.timeout_s)
 
@@ -90,6 +92,10 @@ def format_response(response: pb.RecommendResponse | pb.ScoreItemsResponse) -> s
     lines += [
         f"{rank:>4}  {it.item_id}  {it.score:.4f}" for rank, it in enumerate(response.items, 1)
     ]
+    bottom = getattr(response, "bottom_items", [])
+    if bottom:
+        lines.append("least likely, worst first:")
+        lines += [f"{rank:>4}  {it.item_id}  {it.score:.4f}" for rank, it in enumerate(bottom, 1)]
     return "\n".join(lines)
 
 
@@ -108,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strict", action="store_true", help="error instead of popularity fallback"
     )
+    parser.add_argument(
+        "--bottom-k", type=int, default=0, help="also the least likely items (0: none)"
+    )
     parser.add_argument("--candidates", nargs="+", help="score these items instead (ScoreItems)")
     parser.add_argument("--timeout-s", type=float, default=10.0)
     args = parser.parse_args(argv)
@@ -125,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.exclude,
                     args.exclude_clicked,
                     args.strict,
+                    args.bottom_k,
                 )
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)

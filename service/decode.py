@@ -59,6 +59,7 @@ class Query:
     strict: bool
     candidates: np.ndarray | None = None  # ScoreItems: (c,) known candidate indices
     unknown_candidates: list[str] | None = None
+    bottom_k: int = 0  # least likely items to return too (Recommend only)
 
 
 def quote(ids: Sequence[str]) -> str:
@@ -82,6 +83,11 @@ def decode_recommend(
             f"top_k={request.top_k} is out of range; ask for 1 to {limits.max_top_k} items "
             f"(0 means {limits.default_top_k})"
         )
+    if not 0 <= request.bottom_k <= limits.max_top_k:
+        raise InvalidRequest(
+            f"bottom_k={request.bottom_k} is out of range; ask for 0 to {limits.max_top_k} "
+            "least likely items"
+        )
     exclude = list(request.exclude_items)
     _check_count("exclude_items", exclude, limits.max_exclude, "item ids to exclude")
     _check_ids("exclude_items", exclude, limits)
@@ -101,6 +107,7 @@ def decode_recommend(
         excluded,
         request.exclude_clicked,
         request.strict,
+        bottom_k=request.bottom_k,
     )
 
 

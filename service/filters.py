@@ -25,3 +25,22 @@ def order_candidates(candidates: np.ndarray, scores: np.ndarray) -> tuple[list[i
     """Candidates best first; equal scores keep the request order."""
     order = np.argsort(-scores, kind="stable")
     return candidates[order].tolist(), scores[order].tolist()
+
+
+def bottom_k_excluding(
+    scores: np.ndarray, excluded: np.ndarray, k: int
+) -> tuple[list[int], list[float]]:
+    """The k items of scores (N,) with the lowest scores, worst first, leaving out excluded
+    indices, with their scores as lists. Equal scores: the lower index first, except among
+    items tied at the cut, where any of them may be the one kept."""
+    scores = np.asarray(scores)
+    if len(excluded):
+        scores = scores.astype(np.float64)  # a copy, so the caller's row is untouched
+        scores[excluded] = np.inf
+    n_allowed = len(scores) - len(np.unique(excluded))
+    k = min(k, n_allowed)
+    if k <= 0:
+        return [], []
+    head = np.argpartition(scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    head = head[np.lexsort((head, scores[head]))]  # by score, then by index
+    return head.tolist(), scores[head].astype(np.float32).tolist()

@@ -180,4 +180,8 @@ def _response(method: str, result: Result, model_version: str) -> Any:
     reply.skipped_clicks = result.skipped_clicks
     if method == "ScoreItems":
         reply.unknown_candidates.extend(result.unknown_candidates)
+    elif result.bottom_ids:
+        add, part = reply.bottom_items.add, _SOURCES[result.bottom_source]
+        for item, score in zip(result.bottom_ids, result.bottom_scores, strict=True):
+            add(item_id=item, score=score, source=part)
     return reply

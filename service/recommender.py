@@ -32,7 +32,7 @@ from .decode import (
     decode_score_items,
     quote,
 )
-from .filters import order_candidates, top_k_excluding
+from .filters import bottom_k_excluding, order_candidates, top_k_excluding
 from .inference import Job, run_jobs
 from .proto import recommender_pb2 as pb
 from .runtime import ExportedModel
@@ -59,6 +59,11 @@ class Result:
     unknown_candidates: list[str] = field(default_factory=list)
     cache: str = ""
     skipped_clicks: int = 0
+    # bottom_k least likely items, worst first, with their scores and source (model or
+    # popularity); empty unless the query asked for them
+    bottom_ids: list[str] = field(default_factory=list)
+    bottom_scores: list[float] = field(default_factory=list)
+    bottom_source: str = ""
 
 
 class Recommender:
@@ -162,7 +167,7 @@ class Recommender:
             known[start : len(known) - 1],
             int(known[-1]),
             want_k,
-            want_scores=query.candidates is not None,
+            want_scores=query.candidates is not None or query.bottom_k > 0,
             deadline=deadline,
             cache_hit=resume.hit,
             skipped=skipped,
@@ -171,6 +176,20 @@ class Recommender:
     # --- stages 4-5: filters, result ---
 
     def finish(self, query: Query, job: Job, now: float | None = None) -> Result:
+        result = self._ranked(query, job, now)
+        if query.bottom_k:
+            assert job.scores is not None
+            self._add_bottom(result, query, job.scores, SOURCE_MODEL)
+        return result
+
+    def _add_bottom(self, result: Result, query: Query, scores: np.ndarray, source: str) -> None:
+        items, worst = bottom_k_excluding(scores, query.excluded, query.bottom_k)
+        ids = self.model.item_ids
+        result.bottom_ids = [ids[i] for i in items]
+        result.bottom_scores = worst
+        result.bottom_source = source
+
+    def _ranked(self, query: Query, job: Job, now: float | None) -> Result:
         if query.session_id and not job.skipped:  # a cut-short state is not the session's
             assert job.before_last is not None and job.after is not None
             entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
@@ -212,7 +231,15 @@ class Recommender:
 
     def popularity(self, query: Query, now: float | None = None) -> Result:
         """The answer without the model: the online layer's ranking when it has one,
-        else training-set popularity; exclusions applied."""
+        else training-set popularity; exclusions applied. The least likely items, when
+        asked for, are the least clicked in training."""
+        result = self._popular(query, now)
+        if query.bottom_k:
+            counts = self.model.popularity.astype(np.float32)
+            self._add_bottom(result, query, counts, SOURCE_POPULARITY)
+        return result
+
+    def _popular(self, query: Query, now: float | None) -> Result:
         model = self.model
         if self.online is not None and query.candidates is None:
             now = time.time() if now is None else now

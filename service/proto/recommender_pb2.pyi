@@ -21,20 +21,22 @@ SOURCE_ONLINE: Source
 SOURCE_BLEND: Source
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "exclude_clicked", "strict")
+    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "exclude_clicked", "strict", "bottom_k")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_CLICKED_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_K_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     clicks: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     exclude_items: _containers.RepeatedScalarFieldContainer[str]
     exclude_clicked: bool
     strict: bool
-    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., exclude_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
+    bottom_k: int
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., exclude_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ..., bottom_k: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "source")
@@ -47,20 +49,22 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "source", "skipped_clicks")
+    __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "source", "skipped_clicks", "bottom_items")
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_CLICKS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_ITEMS_FIELD_NUMBER: _ClassVar[int]
     recommendation_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     unknown_clicks: _containers.RepeatedScalarFieldContainer[str]
     source: Source
     skipped_clicks: int
-    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ..., skipped_clicks: _Optional[int] = ...) -> None: ...
+    bottom_items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ..., skipped_clicks: _Optional[int] = ..., bottom_items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class ScoreItemsRequest(_message.Message):
     __slots__ = ("session_id", "clicks", "candidates", "strict")
