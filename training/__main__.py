@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_baselines(args: argparse.Namespace) -> None:
     from .baselines import compare
 
-    print(compare(args.train, args.test, cutoffs=args.cutoffs))
+    print(compare(args.train, args.test, args.cutoffs, None, args.tune_trials, args.valid_days))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -280,10 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_columns(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("baselines", help="most-popular, item-KNN and V-SKNN, same evaluation")
+    p = sub.add_parser(
+        "baselines", help="most-popular, item-KNN, V-SKNN, STAN, VSTAN; same evaluation"
+    )
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
     _add_cutoffs(p)
+    p.add_argument(
+        "--tune-trials", type=int, default=0, help="tune STAN/VSTAN first, on a validation split"
+    )
+    p.add_argument("--valid-days", type=float, default=1.0, help="with --tune-trials")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("tune", help="Optuna search on a validation split of the training data")

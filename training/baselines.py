@@ -10,6 +10,8 @@
   counts sessions holding both and n_i sessions holding i (alpha = 0.5 is cosine; lambda damps
   rare items). The next item is scored by its similarity to the last click; only the `top_n`
   most similar items of each item are kept, so memory is n_items * top_n, not n_items^2.
+* STAN and VSTAN (training.knn): session-KNN with position, recency and neighbour-position
+  weights; fit_and_evaluate and compare include them.
 * SessionKNN, V-SKNN of Ludewig & Jannach (2018): the current session is a vector whose item at
   position p of L weighs p / L (linear decay: the last click 1); its similarity to a past
   session is the sum of the weights of the items they share. Candidates are the
@@ -199,10 +201,18 @@ def _linear_decay(clicks: list[int]) -> dict[int, float]:
 
 
 def fit_and_evaluate(
-    train: Any, test: Any, n_items: int, cutoffs=(1, 5, 10, 20), gru_config: Any = None
+    train: Any,
+    test: Any,
+    n_items: int,
+    cutoffs=(1, 5, 10, 20),
+    gru_config: Any = None,
+    end_times: np.ndarray | None = None,
+    knn_params: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each baseline (and of GRU4Rec trained with `gru_config`, a training Config,
-    when given) on the same test Sessions, each with its "train_seconds"."""
+    when given) on the same test Sessions, each with its "train_seconds". With the training
+    sessions' `end_times` (training.knn.session_end_times), STAN and VSTAN too, with
+    `knn_params` {"stan": KNNParams, "vstan": KNNParams} or session-rec's defaults."""
     from .evaluate import GRUScorer, evaluate
 
     makers: dict[str, Any] = {
@@ -210,6 +220,12 @@ def fit_and_evaluate(
         "item-knn": lambda: ItemKNN.fit(train, n_items),
         "v-sknn": lambda: SessionKNN.fit(train, n_items),
     }
+    if end_times is not None:
+        from .knn import STAN_DEFAULTS, VSTAN_DEFAULTS, SequenceKNN
+
+        chosen = {"stan": STAN_DEFAULTS, "vstan": VSTAN_DEFAULTS, **(knn_params or {})}
+        for name, params in chosen.items():
+            makers[name] = lambda p=params: SequenceKNN(train, n_items, end_times, p)
     if gru_config is not None:
         from .train import fit
 
@@ -237,15 +253,34 @@ def results_table(results: dict[str, dict[str, float]], cutoffs=(20,)) -> str:
     return "\n".join(lines)
 
 
-def compare(train_path: str, test_path: str, cutoffs=(1, 5, 10, 20), gru_config: Any = None) -> str:
+def compare(
+    train_path: str,
+    test_path: str,
+    cutoffs=(1, 5, 10, 20),
+    gru_config: Any = None,
+    tune_trials: int = 0,
+    valid_days: float = 1.0,
+) -> str:
     """`python -m training baselines`: read train/test click logs (as written by
     `python -m training split`), fit the baselines on train, and return a markdown table of
-    their metrics on test (test clicks on unknown items dropped)."""
+    their metrics on test (test clicks on unknown items dropped). With `tune_trials`, STAN
+    and VSTAN are first tuned on the last `valid_days` of train (training.knn.search_params)."""
     from .data import ItemVocab, Sessions, read_events
+    from .knn import search_params, session_end_times
+    from .tune import validation_split
 
     train_events = read_events(train_path)
     vocab = ItemVocab.from_events(train_events)
     train = Sessions.from_events(train_events, vocab, source=str(train_path))
     test = Sessions.from_events(read_events(test_path), vocab, "drop", str(test_path))
-    results = fit_and_evaluate(train, test, len(vocab), tuple(cutoffs), gru_config)
-    return results_table(results, tuple(cutoffs))
+    knn_params, notes = {}, []
+    if tune_trials > 0:
+        fit_part, valid_part = validation_split(train_events, valid_days)
+        for kind in ("stan", "vstan"):
+            knn_params[kind], _ = search_params(fit_part, valid_part, kind, tune_trials)
+            notes.append(f"{kind}: {knn_params[kind]}")
+    ends = session_end_times(train_events, train)
+    results = fit_and_evaluate(
+        train, test, len(vocab), tuple(cutoffs), gru_config, ends, knn_params
+    )
+    return "\n".join([*notes, results_table(results, tuple(cutoffs))])

@@ -1,0 +1,106 @@
+"""Tuned GRU4Rec against its default configuration and every baseline (most-popular,
+item-KNN, V-SKNN, STAN, VSTAN with their parameters searched too), all tuned on the training
+data alone and evaluated once on the test split: a markdown table for the README.
+
+    .venv/bin/python -m training generate --out data/demo
+    .venv/bin/python -m training tune --train data/demo/train.tsv --out runs/tune-demo \\
+        --config synthetic_demo --param threads=1 --param n_epochs=5 --range layers=64:256 \\
+        --trials 40 --timeout 3300
+    .venv/bin/python scripts/compare_tuned.py --data data/demo --tuned runs/tune-demo/best.json \\
+        --out runs/compare-tuned
+
+STAN/VSTAN are searched (`--knn-trials` draws each) on the same validation split as `tune`
+(the last `--valid-days` of train.tsv), then refitted on all of train.tsv; the chosen
+parameters are kept in OUT/knn_params.json and reused when present (`--knn-only` stops
+there). Both GRU4Rec models are trained on all of train.tsv and saved in OUT/default and
+OUT/tuned (for `python -m training report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.baselines import fit_and_evaluate  # noqa: E402
+from training.config import Config  # noqa: E402
+from training.data import ItemVocab, Sessions, item_popularity, read_events  # noqa: E402
+from training.evaluate import GRUScorer, evaluate  # noqa: E402
+from training.knn import KNNParams, search_params, session_end_times  # noqa: E402
+from training.train import fit, save_model  # noqa: E402
+from training.tune import validation_split  # noqa: E402
+
+
+def knn_params(train_events, out: Path, trials: int, valid_days: float) -> dict[str, KNNParams]:
+    path = out / "knn_params.json"
+    if path.exists():
+        return {k: KNNParams(**v) for k, v in json.loads(path.read_text()).items()}
+    fit_part, valid_part = validation_split(train_events, valid_days)
+    chosen, searched = {}, {}
+    for kind in ("stan", "vstan"):
+        chosen[kind], searched[kind] = search_params(fit_part, valid_part, kind, trials)
+        print(f"{kind}: {chosen[kind]}")
+    path.write_text(json.dumps({k: asdict(v) for k, v in chosen.items()}, indent=2) + "\n")
+    (out / "knn_search.json").write_text(json.dumps(searched, indent=2) + "\n")
+    return chosen
+
+
+def train_gru(name, cfg, train, test, vocab, out: Path) -> dict[str, float]:
+    started = time.perf_counter()
+    model, history = fit(train, len(vocab), cfg, progress=False)
+    seconds = time.perf_counter() - started
+    result = {**evaluate(GRUScorer(model), test, (1, 5, 10, 20)), "train_seconds": seconds}
+    meta = {
+        "train_clicks": train.n_events,
+        "train_seconds": round(seconds, 2),
+        "epochs": [{"epoch": e.epoch, "loss": e.loss} for e in history.epochs],
+        "evaluation": result,
+    }
+    save_model(out / name, model, cfg, vocab, item_popularity(train, len(vocab)), meta)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT / "data" / "demo"))
+    ap.add_argument("--tuned", default=str(ROOT / "runs" / "tune-demo" / "best.json"))
+    ap.add_argument("--default", default="synthetic_demo", help="config file or preset")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "compare-tuned"))
+    ap.add_argument("--knn-trials", type=int, default=12)
+    ap.add_argument("--valid-days", type=float, default=1.0)
+    ap.add_argument("--knn-only", action="store_true")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_events = read_events(Path(args.data) / "train.tsv")
+    chosen = knn_params(train_events, out, args.knn_trials, args.valid_days)
+    if args.knn_only:
+        return
+    vocab = ItemVocab.from_events(train_events)
+    train = Sessions.from_events(train_events, vocab)
+    test = Sessions.from_events(read_events(Path(args.data) / "test.tsv"), vocab, "drop")
+    ends = session_end_times(train_events, train)
+    results = fit_and_evaluate(train, test, len(vocab), (1, 5, 10, 20), None, ends, chosen)
+    for name, source in (("default", args.default), ("tuned", args.tuned)):
+        cfg = Config.from_sources(source, ["threads=1"])
+        results[f"gru4rec-{name}"] = train_gru(name, cfg, train, test, vocab, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{test.n_events:,} test clicks -> {results['most-popular']['n_events']:,} predictions")
+    print("| model | Recall@20 | MRR@20 | Recall@5 | MRR@5 | fit s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['recall@20']:.4f} | {r['mrr@20']:.4f} | {r['recall@5']:.4f} | "
+            f"{r['mrr@5']:.4f} | {r['train_seconds']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
