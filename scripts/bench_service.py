@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.runtime import ExportedModel  # noqa: E402
+from training.architectures import build_model  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import ItemVocab  # noqa: E402
 from training.export import export_model  # noqa: E402
-from training.model import build_model  # noqa: E402
 from training.train import save_model  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -27,7 +27,14 @@ from pybloom_live.pybloom import make_hashfuncs
 from torch import nn
 
 from .config import Config
-from .model import _glorot_uniform_, _init_gru_weights_, gru_update
+from .gru import (
+    SessionModel,
+    TableInputGRUCell,
+    glorot_uniform_,
+    gru_cells,
+    run_cells,
+    stack_shapes,
+)
 
 BLOOM_ON = ("input", "output", "both")
 
@@ -81,28 +88,16 @@ def recover_scores(log_probs: torch.Tensor, positions: torch.Tensor) -> torch.Te
     return scores
 
 
-class BloomInputGRUCell(nn.Module):
+class BloomInputGRUCell(TableInputGRUCell):
     """First GRU layer for a binary m-bit input: the input gates' pre-activations are the
-    sum of the active bits' rows of an (m, 3H) table (a multi-hot vector times W_x).
+    sum of the active bits' rows of an (m, 3H) table (a multi-hot vector times W_x)."""
 
-    Same gate equations and (r, z, n) order as torch.nn.GRUCell and model.OneHotGRUCell."""
-
-    def __init__(self, n_rows: int, n_hidden: int):
-        super().__init__()
-        self.input_gates = nn.Embedding(n_rows, 3 * n_hidden, sparse=True)
-        self.weight_hh = nn.Parameter(torch.empty(3 * n_hidden, n_hidden))
-        self.bias = nn.Parameter(torch.zeros(3 * n_hidden))
-        for block in self.input_gates.weight.data.chunk(3, dim=1):
-            _glorot_uniform_(block, n_rows, n_hidden)
-        _init_gru_weights_(self.weight_hh, n_hidden, n_hidden)
-
-    def forward(self, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """rows: int64 (B, k) active bits; h: (B, H) -> new h (B, H)."""
-        gx = self.input_gates(rows).sum(dim=1) + self.bias  # (B, 3H)
-        return gru_update(gx, h @ self.weight_hh.T, h)
+        return super().forward(self.input_gates(rows).sum(dim=1), h)  # (B, 3H) gates
 
 
-class BloomGRU4Rec(nn.Module):
+class BloomGRU4Rec(SessionModel):
     """GRU4Rec with Bloom-coded input, output or both (cfg.bloom_on).
 
     Input modes follow GRU4Rec: constrained_embedding shares the output table as input
@@ -143,7 +138,7 @@ class BloomGRU4Rec(nn.Module):
         sparse = not self.bloom_out or self.exact_ce
         self.Wy = nn.Embedding(rows, last, sparse=sparse)
         self.By = nn.Embedding(rows, 1, sparse=sparse)
-        _glorot_uniform_(self.Wy.weight, rows, last)
+        glorot_uniform_(self.Wy.weight, rows, last)
         nn.init.zeros_(self.By.weight)
 
     def _build_input(self, n_items: int, cfg: Config) -> None:
@@ -158,22 +153,13 @@ class BloomGRU4Rec(nn.Module):
         self.first = None if size or self.share_output else BloomInputGRUCell(rows, self.layers[0])
         if size:
             self.E = nn.Embedding(rows, size, sparse=True)
-            _glorot_uniform_(self.E.weight, rows, size)
+            glorot_uniform_(self.E.weight, rows, size)
         n_input = size or self.layers[-1]
-        cells = []
-        for i in range(0 if self.first is None else 1, len(self.layers)):
-            n_in = self.layers[i - 1] if i > 0 else n_input
-            cell = nn.GRUCell(n_in, self.layers[i])
-            _init_gru_weights_(cell.weight_ih, n_in, self.layers[i])
-            _init_gru_weights_(cell.weight_hh, self.layers[i], self.layers[i])
-            nn.init.zeros_(cell.bias_ih)
-            nn.init.zeros_(cell.bias_hh)
-            cells.append(cell)
-        self.cells = nn.ModuleList(cells)
+        skip = self.first is not None
+        self.cells = gru_cells(stack_shapes(n_input, self.layers, skip_first=skip))
 
-    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> list:
-        device = device or self.Wy.weight.device
-        return [torch.zeros(batch_size, n, device=device) for n in self.layers]
+    def hidden_sizes(self) -> list[int]:
+        return list(self.layers)
 
     def input_rows(self, inputs: torch.Tensor) -> torch.Tensor:
         """int64 (B,) items -> (B, k) Bloom bits, or (B, 1) item rows without input coding."""
@@ -197,11 +183,8 @@ class BloomGRU4Rec(nn.Module):
         else:
             table = self.Wy if self.share_output else self.E
             x = self.drop_embed(table(rows).sum(dim=1))  # (B, n_input)
-        offset = len(new_hidden)
-        for i, cell in enumerate(self.cells):
-            x = self.drop_hidden(cell(x, hidden[i + offset]))
-            new_hidden.append(x)
-        return self.score(x, targets), new_hidden
+        x, rest = run_cells(self.cells, x, hidden[len(new_hidden) :], self.drop_hidden)
+        return self.score(x, targets), new_hidden + rest
 
     def score(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """h: (B, layers[-1]) -> scores (B, M) for `targets`, or (B, n_items).

@@ -3,7 +3,9 @@
     python -m training export --model runs/demo --out runs/demo/export
     python -m training parity --model runs/demo --export runs/demo/export
 
-The graph is one GRU4Rec step (service/runtime.py documents the files):
+The graph is one GRU4Rec step (service/runtime.py reads the files; the names below are
+the contract between the two, kept here so that an install with only the `train` extra can
+export; tests/training/test_export.py checks they match the service's):
     items (B,) int64, state (B, S) float32, k (1,) int64
  -> scores (B, N), new_state (B, S), top_scores (B, k), top_items (B, k)
 where the state is the per-layer hidden states side by side (S = sum of layer sizes) and B
@@ -36,9 +38,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from service import runtime as rt
-
 from .train import load_model
+
+# --- the export format: file, input and output names (service/runtime.py reads them) ---
+FORMAT_VERSION = 1
+MODEL_FILE, PREFIX_FILE = "model.onnx", "prefix.onnx"
+ITEMS_FILE, POPULARITY_FILE, METADATA_FILE = "items.txt", "popularity.npy", "metadata.json"
+INPUT_ITEMS, INPUT_STATE, INPUT_K, INPUT_MASK = "items", "state", "k", "mask"
+OUTPUT_SCORES, OUTPUT_STATE = "scores", "new_state"
+OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS = "top_scores", "top_items"
 
 DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime 1.31.1 reads up to 25
 # onnxruntime 1.31.1 refuses IR versions above 13 (onnx 1.23 writes up to 14); opset 18
@@ -81,20 +89,20 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
     step = StepGraph(trained.model).eval()
     graph = _to_onnx(step, opset or DEFAULT_OPSET)
     data = graph.SerializeToString()
-    (out / rt.MODEL_FILE).write_bytes(data)
-    (out / rt.ITEMS_FILE).write_bytes(("\n".join(ids) + "\n").encode("utf-8"))
-    np.save(out / rt.POPULARITY_FILE, np.asarray(trained.popularity, dtype=np.int64))
+    (out / MODEL_FILE).write_bytes(data)
+    (out / ITEMS_FILE).write_bytes(("\n".join(ids) + "\n").encode("utf-8"))
+    np.save(out / POPULARITY_FILE, np.asarray(trained.popularity, dtype=np.int64))
     prefix, skipped = _prefix_or_reason(graph)
     if prefix is None:
         # a prefix.onnx left from an earlier export would hold other weights
-        (out / rt.PREFIX_FILE).unlink(missing_ok=True)
+        (out / PREFIX_FILE).unlink(missing_ok=True)
     else:
-        (out / rt.PREFIX_FILE).write_bytes(prefix.SerializeToString())
+        (out / PREFIX_FILE).write_bytes(prefix.SerializeToString())
     meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest())
-    meta["prefix_graph"] = None if prefix is None else rt.PREFIX_FILE
+    meta["prefix_graph"] = None if prefix is None else PREFIX_FILE
     if skipped:
         meta["prefix_graph_skipped"] = f"{skipped}; the service feeds clicks one step at a time"
-    (out / rt.METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -106,7 +114,7 @@ def _to_onnx(step: StepGraph, opset: int) -> onnx.ModelProto:
         # the exporter warns that the two inputs' batch axes, one and the same Dim, share a
         # name, and narrates its passes on stdout
         warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
-        path = Path(tmp) / rt.MODEL_FILE
+        path = Path(tmp) / MODEL_FILE
         with redirect_stdout(io.StringIO()):
             torch.onnx.export(
                 step,
@@ -114,8 +122,8 @@ def _to_onnx(step: StepGraph, opset: int) -> onnx.ModelProto:
                 path,
                 dynamo=True,
                 opset_version=opset,
-                input_names=[rt.INPUT_ITEMS, rt.INPUT_STATE],
-                output_names=[rt.OUTPUT_SCORES, rt.OUTPUT_STATE],
+                input_names=[INPUT_ITEMS, INPUT_STATE],
+                output_names=[OUTPUT_SCORES, OUTPUT_STATE],
                 dynamic_shapes={"items": {0: batch}, "state": {0: batch}},
             )
         graph = onnx.load(path)  # weights inline again, whatever the exporter chose
@@ -128,12 +136,12 @@ def _to_onnx(step: StepGraph, opset: int) -> onnx.ModelProto:
 def _append_top_k(graph: onnx.ModelProto) -> None:
     """Add input k (1,) int64 and outputs top_scores/top_items = TopK(scores, k), best first."""
     g = graph.graph
-    g.input.append(helper.make_tensor_value_info(rt.INPUT_K, TensorProto.INT64, [1]))
+    g.input.append(helper.make_tensor_value_info(INPUT_K, TensorProto.INT64, [1]))
     g.node.append(
         helper.make_node(
             "TopK",
-            [rt.OUTPUT_SCORES, rt.INPUT_K],
-            [rt.OUTPUT_TOP_SCORES, rt.OUTPUT_TOP_ITEMS],
+            [OUTPUT_SCORES, INPUT_K],
+            [OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS],
             axis=1,
             largest=1,
             sorted=1,
@@ -141,10 +149,10 @@ def _append_top_k(graph: onnx.ModelProto) -> None:
         )
     )
     g.output.append(
-        helper.make_tensor_value_info(rt.OUTPUT_TOP_SCORES, TensorProto.FLOAT, ["batch", "k"])
+        helper.make_tensor_value_info(OUTPUT_TOP_SCORES, TensorProto.FLOAT, ["batch", "k"])
     )
     g.output.append(
-        helper.make_tensor_value_info(rt.OUTPUT_TOP_ITEMS, TensorProto.INT64, ["batch", "k"])
+        helper.make_tensor_value_info(OUTPUT_TOP_ITEMS, TensorProto.INT64, ["batch", "k"])
     )
 
 
@@ -152,7 +160,7 @@ def _append_top_k(graph: onnx.ModelProto) -> None:
 _MASK_COLUMN, _MASK_AXES = "prefix_mask_column", "prefix_mask_axes"
 _BODY_STATE, _BODY_ITEMS, _BODY_MASK = "scan_state", "scan_items", "scan_mask"
 _BODY_STEPPED, _BODY_NEW_STATE = "scan_stepped", "scan_new_state"
-_ADDED_NAMES = {rt.INPUT_MASK, _MASK_COLUMN, _MASK_AXES, _BODY_STATE, _BODY_ITEMS, _BODY_MASK}
+_ADDED_NAMES = {INPUT_MASK, _MASK_COLUMN, _MASK_AXES, _BODY_STATE, _BODY_ITEMS, _BODY_MASK}
 _ADDED_NAMES |= {_BODY_STEPPED, _BODY_NEW_STATE}
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
@@ -181,28 +189,28 @@ def _prefix_graph(step: onnx.ModelProto) -> onnx.ModelProto:
     used = {name for n in g.node for name in (*n.input, *n.output)}
     if clash := sorted(used & _ADDED_NAMES):
         raise _Unsupported(f"the step graph already uses the names {clash}")
-    state = next(v for v in g.input if v.name == rt.INPUT_STATE)
+    state = next(v for v in g.input if v.name == INPUT_STATE)
     size = state.type.tensor_type.shape.dim[1].dim_value
     scan = helper.make_node(
         "Scan",
-        [rt.INPUT_STATE, rt.INPUT_ITEMS, _MASK_COLUMN],  # loop state first, then scanned
-        [rt.OUTPUT_STATE],
+        [INPUT_STATE, INPUT_ITEMS, _MASK_COLUMN],  # loop state first, then scanned
+        [OUTPUT_STATE],
         body=_scan_body(g, size),
         num_scan_inputs=2,
         name="prefix_scan",
     )
     # the mask as (T, B, 1) once here, so each step's slice broadcasts over the state
     axes = numpy_helper.from_array(np.array([2], dtype=np.int64), _MASK_AXES)
-    unsqueeze = helper.make_node("Unsqueeze", [rt.INPUT_MASK, _MASK_AXES], [_MASK_COLUMN])
+    unsqueeze = helper.make_node("Unsqueeze", [INPUT_MASK, _MASK_AXES], [_MASK_COLUMN])
     graph = helper.make_graph(
         [unsqueeze, scan],
         "gru4rec_prefix",
         [
-            helper.make_tensor_value_info(rt.INPUT_ITEMS, TensorProto.INT64, ["time", "batch"]),
-            helper.make_tensor_value_info(rt.INPUT_MASK, TensorProto.BOOL, ["time", "batch"]),
-            helper.make_tensor_value_info(rt.INPUT_STATE, TensorProto.FLOAT, ["batch", size]),
+            helper.make_tensor_value_info(INPUT_ITEMS, TensorProto.INT64, ["time", "batch"]),
+            helper.make_tensor_value_info(INPUT_MASK, TensorProto.BOOL, ["time", "batch"]),
+            helper.make_tensor_value_info(INPUT_STATE, TensorProto.FLOAT, ["batch", size]),
         ],
-        [helper.make_tensor_value_info(rt.OUTPUT_STATE, TensorProto.FLOAT, ["batch", size])],
+        [helper.make_tensor_value_info(OUTPUT_STATE, TensorProto.FLOAT, ["batch", size])],
         initializer=[axes],
     )
     prefix = helper.make_model(graph, opset_imports=step.opset_import)
@@ -218,12 +226,12 @@ def _scan_body(step: onnx.GraphProto, size: int) -> onnx.GraphProto:
     Holds the nodes new_state depends on and their weights. Weights in the body rather than
     read from the outer scope: onnxruntime 1.31.1 ran 29 steps of a 40,000-item, 100-unit
     model 15-18% faster that way on this 2-core machine (0.52 against 0.64 ms)."""
-    nodes = _nodes_computing(step, rt.OUTPUT_STATE)
+    nodes = _nodes_computing(step, OUTPUT_STATE)
     # the step's own input and output names are the outer graph's; the body gets its own
     rename = {
-        rt.INPUT_ITEMS: _BODY_ITEMS,
-        rt.INPUT_STATE: _BODY_STATE,
-        rt.OUTPUT_STATE: _BODY_STEPPED,
+        INPUT_ITEMS: _BODY_ITEMS,
+        INPUT_STATE: _BODY_STATE,
+        OUTPUT_STATE: _BODY_STEPPED,
     }
     body = []
     for node in nodes:
@@ -262,7 +270,7 @@ def _metadata(trained: Any, step: StepGraph, graph: onnx.ModelProto, digest: str
     training = {k: v for k, v in meta.items() if k != "evaluation"}
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     return {
-        "format_version": rt.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "model_version": f"gru4rec-{digest[:12]}",  # same weights, same version
         "n_items": len(trained.vocab),
         "state_size": sum(step.sizes),
@@ -293,7 +301,7 @@ def check_parity(
     the scores and from the graph's TopK; and when the states after ragged prefixes of the
     sessions (0 to n_steps clicks), all in one `advance_many`, agree likewise."""
     trained = load_model(model_dir, device="cpu")
-    exported = rt.ExportedModel.load(export_dir, device="cpu")
+    exported = _OnnxRunner(Path(export_dir))
     if exported.item_ids != [str(i) for i in trained.vocab.ids]:
         raise ValueError(f"{export_dir} holds another item vocabulary than {model_dir}")
     step = StepGraph(trained.model).eval()
@@ -336,11 +344,79 @@ def check_parity(
         "worst_score_error_vs_tolerance": worst["scores"],
         "worst_state_error_vs_tolerance": worst["state"],
         "worst_prefix_state_error_vs_tolerance": worst["prefix"],
-        "prefix_graph": exported.has_prefix_graph,
+        "prefix_graph": exported.prefix is not None,
         f"top{top}_mismatched_rows": top_mismatches,
         f"graph_top{top}_mismatched_rows": graph_top_mismatches,
         "provider": exported.provider,
     }
+
+
+class _OnnxRunner:
+    """The exported graphs under onnxruntime on the CPU, for the parity check only (the
+    service has its own runtime). onnxruntime is not part of the `train` extra: install
+    `sessionrec[serve-cpu]` or `pip install onnxruntime` to check parity."""
+
+    def __init__(self, root: Path):
+        try:
+            import onnxruntime as ort  # optional: exporting does not need it
+        except ImportError as err:
+            raise RuntimeError(
+                "the parity check runs the export under onnxruntime, which is not installed; "
+                "`pip install onnxruntime` (or the serve-cpu extra)"
+            ) from err
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(root / MODEL_FILE), options, ["CPUExecutionProvider"]
+        )
+        prefix = root / PREFIX_FILE
+        self.prefix = (
+            ort.InferenceSession(str(prefix), options, ["CPUExecutionProvider"])
+            if prefix.is_file()
+            else None
+        )
+        self.provider = self.session.get_providers()[0]
+        self.item_ids = (
+            (root / ITEMS_FILE).read_bytes().decode("utf-8").removesuffix("\n").split("\n")
+        )
+        self.n_items = len(self.item_ids)
+        self.state_size = int(json.loads((root / METADATA_FILE).read_text())["state_size"])
+
+    def zero_state(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.state_size), dtype=np.float32)
+
+    def _run(self, outputs: list[str], items: np.ndarray, state: np.ndarray, k: int) -> list:
+        feeds = {
+            INPUT_ITEMS: np.asarray(items, dtype=np.int64),
+            INPUT_STATE: np.asarray(state, dtype=np.float32),
+            INPUT_K: np.array([k], dtype=np.int64),
+        }
+        return self.session.run(outputs, feeds)
+
+    def scores(self, items: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, new_state = self._run([OUTPUT_SCORES, OUTPUT_STATE], items, state, 1)
+        return scores, new_state
+
+    def top_k(self, items: np.ndarray, state: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+        outputs = [OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS, OUTPUT_STATE]
+        return tuple(self._run(outputs, items, state, k))
+
+    def advance_many(self, prefixes: list[np.ndarray], state: np.ndarray) -> np.ndarray:
+        """Each row's own clicks (possibly none), by prefix.onnx or step by step."""
+        lengths = np.array([len(p) for p in prefixes])
+        mask = np.arange(lengths.max(initial=0))[:, None] < lengths  # (T, B)
+        items = np.zeros(mask.shape, dtype=np.int64)  # padding 0: a valid index, masked out
+        for b, prefix in enumerate(prefixes):
+            items[: len(prefix), b] = prefix
+        if not len(items):
+            return state.copy()
+        if self.prefix is not None:
+            feeds = {INPUT_ITEMS: items, INPUT_MASK: mask, INPUT_STATE: state}
+            return self.prefix.run([OUTPUT_STATE], feeds)[0]
+        for t in range(len(items)):
+            stepped = self._run([OUTPUT_STATE], items[t], state, 1)[0]
+            state = np.where(mask[t][:, None], stepped, state)
+        return state
 
 
 def _excess(actual: np.ndarray, expected: np.ndarray) -> float:

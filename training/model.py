@@ -12,25 +12,18 @@ items in the mini-batch; `optim.IndexedAdagrad` updates just those rows.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .config import Config
-
-
-def _glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        weight.uniform_(-bound, bound)
-
-
-def _init_gru_weights_(weight: torch.Tensor, n_input: int, n_hidden: int) -> None:
-    """Gate blocks stacked along dim 0 ((3H, in) GRUCell layout), each Glorot-uniform on
-    its own (in, H) shape, like the reference's compatibility initialisation."""
-    for block in weight.chunk(3, dim=0):
-        _glorot_uniform_(block, n_input, n_hidden)
+from .gru import (
+    SessionModel,
+    TableInputGRUCell,
+    glorot_uniform_,
+    gru_cells,
+    run_cells,
+    stack_shapes,
+)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -68,39 +61,15 @@ def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(table.weight, unique, inverse)
 
 
-class OneHotGRUCell(nn.Module):
-    """First GRU layer for one-hot input: input gate pre-activations come from a table row.
+class OneHotGRUCell(TableInputGRUCell):
+    """First GRU layer for one-hot input: input gate pre-activations are a table row."""
 
-    Same gate equations and (r, z, n) order as torch.nn.GRUCell."""
-
-    def __init__(self, n_items: int, n_hidden: int):
-        super().__init__()
-        self.input_gates = nn.Embedding(n_items, 3 * n_hidden, sparse=True)  # W_x rows
-        self.weight_hh = nn.Parameter(torch.empty(3 * n_hidden, n_hidden))
-        self.bias = nn.Parameter(torch.zeros(3 * n_hidden))
-        n = n_hidden
-        for i in range(3):
-            _glorot_uniform_(self.input_gates.weight[:, i * n : (i + 1) * n], n_items, n)
-        _init_gru_weights_(self.weight_hh, n_hidden, n_hidden)
-
-    def forward(self, items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        gx = gather_rows(self.input_gates, items) + self.bias  # (B, 3H)
-        return gru_update(gx, h @ self.weight_hh.T, h)
+    def forward(self, items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """items int64 (B,), h (B, H) -> new h (B, H)."""
+        return super().forward(gather_rows(self.input_gates, items), h)
 
 
-def gru_update(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """One GRU step from gate pre-activations, torch.nn.GRUCell's equations.
-
-    gx: input part (B, 3H) with the bias, gh: h @ W_h^T (B, 3H), in (r, z, n) order."""
-    x_r, x_z, x_n = gx.chunk(3, dim=1)
-    h_r, h_z, h_n = gh.chunk(3, dim=1)
-    r = torch.sigmoid(x_r + h_r)
-    z = torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    return (1.0 - z) * n + z * h
-
-
-class GRU4Rec(nn.Module):
+class GRU4Rec(SessionModel):
     def __init__(self, n_items: int, cfg: Config):
         super().__init__()
         self.n_items = n_items
@@ -111,29 +80,19 @@ class GRU4Rec(nn.Module):
         last = self.layers[-1]
         self.Wy = nn.Embedding(n_items, last, sparse=True)  # output item vectors
         self.By = nn.Embedding(n_items, 1, sparse=True)  # output item bias
-        _glorot_uniform_(self.Wy.weight, n_items, last)
+        glorot_uniform_(self.Wy.weight, n_items, last)
         nn.init.zeros_(self.By.weight)
         if self.embedding_size:
             self.E = nn.Embedding(n_items, self.embedding_size, sparse=True)
-            _glorot_uniform_(self.E.weight, n_items, self.embedding_size)
+            glorot_uniform_(self.E.weight, n_items, self.embedding_size)
         self.first = OneHotGRUCell(n_items, self.layers[0]) if self.one_hot else None
         n_input = last if self.constrained else self.embedding_size
-        cells = []
-        for i in range(1 if self.one_hot else 0, len(self.layers)):
-            n_in = self.layers[i - 1] if i > 0 else n_input
-            cell = nn.GRUCell(n_in, self.layers[i])
-            _init_gru_weights_(cell.weight_ih, n_in, self.layers[i])
-            _init_gru_weights_(cell.weight_hh, self.layers[i], self.layers[i])
-            nn.init.zeros_(cell.bias_ih)
-            nn.init.zeros_(cell.bias_hh)
-            cells.append(cell)
-        self.cells = nn.ModuleList(cells)
+        self.cells = gru_cells(stack_shapes(n_input, self.layers, skip_first=self.one_hot))
         self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
         self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
 
-    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> list:
-        device = device or self.Wy.weight.device
-        return [torch.zeros(batch_size, n, device=device) for n in self.layers]
+    def hidden_sizes(self) -> list[int]:
+        return list(self.layers)
 
     def forward(
         self,
@@ -161,11 +120,8 @@ class GRU4Rec(nn.Module):
             x = self.drop_embed(x)
         else:
             x = self.drop_embed(gather_rows(self.E, inputs))
-        offset = len(new_hidden)
-        for i, cell in enumerate(self.cells):
-            x = self.drop_hidden(cell(x, hidden[i + offset]))
-            new_hidden.append(x)
-        return self.score(x, targets, out_vectors), new_hidden
+        x, rest = run_cells(self.cells, x, hidden[len(new_hidden) :], self.drop_hidden)
+        return self.score(x, targets, out_vectors), new_hidden + rest
 
     def score(
         self,
@@ -179,27 +135,3 @@ class GRU4Rec(nn.Module):
         if out_vectors is None:
             out_vectors = gather_rows(self.Wy, targets)
         return torch.addmm(gather_rows(self.By, targets).T, h, out_vectors.T)
-
-
-def build_model(
-    n_items: int, cfg: Config, state_dict: dict[str, torch.Tensor] | None = None
-) -> nn.Module:
-    """GRU4Rec, or its Bloom-compressed or image-feature (p-RNN) variants as `cfg` asks.
-
-    `state_dict`, when rebuilding a saved model, supplies the item features, so the p-RNN
-    does not need the features file it was trained from."""
-    if cfg.bloom_bits > 0 and cfg.architecture != "id":
-        raise ValueError(
-            "bloom_bits and architecture are not supported together; "
-            "use Bloom compression with architecture=id"
-        )
-    if cfg.bloom_bits > 0:
-        from .bloom import BloomGRU4Rec
-
-        return BloomGRU4Rec(n_items, cfg)
-    if cfg.architecture != "id":
-        from .prnn import PRNN
-
-        features = state_dict.get("item_features") if state_dict is not None else None
-        return PRNN(n_items, cfg, features=features)
-    return GRU4Rec(n_items, cfg)

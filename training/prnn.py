@@ -8,7 +8,7 @@ Architectures (cfg.architecture; "id" is plain model.GRU4Rec):
               the two blocks' scores, i.e. one output layer over the joined hidden states.
 
 Training strategies for "parallel" (cfg.strategy), via the parameter-group hooks the
-training loop calls (`parameter_groups`, `active_groups`, `n_epochs_total`):
+training loop calls (gru.SessionModel's `parameter_groups`, `active_groups`, `n_epochs_total`):
 - "simultaneous": both subnets are updated at every step;
 - "alternating":  epochs alternate, ID subnet first; the other subnet is frozen;
 - "interleaving": mini-batches alternate between the subnets;
@@ -34,7 +34,16 @@ import torch
 from torch import nn
 
 from .config import Config
-from .model import GRU4Rec, _glorot_uniform_, _init_gru_weights_
+from .gru import (
+    ALL,
+    SessionModel,
+    glorot_uniform_,
+    gru_cells,
+    gru_update,
+    init_gate_blocks_,
+    run_cells,
+)
+from .model import GRU4Rec
 
 ARCHITECTURES = ("feature", "concat", "parallel")
 STRATEGIES = ("simultaneous", "alternating", "residual", "interleaving")
@@ -82,27 +91,19 @@ class FeatureGRU(nn.Module):
         super().__init__()
         self.layers, h0, last = layers, layers[0], layers[-1]
         self.project = nn.Linear(n_features, 3 * h0)  # W_x of the feature input, with bias
-        _init_gru_weights_(self.project.weight, n_features, h0)
+        init_gate_blocks_(self.project.weight, n_features, h0)
         nn.init.zeros_(self.project.bias)
         self.id_gates = nn.Embedding(n_items, 3 * h0, sparse=True) if with_id else None
         if self.id_gates is not None:
-            for block in self.id_gates.weight.data.chunk(3, dim=1):
-                _glorot_uniform_(block, n_items, h0)
+            init_gate_blocks_(self.id_gates.weight, n_items, h0, dim=1)
         self.weight_hh = nn.Parameter(torch.empty(3 * h0, h0))
-        _init_gru_weights_(self.weight_hh, h0, h0)
-        pairs = list(zip(layers[:-1], layers[1:], strict=True))  # (in, out) of layers 2..
-        cells = [nn.GRUCell(a, b) for a, b in pairs]
-        for cell, (a, b) in zip(cells, pairs, strict=True):
-            _init_gru_weights_(cell.weight_ih, a, b)
-            _init_gru_weights_(cell.weight_hh, b, b)
-            nn.init.zeros_(cell.bias_ih)
-            nn.init.zeros_(cell.bias_hh)
-        self.cells = nn.ModuleList(cells)
+        init_gate_blocks_(self.weight_hh, h0, h0)
+        self.cells = gru_cells(list(zip(layers[:-1], layers[1:], strict=True)))  # layers 2..
         self.Wy = nn.Embedding(n_items, last, sparse=True)
         if zero_output:
             nn.init.zeros_(self.Wy.weight)
         else:
-            _glorot_uniform_(self.Wy.weight, n_items, last)
+            glorot_uniform_(self.Wy.weight, n_items, last)
         self.By = nn.Embedding(n_items, 1, sparse=True) if with_bias else None
         if self.By is not None:
             nn.init.zeros_(self.By.weight)
@@ -118,14 +119,9 @@ class FeatureGRU(nn.Module):
         if self.id_gates is not None:
             gx = gx + self.id_gates(items)
         h = hidden[0]
-        x_r, x_z, x_n = gx.chunk(3, dim=1)
-        h_r, h_z, h_n = (h @ self.weight_hh.T).chunk(3, dim=1)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        x = self.drop_embed((1.0 - z) * torch.tanh(x_n + r * h_n) + z * h)
-        new_hidden = [x]
-        for cell, h in zip(self.cells, hidden[1:], strict=True):
-            x = self.drop_hidden(cell(x, h))
-            new_hidden.append(x)
+        x = self.drop_embed(gru_update(gx, h @ self.weight_hh.T, h))
+        x, rest = run_cells(self.cells, x, hidden[1:], self.drop_hidden)
+        new_hidden = [x, *rest]
         return x, new_hidden
 
     def score(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -137,8 +133,8 @@ class FeatureGRU(nn.Module):
         return scores
 
 
-class PRNN(nn.Module):
-    """Same interface as model.GRU4Rec: PRNN(n_items, cfg), init_hidden, forward.
+class PRNN(SessionModel):
+    """A gru.SessionModel like model.GRU4Rec: PRNN(n_items, cfg), init_hidden, forward.
 
     `features` (n_items, d) overrides cfg.features (then taken as given, not standardised)."""
 
@@ -182,11 +178,10 @@ class PRNN(nn.Module):
             with_id = self.architecture == "concat"
             self.feature_net = FeatureGRU(n_items, d, tuple(cfg.layers), cfg, with_id, True)
 
-    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> list:
+    def hidden_sizes(self) -> list[int]:
         """ID subnet's layers first (parallel only), then the feature GRU's."""
-        device = device or self.item_features.device
-        ids = self.id_net.init_hidden(batch_size, device) if self.id_net is not None else []
-        return ids + [torch.zeros(batch_size, n, device=device) for n in self.feature_net.layers]
+        ids = list(self.id_net.layers) if self.id_net is not None else []
+        return ids + list(self.feature_net.layers)
 
     def forward(
         self,
@@ -204,12 +199,12 @@ class PRNN(nn.Module):
         id_scores, id_hidden = self.id_net(inputs, hidden[:n_id], targets)
         return id_scores + scores, id_hidden + feat_hidden
 
-    # --- hooks of the training loop (training.train.fit) ---
+    # --- gru.SessionModel's parameter-group hooks, as the strategies need them ---
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """{"id": ..., "feature": ...} for the parallel architecture, else {"all": ...}."""
         if self.id_net is None:
-            return {"all": list(self.parameters())}
+            return {ALL: list(self.parameters())}
         return {
             "id": list(self.id_net.parameters()),
             "feature": list(self.feature_net.parameters()),
@@ -218,7 +213,7 @@ class PRNN(nn.Module):
     def active_groups(self, epoch: int, step: int) -> list[str]:
         """The groups the optimiser may update at this (0-based) epoch and step."""
         if self.id_net is None:
-            return ["all"]
+            return [ALL]
         if self.strategy == "alternating":
             return [SUBNETS[epoch % 2]]
         if self.strategy == "interleaving":

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .architectures import build_model
 from .batching import apply_step_to_hidden, first_batch_size, session_parallel
 from .config import Config
 from .data import ItemVocab, Sessions, item_popularity
+from .gru import SessionModel
 from .losses import compute_loss
-from .model import build_model
 from .optim import make_optimizer
 from .sampling import SampleStore
 
@@ -67,9 +68,8 @@ class _GroupedOptimizer:
     """One optimiser per parameter group, so a p-RNN strategy can train some subnets and
     leave the others untouched (momentum included)."""
 
-    def __init__(self, model: nn.Module, cfg: Config):
-        groups = model.parameter_groups() if hasattr(model, "parameter_groups") else None
-        groups = groups or {"all": list(model.parameters())}
+    def __init__(self, model: SessionModel, cfg: Config):
+        groups = model.parameter_groups()
         self.optimizers = {
             name: make_optimizer(params, model, cfg.optimizer, cfg.learning_rate, cfg.momentum)
             for name, params in groups.items()
@@ -78,12 +78,7 @@ class _GroupedOptimizer:
         self.model = model
 
     def step(self, epoch: int, step: int) -> None:
-        active = (
-            self.model.active_groups(epoch, step)
-            if hasattr(self.model, "active_groups")
-            else self.optimizers
-        )
-        for name in active:
+        for name in self.model.active_groups(epoch, step):
             self.optimizers[name].step()
 
     def _torch_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -156,7 +151,7 @@ def fit(
     if optimizer_state:
         optimizer.load_state_by_name(optimizer_state)
     items = torch.as_tensor(np.array(train.items, dtype=np.int64), device=device)
-    n_epochs = model.n_epochs_total(cfg) if hasattr(model, "n_epochs_total") else cfg.n_epochs
+    n_epochs = model.n_epochs_total(cfg)
     history = History()
     model.train()
     for epoch in range(n_epochs):

@@ -47,11 +47,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .architectures import build_model
 from .bloom import BloomGRU4Rec, bloom_positions
 from .config import Config
 from .data import ITEM, SESSION, DataError, ItemVocab, Sessions, item_popularity
 from .evaluate import GRUScorer, collect_ranks, metrics_from_ranks
-from .model import build_model
 from .train import OptimizerState, Trained, fit, load_model, save_model
 
 NEW_ROWS = ("mean", "init")

@@ -15,6 +15,7 @@ import torch
 
 from service.runtime import ExportedModel
 from training import export as export_module
+from training.architectures import build_model
 from training.config import Config
 from training.data import ItemVocab
 from training.export import (
@@ -24,7 +25,6 @@ from training.export import (
     check_parity,
     export_model,
 )
-from training.model import build_model
 from training.train import load_model, save_model
 
 N_ITEMS = 40
@@ -264,3 +264,15 @@ def test_an_export_without_a_prefix_graph_says_why_and_drops_a_stale_file(
     got = model.advance_many(as_arrays(RAGGED), state)
     expected = pytorch_states(model_dir, RAGGED, state)
     np.testing.assert_allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+
+
+def test_export_format_names_are_the_ones_the_service_reads():
+    import service.runtime as rt
+    from training import export
+
+    names = [
+        "FORMAT_VERSION", "MODEL_FILE", "PREFIX_FILE", "ITEMS_FILE", "POPULARITY_FILE",
+        "METADATA_FILE", "INPUT_ITEMS", "INPUT_STATE", "INPUT_K", "INPUT_MASK", "OUTPUT_SCORES",
+        "OUTPUT_STATE", "OUTPUT_TOP_SCORES", "OUTPUT_TOP_ITEMS",
+    ]  # fmt: skip
+    assert {n: getattr(export, n) for n in names} == {n: getattr(rt, n) for n in names}

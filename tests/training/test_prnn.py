@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from training.architectures import build_model
 from training.config import Config
 from training.data import ItemVocab, Sessions
-from training.model import GRU4Rec, build_model
+from training.model import GRU4Rec
 from training.prnn import PRNN, load_item_features, standardise
 from training.synthetic import generate
 from training.train import fit, load_model, save_model

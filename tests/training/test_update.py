@@ -15,12 +15,12 @@ import torch
 
 from service.runtime import ExportedModel
 from training.__main__ import main
+from training.architectures import build_model
 from training.bloom import bloom_positions
 from training.churn import Churn
 from training.config import Config
 from training.data import ItemVocab, Sessions, item_popularity, preprocess, write_events
 from training.export import export_model
-from training.model import build_model
 from training.train import fit, load_model, save_model
 from training.update import UpdateOptions, evaluate_by_target, save_update, update
 
