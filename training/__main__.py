@@ -194,6 +194,24 @@ def cmd_tune(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import ReportOptions, make_report
+
+    options = ReportOptions(
+        model=args.model,
+        test=args.test,
+        out=args.out,
+        train=args.train,
+        tuning=args.tuning,
+        knn_params=args.knn_params,
+        extra_models=tuple(args.extra_model),
+        cutoffs=tuple(args.cutoffs),
+        top_k=args.top_k,
+        progress=not args.quiet,
+    )
+    print(f"wrote {make_report(options)}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_model
 
@@ -311,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-warmup-epochs", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="HTML report: the model against the baselines, and why")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--out", required=True, help="writes index.html, PNG plots, results.json")
+    p.add_argument("--train", help="training clicks for the baselines; default: the model's")
+    p.add_argument("--tuning", help="the --out directory of `tune`, for its section")
+    p.add_argument("--knn-params", help='JSON {"stan": {...}, "vstan": {...}} (compare_tuned)')
+    p.add_argument("--extra-model", action="append", default=[], help="another model, a row")
+    _add_cutoffs(p)
+    p.add_argument("--top-k", type=int, default=20, help="list length for coverage and bias")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write model.onnx and what the service needs")
     p.add_argument("--model", required=True)

@@ -300,7 +300,8 @@ def write_results(study: optuna.Study, base: Config, out: Path, metric: str) -> 
         "trials": len(study.trials),
         "complete": len(complete),
         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-        "curve": [t.value for t in study.trials],  # per trial, None when pruned or failed
+        # per trial, None when pruned or failed (Optuna keeps a pruned trial's last report)
+        "curve": [t.value if t.state.name == "COMPLETE" else None for t in study.trials],
         "running_best": _running_best(study.trials),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
