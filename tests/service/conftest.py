@@ -14,10 +14,10 @@ import torch
 from service.client import RecommenderClient
 from service.config import ServiceConfig
 from service.server import RecommendationServer
+from training.architectures import build_model
 from training.config import Config
 from training.data import ItemVocab
 from training.export import export_model
-from training.model import build_model
 from training.train import save_model
 
 N_ITEMS = 60

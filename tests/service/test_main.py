@@ -19,10 +19,10 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import RecommenderClient
+from training.architectures import build_model
 from training.config import Config
 from training.data import ItemVocab
 from training.export import export_model
-from training.model import build_model
 from training.train import save_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from service.client import RecommenderClient
+from training.architectures import build_model
 from training.config import Config
 from training.data import ItemVocab
 from training.export import export_model
-from training.model import build_model
 from training.train import save_model
 
 
