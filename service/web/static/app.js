@@ -197,6 +197,7 @@ function renderRecs() {
   for (const [name, items] of [["best", rec ? rec.items : []], ["worst", rec ? rec.bottom_items : []]]) {
     $(name).replaceChildren(...items.map((it, i) => recRow(rec, name, i + 1, it)));
   }
+  $("session").dataset.recommendationId = rec ? rec.recommendation_id : "";
   $("rec-info").textContent = rec
     ? `recommendation ${rec.recommendation_id} · ranked by ${rec.source}` +
       (rec.skipped_clicks ? ` · ${rec.skipped_clicks} old clicks skipped` : "")
