@@ -296,7 +296,7 @@ def write_results(study: optuna.Study, base: Config, out: Path, metric: str) -> 
         "base_value": first.value if first.state.name == "COMPLETE" else None,
         "best_value": best.value,
         "best_trial": best.number,
-        "best_params": best.params,
+        "best_params": tuned,
         "trials": len(study.trials),
         "complete": len(complete),
         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
