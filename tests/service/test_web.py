@@ -320,3 +320,13 @@ print("ok")
         env={**os.environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_serving_with_a_bad_flag_says_what_to_fix(tmp_path, capsys):
+    assert web_main(["--db", str(tmp_path / "f.sqlite"), "--images", str(tmp_path / "no")]) == 2
+    assert "is not a directory of <item>.png files" in capsys.readouterr().err
+    missing = tmp_path / "none.txt"
+    assert web_main(["--db", str(tmp_path / "f.sqlite"), "--items", str(missing)]) == 2
+    assert f"cannot read the item list {missing}" in capsys.readouterr().err
+    assert web_main(["--db", str(tmp_path / "f.sqlite"), "--timeout-s", "0"]) == 2
+    assert "--timeout-s=0.0 must be positive" in capsys.readouterr().err
