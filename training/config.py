@@ -86,7 +86,10 @@ class Config:
             raise ValueError(
                 f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+        typed = {k: _coerce(known[k], v) for k, v in values.items() if k != "embedding"}
+        if "embedding" in values:
+            typed["embedding"] = _embedding_size(values["embedding"], typed, known)
+        return cls(**typed)
 
     @classmethod
     def from_sources(
@@ -132,6 +135,13 @@ def _read_reference_paramfile(path: Path, text: str) -> dict[str, Any]:
             except ValueError:
                 continue
     raise ValueError(f"{path}: no OrderedDict([(name, value), ...]) of parameters found")
+
+
+def _embedding_size(value: Any, typed: dict[str, Any], known: dict[str, Any]) -> int:
+    """embedding='layersize' is the reference's way of saying "as wide as the first layer"."""
+    if isinstance(value, str) and value.strip().lower() == "layersize":
+        return typed.get("layers", Config.layers)[0]
+    return _coerce(known["embedding"], value)
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

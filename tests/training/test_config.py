@@ -60,3 +60,11 @@ def test_bad_values_get_errors_that_say_what_to_fix(param, message):
 def test_round_trips_through_a_dict():
     cfg = Config(layers=(10, 20), loss="top1")
     assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_embedding_layersize_means_the_first_layers_width_as_in_the_reference():
+    cfg = Config.from_sources(None, ["layers=64/32", "embedding=layersize"])
+    assert cfg.embedding == 64
+    assert Config.from_dict({"embedding": "layersize"}).embedding == 100
+    with pytest.raises(ValueError, match="embedding='wide'"):
+        Config.from_dict({"embedding": "wide"})
