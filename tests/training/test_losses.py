@@ -8,7 +8,7 @@ import torch
 from training import losses
 
 # 2 examples (targets on the diagonal) and 4 output items: 2 in-batch + 2 sampled
-SCORES = [[0.5, -0.2, 1.0, 0.1], [0.3, 0.8, -0.4, 0.0]]
+SCORES = [[0.5, -0.2, 1.0, 0.1], [0.3, 0.8, -0.4, 0.05]]  # no 0: ELU has a kink there
 
 
 def sig(x):
@@ -89,11 +89,75 @@ def test_top1_averages_over_negatives_only():
     assert losses.top1(t(SCORES)).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name", ["cross-entropy", "bpr-max", "top1-max", "bpr", "top1"])
-def test_raising_the_target_score_lowers_every_loss(name):
+LOG_Q = [0.1, 0.7, -0.3, 0.2]
+
+
+def plain_loss(name: str, rows: list[list[float]]) -> float:
+    """Each loss written out one score at a time (bpreg 0.7, elu_param 0.5, logQ as LOG_Q),
+    independent of training.losses."""
+    total = 0.0
+    for i, raw in enumerate(rows):
+        if name == "cross-entropy":
+            shifted = [v - LOG_Q[j] for j, v in enumerate(raw)]
+            total += -shifted[i] + math.log(sum(math.exp(v) for v in shifted))
+        elif name in ("bpr-max", "top1-max"):
+            row = [elu(v, 0.5) for v in raw]
+            w = neg_softmax(row, i)
+            if name == "bpr-max":
+                rank = sum(w[j] * sig(row[i] - row[j]) for j in range(len(row)))
+                total += -math.log(rank) + 0.7 * sum(w[j] * row[j] ** 2 for j in range(len(row)))
+            else:
+                total += sum(
+                    w[j] * (sig(row[j] - row[i]) + sig(row[j] ** 2)) for j in range(len(row))
+                )
+        else:
+            row = [math.tanh(v) for v in raw]
+            negs = [j for j in range(len(row)) if j != i]
+            if name == "bpr":
+                terms = [-math.log(sig(row[i] - row[j])) for j in negs]
+            else:
+                terms = [sig(row[j] - row[i]) + sig(row[j] ** 2) for j in negs]
+            total += sum(terms) / len(negs)
+    return total
+
+
+ALL_LOSSES = ["cross-entropy", "bpr-max", "top1-max", "bpr", "top1"]
+
+
+def ours(name: str, scores: torch.Tensor) -> torch.Tensor:
+    log_q = torch.tensor(LOG_Q, dtype=torch.float64) if name == "cross-entropy" else None
+    return losses.compute_loss(name, scores, bpreg=0.7, elu_param=0.5, log_q=log_q)
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_compute_loss_passes_its_parameters_and_equals_the_plain_formula(name):
+    assert ours(name, t(SCORES)).item() == pytest.approx(plain_loss(name, SCORES), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_gradients_equal_central_differences_of_the_plain_formula(name):
     scores = t(SCORES)
-    losses.compute_loss(name, scores, bpreg=0.1).backward()
-    assert scores.grad[0, 0] < 0 and scores.grad[1, 1] < 0
+    ours(name, scores).backward()
+    step = 1e-6
+    for b in range(2):
+        for j in range(4):
+            up = [row[:] for row in SCORES]
+            down = [row[:] for row in SCORES]
+            up[b][j] += step
+            down[b][j] -= step
+            numeric = (plain_loss(name, up) - plain_loss(name, down)) / (2 * step)
+            assert scores.grad[b, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    assert scores.grad[0, 0] < 0 and scores.grad[1, 1] < 0  # raising a target lowers the loss
+
+
+def test_logq_gradient_is_softmax_of_the_shifted_scores_minus_one_hot():
+    scores = t(SCORES)
+    log_q = torch.tensor(LOG_Q, dtype=torch.float64)
+    losses.cross_entropy(scores, log_q).backward()
+    for b, row in enumerate(SCORES):
+        e = [math.exp(v - LOG_Q[j]) for j, v in enumerate(row)]
+        expected = [v / sum(e) - (1.0 if j == b else 0.0) for j, v in enumerate(e)]
+        assert scores.grad[b].tolist() == pytest.approx(expected, rel=1e-10)
 
 
 def test_softmax_over_negatives_gives_the_target_no_weight():
