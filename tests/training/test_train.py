@@ -1,10 +1,13 @@
 """Training end to end on synthetic data: it learns, it beats most-popular, files round-trip."""
 
-import numpy as np
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.baselines import MostPopular
+from training.batching import apply_step_to_hidden, session_parallel
 from training.config import Config
 from training.data import ItemVocab, Sessions, item_popularity, preprocess, split_by_time
 from training.evaluate import GRUScorer, evaluate
@@ -53,9 +56,39 @@ def test_every_loss_trains_without_error_and_lowers_the_loss(loss):
 
 def test_without_sampling_the_other_targets_are_the_only_negatives():
     train = markov_sessions(30, 200, seed=1)
-    cfg = Config(layers=(8,), batch_size=8, n_sample=0, n_epochs=1)
-    _, history = fit(train, 30, cfg, progress=False)
-    assert history.epochs[0].events > 0 and np.isfinite(history.epochs[0].loss)
+    cfg = Config(layers=(8,), batch_size=8, n_sample=0, n_epochs=1, learning_rate=1e-9)
+    _, history = fit(train, 30, cfg, progress=False)  # a rate so small the model stays put
+    initial, _ = fit(train, 30, replace(cfg, n_epochs=0), progress=False)  # same seed, same init
+    # the expected loss: each step's B inputs scored against its B targets only (B, B),
+    # cross-entropy with the diagonal as labels, stopping where fewer than 2 slots remain
+    total, events = 0.0, 0
+    hidden = initial.init_hidden(8)
+    with torch.no_grad():
+        for step in session_parallel(train.items, train.offsets, 8):
+            hidden = apply_step_to_hidden(step, hidden)
+            if len(step.inputs) < 2:
+                break
+            scores, hidden = initial(step.inputs, hidden, step.targets)
+            assert scores.shape == (len(step.inputs), len(step.inputs))
+            labels = torch.arange(len(step.inputs))
+            total += F.cross_entropy(scores, labels, reduction="sum").item()
+            events += len(step.inputs)
+    assert history.epochs[0].events == events
+    assert history.epochs[0].loss == pytest.approx(total / events, rel=1e-4)
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_training():
+    train = markov_sessions(30, 100, seed=3)
+    cfg = Config(layers=(8,), batch_size=8, n_sample=10, n_epochs=3)
+    epochs = []
+    fit(train, 30, cfg, progress=False, on_epoch=lambda stats, model: epochs.append(stats.epoch))
+    assert epochs == [1, 2, 3]
+
+    def stop(stats, model):
+        raise StopIteration(stats.epoch)
+
+    with pytest.raises(StopIteration):
+        fit(train, 30, cfg, progress=False, on_epoch=stop)
 
 
 def test_saved_model_rebuilds_with_identical_scores_and_records_its_config(tmp_path):
