@@ -201,7 +201,7 @@ def test_compare_reads_train_and_test_files_into_a_table_row_per_baseline(tmp_pa
     assert lines[0] == (
         "| model | Recall@5 | MRR@5 | NDCG@5 | Recall@20 | MRR@20 | NDCG@20 | train s |"
     )
-    assert len(lines) == 5
+    assert len(lines) == 7
     assert [line.split("|")[1].strip() for line in lines[2:]] == [
-        "most-popular", "item-knn", "v-sknn",
+        "most-popular", "item-knn", "v-sknn", "stan", "vstan",
     ]  # fmt: skip
