@@ -13,7 +13,8 @@ STAN/VSTAN are searched (`--knn-trials` draws each) on the same validation split
 (the last `--valid-days` of train.tsv), then refitted on all of train.tsv; the chosen
 parameters are kept in OUT/knn_params.json and reused when present (`--knn-only` stops
 there). Both GRU4Rec models are trained on all of train.tsv and saved in OUT/default and
-OUT/tuned (for `python -m training report`).
+OUT/tuned (for `python -m training report`). With --blend, the tuned model plus VSTAN
+(training.blend), the weight chosen on the validation split.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.baselines import fit_and_evaluate  # noqa: E402
+from training.blend import BlendScorer, choose_weight  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import ItemVocab, Sessions, item_popularity, read_events  # noqa: E402
 from training.evaluate import GRUScorer, evaluate  # noqa: E402
-from training.knn import KNNParams, search_params, session_end_times  # noqa: E402
+from training.knn import KNNParams, SequenceKNN, search_params, session_end_times  # noqa: E402
 from training.train import fit, save_model  # noqa: E402
 from training.tune import validation_split  # noqa: E402
 
@@ -51,7 +53,7 @@ def knn_params(train_events, out: Path, trials: int, valid_days: float) -> dict[
     return chosen
 
 
-def train_gru(name, cfg, train, test, vocab, out: Path) -> dict[str, float]:
+def train_gru(name, cfg, train, test, vocab, out: Path):
     started = time.perf_counter()
     model, history = fit(train, len(vocab), cfg, progress=False)
     seconds = time.perf_counter() - started
@@ -63,7 +65,24 @@ def train_gru(name, cfg, train, test, vocab, out: Path) -> dict[str, float]:
         "evaluation": result,
     }
     save_model(out / name, model, cfg, vocab, item_popularity(train, len(vocab)), meta)
-    return result
+    return result, model
+
+
+def blend_weight(train_events, cfg, params: KNNParams, valid_days: float) -> float:
+    """The VSTAN weight of the blend, chosen by MRR@20 on the validation split, with a model
+    and VSTAN fitted on the rest of the training file."""
+    fit_part, valid_part = validation_split(train_events, valid_days)
+    vocab = ItemVocab.from_events(fit_part)
+    train = Sessions.from_events(fit_part, vocab)
+    valid = Sessions.from_events(valid_part, vocab, "drop")
+    model, _ = fit(train, len(vocab), cfg, progress=False)
+    knn = SequenceKNN(train, len(vocab), session_end_times(fit_part, train), params)
+    weight, by_weight = choose_weight(GRUScorer(model), knn, valid)
+    for w, m in by_weight.items():
+        print(
+            f"blend weight {w}: validation MRR@20 {m['mrr@20']:.4f}, Recall@20 {m['recall@20']:.4f}"
+        )
+    return weight
 
 
 def main() -> None:
@@ -75,6 +94,7 @@ def main() -> None:
     ap.add_argument("--knn-trials", type=int, default=12)
     ap.add_argument("--valid-days", type=float, default=1.0)
     ap.add_argument("--knn-only", action="store_true")
+    ap.add_argument("--blend", action="store_true", help="also the tuned model + VSTAN")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -88,9 +108,17 @@ def main() -> None:
     test = Sessions.from_events(read_events(Path(args.data) / "test.tsv"), vocab, "drop")
     ends = session_end_times(train_events, train)
     results = fit_and_evaluate(train, test, len(vocab), (1, 5, 10, 20), None, ends, chosen)
+    models = {}
     for name, source in (("default", args.default), ("tuned", args.tuned)):
         cfg = Config.from_sources(source, ["threads=1"])
-        results[f"gru4rec-{name}"] = train_gru(name, cfg, train, test, vocab, out)
+        results[f"gru4rec-{name}"], models[name] = train_gru(name, cfg, train, test, vocab, out)
+    if args.blend:
+        cfg = Config.from_sources(args.tuned, ["threads=1"])
+        weight = blend_weight(train_events, cfg, chosen["vstan"], args.valid_days)
+        knn = SequenceKNN(train, len(vocab), ends, chosen["vstan"])
+        blend = BlendScorer(GRUScorer(models["tuned"]), knn, weight)
+        name = f"gru4rec-tuned + {weight} vstan"
+        results[name] = {**evaluate(blend, test, (1, 5, 10, 20)), "train_seconds": 0.0}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{test.n_events:,} test clicks -> {results['most-popular']['n_events']:,} predictions")
     print("| model | Recall@20 | MRR@20 | Recall@5 | MRR@5 | fit s |")
