@@ -68,8 +68,8 @@ def train_gru(name, cfg, train, test, vocab, out: Path):
     return result, model
 
 
-def blend_weight(train_events, cfg, params: KNNParams, valid_days: float) -> float:
-    """The VSTAN weight of the blend, chosen by MRR@20 on the validation split, with a model
+def blend_weight(train_events, cfg, params: KNNParams, valid_days: float, metric: str) -> float:
+    """The VSTAN weight of the blend, chosen by `metric` on the validation split, with a model
     and VSTAN fitted on the rest of the training file."""
     fit_part, valid_part = validation_split(train_events, valid_days)
     vocab = ItemVocab.from_events(fit_part)
@@ -77,7 +77,7 @@ def blend_weight(train_events, cfg, params: KNNParams, valid_days: float) -> flo
     valid = Sessions.from_events(valid_part, vocab, "drop")
     model, _ = fit(train, len(vocab), cfg, progress=False)
     knn = SequenceKNN(train, len(vocab), session_end_times(fit_part, train), params)
-    weight, by_weight = choose_weight(GRUScorer(model), knn, valid)
+    weight, by_weight = choose_weight(GRUScorer(model), knn, valid, metric=metric)
     for w, m in by_weight.items():
         print(
             f"blend weight {w}: validation MRR@20 {m['mrr@20']:.4f}, Recall@20 {m['recall@20']:.4f}"
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--valid-days", type=float, default=1.0)
     ap.add_argument("--knn-only", action="store_true")
     ap.add_argument("--blend", action="store_true", help="also the tuned model + VSTAN")
+    ap.add_argument("--blend-metric", default="mrr@20", help="picks the blend weight")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -114,7 +115,8 @@ def main() -> None:
         results[f"gru4rec-{name}"], models[name] = train_gru(name, cfg, train, test, vocab, out)
     if args.blend:
         cfg = Config.from_sources(args.tuned, ["threads=1"])
-        weight = blend_weight(train_events, cfg, chosen["vstan"], args.valid_days)
+        vstan = chosen["vstan"]
+        weight = blend_weight(train_events, cfg, vstan, args.valid_days, args.blend_metric)
         knn = SequenceKNN(train, len(vocab), ends, chosen["vstan"])
         blend = BlendScorer(GRUScorer(models["tuned"]), knn, weight)
         name = f"gru4rec-tuned + {weight} vstan"
