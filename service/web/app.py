@@ -83,8 +83,13 @@ class Services:
     async def catalogue(self, upstream: Upstream) -> Catalogue:
         if self.fixed is not None:
             return self.fixed
-        status = await upstream.status()
         held = self._catalogues.get(upstream.target)
+        try:
+            status = await upstream.status()
+        except UpstreamError:
+            if held is None:
+                raise
+            return held[1]  # the service is away: the grid stays usable meanwhile
         if held is not None and held[0] == status.model_version:
             return held[1]
         try:

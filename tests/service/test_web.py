@@ -219,6 +219,7 @@ def test_grpc_down_is_a_503_with_a_message_and_the_front_recovers_after_restart(
     port = first.server.port
     client = web(first.target)
     recommend(client, ["item-001"])
+    assert client.get("/api/items").json()["total"] == 60
     first.server.stop(0)
 
     down = client.post("/api/recommend", json={"clicks": ["item-001", "item-002"]})
@@ -227,6 +228,7 @@ def test_grpc_down_is_a_503_with_a_message_and_the_front_recovers_after_restart(
     assert f"127.0.0.1:{port}" in down.json()["detail"] and "not answering" in down.json()["detail"]
     models = client.get("/api/models").json()["models"]
     assert models[0]["up"] is False and "not answering" in models[0]["message"]
+    assert client.get("/api/items").json()["total"] == 60  # the grid stays usable
 
     start_server(port=port)
     deadline = time.monotonic() + 15

@@ -277,6 +277,14 @@ async function sendVerdicts() {
     try {
       await api("/api/feedback", body);
     } catch (err) {
+      if (!retryable(err)) { // the server will never take it: say so, do not retry
+        state.pending.delete(key);
+        state.verdicts.delete(key);
+        storePending();
+        document.querySelectorAll(".rec").forEach(showVerdict);
+        showMessage(`Verdict on ${body.item_id} rejected: ${err.detail}`);
+        continue;
+      }
       showMessage(`${err.detail} (${state.pending.size} verdict(s) waiting; retrying every ${RETRY_MS / 1000} s)`);
       state.retryVerdicts = setTimeout(sendVerdicts, RETRY_MS);
       return;
