@@ -22,10 +22,12 @@ import uvicorn
 from service.web.__main__ import main as web_main
 from service.web.app import create_app
 from service.web.config import WebConfig
+from service.web.feedback import FeedbackStore, StoreFull, Verdict
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_S = 15  # any one step; a healthy page takes well under a second
+FILLER = "filler"  # model version of the verdicts that fill a database up
 
 
 def _require_browser() -> None:
@@ -58,11 +60,11 @@ def browser() -> Iterator[object]:
 class WebServer:
     """The web front under uvicorn in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, config: WebConfig):
+    def __init__(self, config: WebConfig, store: FeedbackStore | None = None):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
-        settings = uvicorn.Config(create_app(config), log_level="warning")
+        settings = uvicorn.Config(create_app(config, store), log_level="warning")
         self.server = uvicorn.Server(settings)
         self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
 
@@ -162,3 +164,54 @@ def test_play_a_session_mark_an_item_and_survive_a_service_restart(browser, star
         _, after = click_item("item-053")
         assert clicked() == ["item-003", "item-017", "item-051", "item-052", "item-053"]
         assert len(after) == 5
+
+
+def fill_to_the_brim(store: FeedbackStore) -> None:
+    """Cap the database at its size and fill it with small filler verdicts until one does
+    not fit: any larger verdict (the page's, with its UUID) then needs a page there is not."""
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count={pages}")
+    for i in range(10_000):
+        try:
+            store.save(Verdict(f"f{i}", "x", True, "best", 1, 0.0, "model", FILLER, "", ("x",)))
+        except StoreFull:
+            return
+    raise AssertionError("the capped database never filled up")
+
+
+def page_verdicts(store: FeedbackStore) -> list[dict]:
+    return [row for row in store.rows() if row["model_version"] != FILLER]
+
+
+def test_a_verdict_refused_for_a_full_disk_is_kept_and_saved_once_there_is_room(
+    browser, start_server, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    grpc = start_server()
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    config = WebConfig(grpc_targets=(grpc.target,), db=store.path)
+    with WebServer(config, store) as web:
+        driver.get(web.url)
+        item = '.item[data-item="item-009"]'
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, item))).click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#worst .rec")) == 5)
+        fill_to_the_brim(store)
+
+        row = driver.find_elements(By.CSS_SELECTOR, "#worst .rec")[0]
+        row.find_element(By.CSS_SELECTOR, "button.no").click()
+        message = wait.until(ec.visibility_of_element_located((By.ID, "message")))
+        wait.until(lambda d: "is full" in message.text)
+        assert row.get_attribute("data-saved") == "pending" and page_verdicts(store) == []
+
+        store.connection.execute("PRAGMA max_page_count=1073741823")  # room again
+        wait.until(lambda d: row.get_attribute("data-saved") == "yes")
+        (verdict,) = page_verdicts(store)
+        assert (verdict["item_id"], verdict["sensible"], verdict["shown_in"]) == (
+            row.get_attribute("data-item"), False, "worst"
+        )  # fmt: skip
+        assert verdict["clicks"] == ["item-009"]
