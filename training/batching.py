@@ -54,9 +54,13 @@ def session_parallel(
     reset: torch.Tensor | None = None
     while True:
         run = int((end - start).min()) - 1  # steps until the first slot runs out
-        base = torch.as_tensor(start, device=device)
+        # the clicks of the whole run in one lookup, (run + 1, B); a step reads two rows
+        positions = (
+            torch.as_tensor(start, device=device) + torch.arange(run + 1, device=device)[:, None]
+        )
+        block = items_t[positions]
         for i in range(run):
-            yield Step(items_t[base + i], items_t[base + i + 1], keep, reset)
+            yield Step(block[i], block[i + 1], keep, reset)
             keep = reset = None
         start = start + run
         finished = end - start <= 1

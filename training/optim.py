@@ -26,6 +26,7 @@ class IndexedAdagrad(Optimizer):
         if lr <= 0 or momentum < 0 or eps <= 0:
             raise ValueError(f"invalid Adagrad settings lr={lr} momentum={momentum} eps={eps}")
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+        self._group_of = {p: group for group in self.param_groups for p in group["params"]}
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["acc"] = torch.zeros_like(p)
@@ -47,21 +48,59 @@ class IndexedAdagrad(Optimizer):
             if dense:
                 self._dense_update(dense, [self.state[p] for p in dense], lr, momentum, eps)
 
-    @staticmethod
-    def _sparse_update(p, state, grad, lr, momentum, eps) -> None:
+    @torch.no_grad()
+    def update_rows(
+        self,
+        p: torch.Tensor,
+        rows: torch.Tensor,
+        grad: torch.Tensor,
+        current: torch.Tensor | None = None,
+    ) -> None:
+        """Apply a row gradient directly: rows (U,) unique indices into p, grad (U, ...) their
+        merged gradients (fused.FusedStep hands them over without a sparse tensor); current,
+        when given, is p[rows] as read this step, reused and overwritten."""
+        group = self._group_of[p]
+        lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+        self._rows_update(p, self.state[p], rows, grad, lr, momentum, eps, current)
+
+    @torch.no_grad()
+    def update_dense(self) -> None:
+        """Step every parameter whose .grad is a dense tensor, then clear those gradients."""
+        for group in self.param_groups:
+            dense = [p for p in group["params"] if p.grad is not None and not p.grad.is_sparse]
+            if dense:
+                states = [self.state[p] for p in dense]
+                self._dense_update(dense, states, group["lr"], group["momentum"], group["eps"])
+            for p in dense:
+                p.grad = None
+
+    @classmethod
+    def _sparse_update(cls, p, state, grad, lr, momentum, eps) -> None:
         if getattr(p, "unique_grad_rows", False):  # model.gather_rows merged them already
             rows, values = grad._indices()[0], grad._values()
         else:
             grad = grad.coalesce()  # the update is non-linear in g: rows must be unique
             rows, values = grad.indices()[0], grad.values()
-        # index_select is much faster than advanced indexing (acc[rows]) on CPU
-        acc = state["acc"].index_select(0, rows).add_(values.pow(2))
+        cls._rows_update(p, state, rows, values, lr, momentum, eps)
+
+    @staticmethod
+    def _rows_update(p, state, rows, values, lr, momentum, eps, current=None) -> None:
+        """The update on rows (U,) of p with their merged gradients values (U, ...).
+        `current`, p's rows as read this step, saves reading them again (then overwritten)."""
+        # index_select/index_copy_ are much faster than advanced indexing (acc[rows]) on CPU
+        acc = state["acc"].index_select(0, rows).addcmul_(values, values)
         state["acc"].index_copy_(0, rows, acc)
-        step = values / acc.add_(eps).sqrt_().mul_(-1.0 / lr)  # -lr * g / sqrt(acc + eps)
+        denom = acc.add_(eps).sqrt_()
         if momentum > 0:
-            step = state["mom"].index_select(0, rows).mul_(momentum).add_(step)
+            step = state["mom"].index_select(0, rows).mul_(momentum)
+            step.addcdiv_(values, denom, value=-lr)  # v = momentum * v - lr * g / sqrt(acc + eps)
             state["mom"].index_copy_(0, rows, step)
-        p.index_add_(0, rows, step)
+        else:
+            step = values.div(denom).mul_(-lr)
+        if current is None:
+            p.index_add_(0, rows, step)
+        else:
+            p.index_copy_(0, rows, current.add_(step))
 
     @staticmethod
     def _dense_update(params, states, lr, momentum, eps) -> None:

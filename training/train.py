@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import fused
 from .architectures import build_model
 from .batching import apply_step_to_hidden, first_batch_size, session_parallel
 from .config import Config
@@ -183,6 +184,7 @@ def fit(
 
 def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, progress, device):
     hidden = model.init_hidden(first_batch_size(offsets, cfg.batch_size), device)
+    step_fn = _step_function(model, optimizer, cfg, epoch)
     total_loss = torch.zeros((), device=device)
     events = 0
     started = time.perf_counter()
@@ -195,37 +197,58 @@ def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, pro
         mininterval=1.0,
         leave=True,
     )
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
     for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
         hidden = apply_step_to_hidden(step, hidden)
         batch = len(step.inputs)
         if store is None and batch < 2:
             break  # no negatives left: the reference stops here too
         targets = step.targets if store is None else torch.cat([step.targets, store.get()])
-        scores, hidden = model(step.inputs, hidden, targets)
         log_q = None
         if log_pop is not None:
             log_q = log_pop[targets] * cfg.logq
             if store is not None:  # sampled negatives were drawn with popularity**alpha
                 log_q[batch:] *= cfg.sample_alpha
-        loss = (
-            compute_loss(cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q)
-            / cfg.batch_size
-        )
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step(epoch, i)
-        hidden = [h.detach() for h in hidden]
-        total_loss += loss.detach() * cfg.batch_size
+        loss, hidden = step_fn(step.inputs, targets, hidden, log_q, i)
+        total_loss += loss
         events += batch
         if i % 200 == 0:
             bar.update(events - bar.n)
-            bar.set_postfix(loss=f"{total_loss.item() / max(events, 1):.4f}", refresh=False)
+            bar.set_postfix(_postfix(total_loss.item() / max(events, 1), threads), refresh=False)
     seconds = time.perf_counter() - started
     bar.update(events - bar.n)
     mean_loss = total_loss.item() / max(events, 1)
-    bar.set_postfix(loss=f"{mean_loss:.4f}", ev_s=f"{events / seconds:,.0f}")
+    bar.set_postfix({**_postfix(mean_loss, threads), "ev_s": f"{events / seconds:,.0f}"})
     bar.close()
     return EpochStats(epoch + 1, mean_loss, events, seconds)
+
+
+def _postfix(loss: float, threads: int) -> dict[str, str]:
+    """The progress line's figures; threads=N says how many CPU threads a step may use."""
+    return {"loss": f"{loss:.4f}", **({"threads": str(threads)} if threads else {})}
+
+
+StepFunction = Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]
+
+
+def _step_function(model, optimizer, cfg: Config, epoch: int) -> StepFunction:
+    """One training step: (inputs, targets, hidden, log_q, step index) -> (loss summed over
+    the batch, new hidden). Plain GRU4Rec with Adagrad takes the hand-written fused step;
+    other models and Adam go through autograd."""
+    (only,) = optimizer.optimizers.values() if len(optimizer.optimizers) == 1 else (None,)
+    if fused.supports(model, only, cfg):
+        fused_step = fused.FusedStep(model, only, cfg)
+        return lambda inputs, targets, hidden, log_q, i: fused_step(inputs, targets, hidden, log_q)
+
+    def autograd_step(inputs, targets, hidden, log_q, i):
+        scores, hidden = model(inputs, hidden, targets)
+        loss = compute_loss(cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q)
+        model.zero_grad(set_to_none=True)
+        (loss / cfg.batch_size).backward()
+        optimizer.step(epoch, i)
+        return loss.detach(), [h.detach() for h in hidden]
+
+    return autograd_step
 
 
 @dataclass

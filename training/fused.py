@@ -1,0 +1,225 @@
+"""GRU4Rec's training step written out by hand: forward, backward and the row-sparse Adagrad.
+
+A step at the reference's sizes (32 sessions, 100 units, ~2,080 output items) is three small
+matrix products and a GRU step; through autograd, sparse COO gradients and a generic
+optimiser most of its time went to bookkeeping around them. This module computes the same
+step with a few dozen tensor operations and no autograd graph:
+
+- every item table is read once per step at its unique rows (torch.unique), and the output
+  layer scores those unique rows only, then expands the columns (fewer rows in the matmuls,
+  and the gradient comes out already merged per row);
+- the GRU layers' backward is the closed form of torch.nn.GRUCell's (one step of truncated
+  backpropagation, as the reference detaches the state every step);
+- cross-entropy's gradient is softmax - one-hot; the other losses run through autograd on
+  the score matrix alone;
+- the Adagrad update of each table touches exactly the rows the step read.
+
+    step = FusedStep(model, optimizer, cfg)        # model.GRU4Rec, optim.IndexedAdagrad
+    loss, hidden = step(inputs, targets, hidden, log_q)
+
+It matches the autograd path to float32 rounding (tests/training/test_fused.py). Models
+with parameter groups, Bloom codes or image features, and Adam, train through autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import Config
+from .losses import compute_loss
+from .model import GRU4Rec
+from .optim import IndexedAdagrad
+
+
+def supports(model: nn.Module, optimizer: object, cfg: Config) -> bool:
+    """Whether FusedStep can train this model: a plain GRU4Rec with the reference's Adagrad."""
+    return type(model) is GRU4Rec and isinstance(optimizer, IndexedAdagrad)
+
+
+@dataclass
+class _Layer:
+    """What one GRU layer's backward needs, all (B, H) but x_in (B, n_in)."""
+
+    x_in: torch.Tensor | None  # the layer's input (None for the one-hot table layer)
+    h_prev: torch.Tensor
+    r: torch.Tensor
+    z: torch.Tensor
+    n: torch.Tensor
+    hn: torch.Tensor  # W_hn h + b_hn, the recurrent part of the candidate
+    mask: torch.Tensor | None  # dropout mask (already scaled by 1 / (1 - p)), or None
+
+
+@dataclass
+class _Rows:
+    """One item table's unique rows in this step: indices (U,), where each lookup landed
+    (inverse), and the rows' values (U, D) read once."""
+
+    table: nn.Parameter
+    unique: torch.Tensor
+    inverse: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def read(cls, table: nn.Parameter, index: torch.Tensor) -> _Rows:
+        unique, inverse = torch.unique(index, return_inverse=True)
+        return cls(table, unique, inverse, table.detach().index_select(0, unique))
+
+
+class FusedStep:
+    def __init__(self, model: GRU4Rec, optimizer: IndexedAdagrad, cfg: Config):
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.p_embed, self.p_hidden = cfg.dropout_p_embed, cfg.dropout_p_hidden
+        self.cells = list(model.cells)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        hidden: list[torch.Tensor],
+        log_q: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """inputs (B,), targets (M,) with the B positives first, hidden per layer (B, H_i),
+        log_q (M,) or None -> (the loss summed over the batch, a 0-d tensor; new hidden).
+        Updates the model's parameters and the optimiser's state in place."""
+        m, b = self.model, len(inputs)
+        if m.constrained:
+            out = _Rows.read(m.Wy.weight, torch.cat([inputs, targets]))
+            x, in_rows = out.values.index_select(0, out.inverse[:b]), out
+            target_pos = out.inverse[b:]
+        else:
+            out = _Rows.read(m.Wy.weight, targets)
+            target_pos = out.inverse
+            table = m.first.input_gates.weight if m.one_hot else m.E.weight
+            in_rows = _Rows.read(table, inputs)
+            x = in_rows.values.index_select(0, in_rows.inverse)
+        bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
+        x, layers, embed_mask = self._forward_layers(x, hidden)
+        scores = torch.addmm(bias.T, x, out.values.T).index_select(1, target_pos)  # (B, M)
+        loss, grad = self._loss_and_gradient(scores, log_q)
+        grad_unique = scores.new_zeros(b, len(out.unique)).index_add_(1, target_pos, grad)
+        grad_out = grad_unique.T @ x  # (U, H): every output row's gradient, merged
+        grad_x = self._backward_layers(grad_unique @ out.values, layers)
+        self._update_inputs(grad_x, embed_mask, in_rows, out, grad_out, b)
+        grad_bias = grad_unique.sum(0)[:, None]  # (U, 1)
+        if in_rows is out:  # only rows scored as targets update the bias, as in the reference
+            scored = _positions_of(target_pos, len(out.unique))
+            self.optimizer.update_rows(m.By.weight, out.unique[scored], grad_bias[scored])
+        else:
+            self.optimizer.update_rows(m.By.weight, out.unique, grad_bias)
+        self.optimizer.update_rows(m.Wy.weight, out.unique, grad_out, out.values)
+        self.optimizer.update_dense()
+        return loss, self._outputs
+
+    def _forward_layers(self, x: torch.Tensor, hidden: list[torch.Tensor]):
+        """The GRU stack: x (B, n_in) -> top output (B, H_last), per-layer records, and the
+        embedding dropout mask. Records the new hidden states in self._outputs."""
+        m, layers, outputs = self.model, [], []
+        embed_mask = None
+        if m.one_hot:  # x holds the first layer's input gates (B, 3H) from the table
+            gi = x + m.first.bias
+            gh = hidden[0] @ m.first.weight_hh.T
+            x, layer = _gru_forward(None, gi, gh, hidden[0], self.p_embed)
+            layers.append(layer)
+            outputs.append(x)
+        else:
+            embed_mask = _dropout_mask(x, self.p_embed)
+            if embed_mask is not None:
+                x = x * embed_mask
+        for cell, h in zip(self.cells, hidden[len(outputs) :], strict=True):
+            gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.T)
+            gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.T)
+            x, layer = _gru_forward(x, gi, gh, h, self.p_hidden)
+            layers.append(layer)
+            outputs.append(x)
+        self._outputs = outputs
+        return x, layers, embed_mask
+
+    def _backward_layers(self, grad_x: torch.Tensor, layers: list[_Layer]) -> torch.Tensor:
+        """Gradient of the top output (B, H_last) -> gradient of the stack's input; sets the
+        dense parameters' .grad on the way."""
+        m = self.model
+        cells = ([m.first] if m.one_hot else []) + self.cells
+        for cell, layer in zip(reversed(cells), reversed(layers), strict=True):
+            g_gi, g_gh = _gru_backward(grad_x, layer)
+            if layer.x_in is None:  # one-hot table layer: the caller merges the table rows
+                m.first.bias.grad = g_gi.sum(0)
+                m.first.weight_hh.grad = g_gh.T @ layer.h_prev
+                grad_x = g_gi
+                continue
+            cell.weight_hh.grad = g_gh.T @ layer.h_prev
+            cell.bias_hh.grad = g_gh.sum(0)
+            cell.weight_ih.grad = g_gi.T @ layer.x_in
+            cell.bias_ih.grad = g_gi.sum(0)
+            grad_x = g_gi @ cell.weight_ih
+        return grad_x
+
+    def _update_inputs(self, grad_x, embed_mask, in_rows, out, grad_out, b) -> None:
+        """The input table's rows: with a shared embedding they are output rows too."""
+        if embed_mask is not None:
+            grad_x = grad_x * embed_mask
+        if in_rows is out:
+            grad_out.index_add_(0, out.inverse[:b], grad_x)
+            return
+        merged = grad_x.new_zeros(len(in_rows.unique), grad_x.shape[1])
+        merged.index_add_(0, in_rows.inverse, grad_x)
+        self.optimizer.update_rows(in_rows.table, in_rows.unique, merged, in_rows.values)
+
+    def _loss_and_gradient(
+        self, scores: torch.Tensor, log_q: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, d(loss / batch_size) / d scores (B, M))."""
+        cfg = self.cfg
+        if cfg.loss == "cross-entropy":
+            logits = scores if log_q is None else scores - log_q[None, :]
+            log_p = torch.log_softmax(logits, dim=1)
+            loss = -log_p.diagonal().sum()
+            grad = log_p.exp_()
+            grad.diagonal().sub_(1.0)
+            return loss, grad.mul_(1.0 / cfg.batch_size)
+        with torch.enable_grad():
+            leaf = scores.detach().requires_grad_()
+            loss = compute_loss(cfg.loss, leaf, bpreg=cfg.bpreg, elu_param=cfg.elu_param)
+            (loss / cfg.batch_size).backward()
+        return loss.detach(), leaf.grad
+
+
+def _dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
+    """What F.dropout multiplies by in training (same random draws): Bernoulli(1 - p) / (1 - p)."""
+    if p <= 0:
+        return None
+    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
+def _gru_forward(x_in, gi, gh, h, p_drop) -> tuple[torch.Tensor, _Layer]:
+    """torch.nn.GRUCell's equations from gi = W_i x + b_i and gh = W_h h + b_h, (B, 3H),
+    then dropout. Returns the layer output and what its backward needs."""
+    n_hidden = h.shape[1]
+    rz = torch.sigmoid(gi[:, : 2 * n_hidden] + gh[:, : 2 * n_hidden])
+    r, z = rz[:, :n_hidden], rz[:, n_hidden:]
+    hn = gh[:, 2 * n_hidden :]
+    n = torch.tanh(torch.addcmul(gi[:, 2 * n_hidden :], r, hn))
+    out = (1.0 - z) * n + z * h
+    mask = _dropout_mask(out, p_drop)
+    if mask is not None:
+        out = out * mask
+    return out, _Layer(x_in, h, r, z, n, hn, mask)
+
+
+def _gru_backward(grad_out: torch.Tensor, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of gi and gh (B, 3H) from that of the layer's output; the state it read is
+    a constant (the reference detaches it every step)."""
+    r, z, n = layer.r, layer.z, layer.n
+    g_h = grad_out if layer.mask is None else grad_out * layer.mask
+    g_an = g_h * (1.0 - z) * (1.0 - n * n)  # through the candidate's tanh
+    g_ar = g_an * layer.hn * r * (1.0 - r)
+    g_az = g_h * (layer.h_prev - n) * z * (1.0 - z)
+    return torch.cat([g_ar, g_az, g_an], dim=1), torch.cat([g_ar, g_az, g_an * r], dim=1)
+
+
+def _positions_of(index: torch.Tensor, size: int) -> torch.Tensor:
+    """bool (size,): which of 0..size-1 occur in index."""
+    return torch.zeros(size, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
