@@ -42,8 +42,9 @@ class Config:
     sample_store_size: int = 10_000_000  # negatives drawn in one go, as the reference's cache
     seed: int = 42
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    # CPU intra-op threads; 0 = torch's default (one per core). On a busy machine use 1:
-    # a step's matrices are small and waiting for a descheduled thread costs more than it adds.
+    # CPU intra-op threads; 0 = what the cgroup CPU quota and the affinity mask allow, and 1
+    # up to 2 CPUs (training/threads.py): a step's matrices are small, and waiting for a
+    # descheduled thread costs more than a second thread adds.
     threads: int = 0
     # --- Bloom-filter compression (Serra & Karatzoglou 2017); 0 bits = off ---
     bloom_bits: float = 0.0  # m; a value up to 1 is a ratio of the item count

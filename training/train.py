@@ -31,6 +31,7 @@ from .gru import SessionModel
 from .losses import compute_loss
 from .optim import make_optimizer
 from .sampling import SampleStore
+from .threads import default_threads, usable_cpus
 
 FORMAT_VERSION = 1
 
@@ -136,8 +137,8 @@ def fit(
     stop training."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    if device.type == "cpu" and cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":  # the quota and affinity, not the host's cores (threads.py)
+        torch.set_num_threads(cfg.threads or default_threads(usable_cpus()))
     model = (model or build_model(n_items, cfg)).to(device)
     popularity = item_popularity(train, n_items)
     store = None
