@@ -82,12 +82,16 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .config import Config
     from .data import ItemVocab, Sessions, item_popularity
     from .evaluate import GRUScorer, evaluate, format_table
-    from .train import fit, save_model
+    from .train import fit, resolve_device, save_model
 
     cfg = Config.from_sources(args.config, args.param)
+    rank = None
+    if distributed.launched_by_torchrun():  # one process per rank; see training/distributed.py
+        rank = distributed.init_from_env(resolve_device(cfg.device).type)
     events = _read(args.train, args)
     vocab = ItemVocab.from_events(events)
     train = Sessions.from_events(events, vocab, source=args.train)
@@ -95,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
     model, history = fit(train, len(vocab), cfg, progress=not args.quiet)
+    if rank is not None and not rank.is_main:
+        return  # the ranks' models are the same; rank 0 evaluates and writes it
     meta = {
         "train_file": str(args.train),
         "train_clicks": train.n_events,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .distributed import GradientSync, RowGradient
 from .losses import compute_loss
 from .model import GRU4Rec
 from .optim import IndexedAdagrad
@@ -69,10 +70,21 @@ class _Rows:
 
 
 class FusedStep:
-    def __init__(self, model: GRU4Rec, optimizer: IndexedAdagrad, cfg: Config):
-        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+    def __init__(
+        self,
+        model: GRU4Rec,
+        optimizer: IndexedAdagrad,
+        cfg: Config,
+        sync: GradientSync | None = None,
+    ):
+        self.model, self.optimizer, self.cfg, self.sync = model, optimizer, cfg, sync
         self.p_embed, self.p_hidden = cfg.dropout_p_embed, cfg.dropout_p_hidden
         self.cells = list(model.cells)
+        # the item tables in the order a step hands over their rows (the same on every rank)
+        inputs = [] if model.constrained else [_input_table(model)]
+        self._row_tables = [*inputs, model.By.weight, model.Wy.weight]
+        tables = {id(t) for t in self._row_tables}
+        self._dense_params = [p for p in model.parameters() if id(p) not in tables]
 
     @torch.no_grad()
     def __call__(
@@ -93,8 +105,7 @@ class FusedStep:
         else:
             out = _Rows.read(m.Wy.weight, targets)
             target_pos = out.inverse
-            table = m.first.input_gates.weight if m.one_hot else m.E.weight
-            in_rows = _Rows.read(table, inputs)
+            in_rows = _Rows.read(_input_table(m), inputs)
             x = in_rows.values.index_select(0, in_rows.inverse)
         bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
         x, layers, embed_mask = self._forward_layers(x, hidden)
@@ -103,16 +114,50 @@ class FusedStep:
         grad_unique = scores.new_zeros(b, len(out.unique)).index_add_(1, target_pos, grad)
         grad_out = grad_unique.T @ x  # (U, H): every output row's gradient, merged
         grad_x = self._backward_layers(grad_unique @ out.values, layers)
-        self._update_inputs(grad_x, embed_mask, in_rows, out, grad_out, b)
+        updates = self._input_rows(grad_x, embed_mask, in_rows, out, grad_out, b)
         grad_bias = grad_unique.sum(0)[:, None]  # (U, 1)
         if in_rows is out:  # only rows scored as targets update the bias, as in the reference
             scored = _positions_of(target_pos, len(out.unique))
-            self.optimizer.update_rows(m.By.weight, out.unique[scored], grad_bias[scored])
+            updates.append((m.By.weight, out.unique[scored], grad_bias[scored], None))
         else:
-            self.optimizer.update_rows(m.By.weight, out.unique, grad_bias)
-        self.optimizer.update_rows(m.Wy.weight, out.unique, grad_out, out.values)
-        self.optimizer.update_dense()
+            updates.append((m.By.weight, out.unique, grad_bias, None))
+        updates.append((m.Wy.weight, out.unique, grad_out, out.values))
+        self._apply(updates, active=True)
         return loss, self._outputs
+
+    def idle(self) -> bool:
+        """A step without data, for a distributed rank that ran out of sessions: joins the
+        others' gradient averaging with empty gradients and applies the common update.
+        Returns whether any rank still had data (when none has, nothing was updated)."""
+        updates = [
+            (
+                t,
+                torch.zeros(0, dtype=torch.int64, device=t.device),
+                t.new_zeros(0, t.shape[1]),
+                None,
+            )
+            for t in self._row_tables
+        ]
+        for p in self._dense_params:
+            p.grad = torch.zeros_like(p)
+        return self._apply(updates, active=False)
+
+    def _apply(self, updates: list[RowGradient], active: bool) -> bool:
+        """Average over the ranks when distributed, then update rows and dense parameters."""
+        if self.sync is not None:
+            grads = [p.grad for p in self._dense_params]
+            averaged, any_active = self.sync.dense(grads, active)
+            for p, g in zip(self._dense_params, averaged, strict=True):
+                p.grad = g.view_as(p)
+            updates = [self.sync.rows(t, rows, g) for t, rows, g, _ in updates]
+            if not any_active:
+                for p in self._dense_params:
+                    p.grad = None
+                return False
+        for table, rows, grad, current in updates:
+            self.optimizer.update_rows(table, rows, grad, current)
+        self.optimizer.update_dense()
+        return True
 
     def _forward_layers(self, x: torch.Tensor, hidden: list[torch.Tensor]):
         """The GRU stack: x (B, n_in) -> top output (B, H_last), per-layer records, and the
@@ -157,16 +202,17 @@ class FusedStep:
             grad_x = g_gi @ cell.weight_ih
         return grad_x
 
-    def _update_inputs(self, grad_x, embed_mask, in_rows, out, grad_out, b) -> None:
-        """The input table's rows: with a shared embedding they are output rows too."""
+    def _input_rows(self, grad_x, embed_mask, in_rows, out, grad_out, b) -> list[RowGradient]:
+        """The input table's row gradients: with a shared embedding they add to the output
+        rows' (nothing of its own to update), else merged per row of the input table."""
         if embed_mask is not None:
             grad_x = grad_x * embed_mask
         if in_rows is out:
             grad_out.index_add_(0, out.inverse[:b], grad_x)
-            return
+            return []
         merged = grad_x.new_zeros(len(in_rows.unique), grad_x.shape[1])
         merged.index_add_(0, in_rows.inverse, grad_x)
-        self.optimizer.update_rows(in_rows.table, in_rows.unique, merged, in_rows.values)
+        return [(in_rows.table, in_rows.unique, merged, in_rows.values)]
 
     def _loss_and_gradient(
         self, scores: torch.Tensor, log_q: torch.Tensor | None
@@ -185,6 +231,10 @@ class FusedStep:
             loss = compute_loss(cfg.loss, leaf, bpreg=cfg.bpreg, elu_param=cfg.elu_param)
             (loss / cfg.batch_size).backward()
         return loss.detach(), leaf.grad
+
+
+def _input_table(model: GRU4Rec) -> nn.Parameter:
+    return model.first.input_gates.weight if model.one_hot else model.E.weight
 
 
 def _dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import fused
+from . import distributed, fused
 from .architectures import build_model
 from .batching import apply_step_to_hidden, first_batch_size, session_parallel
 from .config import Config
@@ -140,10 +140,18 @@ def fit(
     if device.type == "cpu":  # the quota and affinity, not the host's cores (threads.py)
         torch.set_num_threads(cfg.threads or default_threads(usable_cpus()))
     model = (model or build_model(n_items, cfg)).to(device)
-    popularity = item_popularity(train, n_items)
+    popularity = item_popularity(train, n_items)  # of all sessions, on every rank
+    rank = distributed.current()
+    sync = None
+    if rank is not None:  # torchrun: this rank's share of the sessions, gradients averaged
+        train = distributed.shard_sessions(train, rank.rank, rank.world_size)
+        distributed.broadcast_parameters(model)
+        distributed.mark_sparse_tables(model)
+        sync = distributed.GradientSync(rank)
     store = None
     if cfg.n_sample > 0:
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        seed = cfg.seed + (rank.rank if rank is not None else 0)  # each rank its own negatives
+        gen = torch.Generator(device=device).manual_seed(seed)
         store = SampleStore(
             popularity, cfg.n_sample, cfg.sample_alpha, cfg.sample_store_size, device, gen
         )
@@ -166,8 +174,9 @@ def fit(
             store,
             log_pop if use_logq else None,
             epoch,
-            progress,
+            progress and (rank is None or rank.is_main),
             device,
+            sync,
         )
         history.epochs.append(stats)
         if not np.isfinite(stats.loss):
@@ -183,9 +192,11 @@ def fit(
     return model, history
 
 
-def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, progress, device):
+def _run_epoch(
+    model, optimizer, items, offsets, cfg, store, log_pop, epoch, progress, device, sync=None
+):
     hidden = model.init_hidden(first_batch_size(offsets, cfg.batch_size), device)
-    step_fn = _step_function(model, optimizer, cfg, epoch)
+    step_fn, idle_fn = _step_function(model, optimizer, cfg, epoch, sync)
     total_loss = torch.zeros((), device=device)
     events = 0
     started = time.perf_counter()
@@ -216,9 +227,16 @@ def _run_epoch(model, optimizer, items, offsets, cfg, store, log_pop, epoch, pro
         if i % 200 == 0:
             bar.update(events - bar.n)
             bar.set_postfix(_postfix(total_loss.item() / max(events, 1), threads), refresh=False)
+    if sync is not None:  # join the other ranks' steps until every rank is done
+        while idle_fn():
+            pass
     seconds = time.perf_counter() - started
     bar.update(events - bar.n)
-    mean_loss = total_loss.item() / max(events, 1)
+    loss_sum = total_loss.item()
+    if sync is not None:  # the epoch's figures over all ranks, the same on each
+        loss_sum, events = distributed.all_sum([loss_sum, float(events)], device)
+        events = int(events)
+    mean_loss = loss_sum / max(events, 1)
     bar.set_postfix({**_postfix(mean_loss, threads), "ev_s": f"{events / seconds:,.0f}"})
     bar.close()
     return EpochStats(epoch + 1, mean_loss, events, seconds)
@@ -229,27 +247,40 @@ def _postfix(loss: float, threads: int) -> dict[str, str]:
     return {"loss": f"{loss:.4f}", **({"threads": str(threads)} if threads else {})}
 
 
-StepFunction = Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]
-
-
-def _step_function(model, optimizer, cfg: Config, epoch: int) -> StepFunction:
-    """One training step: (inputs, targets, hidden, log_q, step index) -> (loss summed over
-    the batch, new hidden). Plain GRU4Rec with Adagrad takes the hand-written fused step;
-    other models and Adam go through autograd."""
+def _step_function(model, optimizer, cfg: Config, epoch: int, sync=None):
+    """(step, idle): step(inputs, targets, hidden, log_q, step index) -> (loss summed over
+    the batch, new hidden); idle() joins the other ranks' gradient averaging without data
+    and says whether any rank still had some. Plain GRU4Rec with Adagrad takes the
+    hand-written fused step; other models and Adam go through autograd."""
     (only,) = optimizer.optimizers.values() if len(optimizer.optimizers) == 1 else (None,)
     if fused.supports(model, only, cfg):
-        fused_step = fused.FusedStep(model, only, cfg)
-        return lambda inputs, targets, hidden, log_q, i: fused_step(inputs, targets, hidden, log_q)
+        fused_step = fused.FusedStep(model, only, cfg, sync)
+        return (
+            lambda inputs, targets, hidden, log_q, i: fused_step(inputs, targets, hidden, log_q)
+        ), fused_step.idle
+    params = list(model.parameters())
+    counter = [0]
 
     def autograd_step(inputs, targets, hidden, log_q, i):
         scores, hidden = model(inputs, hidden, targets)
         loss = compute_loss(cfg.loss, scores, bpreg=cfg.bpreg, elu_param=cfg.elu_param, log_q=log_q)
         model.zero_grad(set_to_none=True)
         (loss / cfg.batch_size).backward()
+        if sync is not None:
+            sync.autograd_gradients(params, active=True)
         optimizer.step(epoch, i)
+        counter[0] = i + 1
         return loss.detach(), [h.detach() for h in hidden]
 
-    return autograd_step
+    def autograd_idle() -> bool:
+        model.zero_grad(set_to_none=True)
+        if not sync.autograd_gradients(params, active=False):
+            return False
+        optimizer.step(epoch, counter[0])
+        counter[0] += 1
+        return True
+
+    return autograd_step, autograd_idle
 
 
 @dataclass

@@ -23,7 +23,7 @@ N_ITEMS = 60
 def _run(model, cfg, use_fused, steps):
     optimizer = _GroupedOptimizer(model, cfg)
     only = optimizer.optimizers["all"]
-    step_fn = _step_function(model, optimizer, cfg, 0)
+    step_fn, _ = _step_function(model, optimizer, cfg, 0)
     if not use_fused:  # the same loop with the autograd step
         step_fn = _autograd_only(model, optimizer, cfg)
     assert isinstance(only, IndexedAdagrad) and fused.supports(model, only, cfg)
@@ -39,7 +39,7 @@ def _autograd_only(model, optimizer, cfg):
     saved = fused.supports
     fused.supports = lambda *args: False
     try:
-        return _step_function(model, optimizer, cfg, 0)
+        return _step_function(model, optimizer, cfg, 0)[0]
     finally:
         fused.supports = saved
 
