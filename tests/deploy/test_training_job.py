@@ -1,0 +1,45 @@
+"""k8s/training/job.yaml: a valid Job whose torchrun arguments match its pod count."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+JOB = Path(__file__).resolve().parents[2] / "k8s/training/job.yaml"
+
+
+def _objects() -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(JOB.read_text()) if doc}
+
+
+def test_job_passes_strict_schema_validation():
+    tool = shutil.which("kubernetes-validate")
+    if tool is None:
+        pytest.skip("kubernetes-validate is not installed")
+    result = subprocess.run(
+        [tool, "--strict", "--kubernetes-version", "1.37.0", str(JOB)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == 2
+
+
+def test_torchrun_nodes_match_the_pods_and_rank_zero_is_reachable():
+    objects = _objects()
+    job, service = objects["Job"], objects["Service"]
+    spec = job["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--n"))
+    assert int(args["--nnodes"]) == spec["completions"] == spec["parallelism"]
+    assert spec["completionMode"] == "Indexed"
+    master = next(a for a in container["args"] if a.startswith("--master-addr="))
+    name = job["metadata"]["name"]
+    assert master == f"--master-addr={name}-0.{service['metadata']['name']}"
+    assert spec["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
