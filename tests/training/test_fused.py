@@ -94,3 +94,22 @@ def test_rows_outside_the_step_stay_and_bias_rows_of_inputs_only_stay():
     changed_wy = (model.Wy.weight != before["Wy.weight"]).any(dim=1).nonzero().flatten()
     changed_by = (model.By.weight != before["By.weight"]).any(dim=1).nonzero().flatten()
     assert changed_wy.tolist() == [3, 4, 5, 6, 7] and changed_by.tolist() == [5, 6, 7]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_step_on_the_gpu_matches_the_cpu(mode):
+    """Everything a step touches (tables, optimiser state, indices) stays on the device."""
+    cfg = Config(layers=(8, 6), batch_size=5, learning_rate=0.1, momentum=0.3, **MODES[mode])
+    torch.manual_seed(0)
+    cpu = GRU4Rec(N_ITEMS, cfg).train()
+    gpu = copy.deepcopy(cpu).cuda()
+    steps = _steps()
+    losses_cpu, _ = _run(cpu, cfg, True, steps)
+    on_gpu = [tuple(t.cuda() for t in step) for step in steps]
+    losses_gpu, hidden = _run(gpu, cfg, True, on_gpu)
+    assert all(h.is_cuda for h in hidden)
+    assert losses_gpu == pytest.approx(losses_cpu, rel=1e-4)
+    for (name, a), b in zip(cpu.state_dict().items(), gpu.state_dict().values(), strict=True):
+        assert torch.allclose(a, b.cpu(), atol=1e-5, rtol=1e-4), name
