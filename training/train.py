@@ -155,6 +155,7 @@ def fit(
         store = SampleStore(
             popularity, cfg.n_sample, cfg.sample_alpha, cfg.sample_store_size, device, gen
         )
+        store.refill()  # the first draw before the epoch's clock starts, as the reference's
     log_pop = torch.log(torch.as_tensor(np.maximum(popularity, 1), dtype=torch.float32)).to(device)
     use_logq = cfg.loss == "cross-entropy" and cfg.logq > 0
     optimizer = _GroupedOptimizer(model, cfg)
