@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, fused
+from . import distributed, fused, graphed
 from .architectures import build_model
 from .batching import apply_step_to_hidden, first_batch_size, session_parallel
 from .config import Config
@@ -256,6 +256,9 @@ def _step_function(model, optimizer, cfg: Config, epoch: int, sync=None):
     (only,) = optimizer.optimizers.values() if len(optimizer.optimizers) == 1 else (None,)
     if fused.supports(model, only, cfg):
         fused_step = fused.FusedStep(model, only, cfg, sync)
+        on_gpu = model.Wy.weight.device.type == "cuda"
+        if on_gpu and cfg.cuda_graph and sync is None:
+            return _graphed_step_function(model, only, cfg, fused_step), fused_step.idle
         return (
             lambda inputs, targets, hidden, log_q, i: fused_step(inputs, targets, hidden, log_q)
         ), fused_step.idle
@@ -282,6 +285,24 @@ def _step_function(model, optimizer, cfg: Config, epoch: int, sync=None):
         return True
 
     return autograd_step, autograd_idle
+
+
+def _graphed_step_function(model, optimizer, cfg: Config, eager: fused.FusedStep):
+    """Full-size steps (batch_size inputs, batch_size + n_sample targets) replay one CUDA
+    graph, recorded at the first of them; the epoch's last, shrinking batches run eagerly."""
+    static = graphed.StaticFusedStep(model, optimizer, cfg)
+    graph: list[graphed.GraphedStep] = []
+
+    def step(inputs, targets, hidden, log_q, i):
+        n_targets = cfg.batch_size + cfg.n_sample if cfg.n_sample > 0 else cfg.batch_size
+        if len(inputs) != cfg.batch_size or len(targets) != n_targets:
+            return eager(inputs, targets, hidden, log_q)
+        if not graph:
+            graph.append(graphed.GraphedStep(static, cfg.batch_size, n_targets, log_q is not None))
+        loss, outputs = graph[0](inputs, targets, hidden, log_q)
+        return loss.clone(), [h.clone() for h in outputs]
+
+    return step
 
 
 @dataclass
