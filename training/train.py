@@ -211,17 +211,21 @@ def _run_epoch(
         leave=True,
     )
     threads = torch.get_num_threads() if device.type == "cpu" else 0
+    # logQ correction per item, as targets and as sampled negatives: two lookups a step
+    log_q_positive = None if log_pop is None else log_pop * cfg.logq
+    log_q_sampled = None if log_pop is None else log_q_positive * cfg.sample_alpha
     for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
         hidden = apply_step_to_hidden(step, hidden)
         batch = len(step.inputs)
         if store is None and batch < 2:
             break  # no negatives left: the reference stops here too
-        targets = step.targets if store is None else torch.cat([step.targets, store.get()])
+        sample = None if store is None else store.get()
+        targets = step.targets if sample is None else torch.cat([step.targets, sample])
         log_q = None
-        if log_pop is not None:
-            log_q = log_pop[targets] * cfg.logq
-            if store is not None:  # sampled negatives were drawn with popularity**alpha
-                log_q[batch:] *= cfg.sample_alpha
+        if log_q_positive is not None:
+            log_q = log_q_positive.index_select(0, step.targets)
+            if sample is not None:  # sampled negatives were drawn with popularity**alpha
+                log_q = torch.cat([log_q, log_q_sampled.index_select(0, sample)])
         loss, hidden = step_fn(step.inputs, targets, hidden, log_q, i)
         total_loss += loss
         events += batch
