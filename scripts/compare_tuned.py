@@ -7,7 +7,7 @@ data alone and evaluated once on the test split: a markdown table for the README
         --config synthetic_demo --param threads=1 --param n_epochs=5 --range layers=64:256 \\
         --trials 40 --timeout 3300
     .venv/bin/python scripts/compare_tuned.py --data data/demo --tuned runs/tune-demo/best.json \\
-        --out runs/compare-tuned
+        --out runs/compare-tuned --blend
 
 STAN/VSTAN are searched (`--knn-trials` draws each) on the same validation split as `tune`
 (the last `--valid-days` of train.tsv), then refitted on all of train.tsv; the chosen
