@@ -310,8 +310,8 @@ def _bucket_table(results, key: str) -> str:
 
 
 def _short_config(cfg) -> dict[str, Any]:
-    keys = ("loss", "layers", "batch_size", "learning_rate", "momentum", "dropout_p_embed")
-    keys += ("dropout_p_hidden", "n_sample", "sample_alpha", "logq", "bpreg", "n_epochs")
+    keys = ["loss", "layers", "batch_size", "learning_rate", "momentum", "dropout_p_embed"]
+    keys += ["dropout_p_hidden", "n_sample", "sample_alpha", "logq", "bpreg", "n_epochs"]
     return {k: getattr(cfg, k) for k in keys}
 
 

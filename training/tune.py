@@ -141,8 +141,10 @@ def narrowed_space(loss: str, ranges: tuple[str, ...], fixed: set[str]) -> dict[
                 f"--range {item!r}: give NAME=LOW:HIGH for a searched numeric parameter "
                 f"({', '.join(n for n, p in space.items() if not isinstance(p, Choice))})"
             )
-        kind = int if isinstance(param, IntRange) else float
-        space[name] = replace(param, low=kind(low), high=kind(high))
+        if isinstance(param, IntRange):
+            space[name] = replace(param, low=int(low), high=int(high))
+        else:
+            space[name] = replace(param, low=float(low), high=float(high))
     return space
 
 
@@ -285,7 +287,7 @@ def write_results(study: optuna.Study, base: Config, out: Path, metric: str) -> 
         raise RuntimeError(
             "no trial finished; give more --trials or a longer --timeout, or check the data"
         )
-    best = max(complete, key=lambda t: t.value)
+    best = max(complete, key=lambda t: float(t.value or 0.0))  # complete trials have a value
     tuned = {k: round(v, 6) if isinstance(v, float) else v for k, v in best.params.items()}
     cfg = Config.from_dict({**_config_values(base), **tuned})
     (out / "best.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
