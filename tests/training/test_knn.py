@@ -71,6 +71,7 @@ def test_only_the_k_most_similar_sessions_vote():
 
 def loop_stan(train: Sessions, ends: np.ndarray, clicks: list[int], p: KNNParams, n_items: int):
     """The papers' formulas, one session and one item at a time."""
+    assert p.lambda_spw and p.lambda_snh and p.lambda_inh  # all three weights on here
     pos_s = {item: i + 1 for i, item in enumerate(clicks)}  # last occurrence
     w = {item: E((q - len(clicks)) / p.lambda_spw) for item, q in pos_s.items()}
     norm_s = math.sqrt(sum(v * v for v in w.values()))
