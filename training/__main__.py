@@ -1,5 +1,6 @@
-"""Command line: python -m training {generate,split,train,tune,update,evaluate,baselines,report,
-export,parity}.
+"""Command line: python -m training COMMAND (see COMMAND --help for its options).
+
+Commands: generate, split, train, tune, update, evaluate, baselines, report, export, parity.
 
 python -m training generate --out data/demo [--churn --days 10 --new-items-per-day 300]
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
