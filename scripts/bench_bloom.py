@@ -3,6 +3,10 @@ memory for each compression ratio m / n_items and number of hashes k.
 
     .venv/bin/python scripts/bench_bloom.py                       # the docs/bloom.md table
     .venv/bin/python scripts/bench_bloom.py --n-items 20000 --ratios 0.5 --hashes 3   # quick
+    # a click log shaped like RSC15 with the published parameters, plain sum vs item step
+    .venv/bin/python scripts/bench_bloom.py --config rsc15_xe_shared_100_best --epochs 3 \
+        --n-items 20000 --n-sessions 50000 --zipf 1.0 --ratios 0.5 0.25 0.125 --hashes 3 \
+        --item-step both --out runs/bench_bloom_rsc15.json
 
 The data are drawn once (training.synthetic, every catalogue item in the vocabulary, the last
 day of sessions as test set); each configuration then trains in a fresh subprocess, so its
@@ -40,7 +44,9 @@ def make_data(args: argparse.Namespace, path: Path) -> dict[str, int]:
     from training.data import ItemVocab, Sessions, split_by_time
     from training.synthetic import generate
 
-    cat = generate(n_items=args.n_items, n_sessions=args.n_sessions, seed=args.seed)
+    cat = generate(
+        n_items=args.n_items, n_sessions=args.n_sessions, seed=args.seed, zipf_exponent=args.zipf
+    )
     train, test = split_by_time(cat.events, test_days=1.0)
     vocab = ItemVocab(cat.item_ids)  # the whole catalogue, clicked or not
     tr = Sessions.from_events(train, vocab)
@@ -88,6 +94,7 @@ def worker(params: dict, data_path: Path) -> dict:
     return {
         "bloom_bits": cfg.bloom_bits,
         "bloom_hashes": cfg.bloom_hashes,
+        "item_step": cfg.bloom_item_step,
         "m": getattr(model, "n_bits", n_items),
         "params": n_params,
         "model_mb": (n_params * 4 + n_buffer) / 2**20,
@@ -120,17 +127,18 @@ def shared_codes(n_items: int, m: int, k: int) -> int:
 
 def table(rows: list[dict], n_items: int) -> str:
     lines = [
-        "| m / n_items | k | m | items sharing all k bits | Recall@20 | MRR@20 | parameters "
-        "| model MB | peak RSS MB | RSS over start MB | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| m / n_items | k | rows summed | m | items sharing all k bits | Recall@20 | MRR@20 "
+        "| parameters | model MB | peak RSS MB | RSS over start MB | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bloom = r["bloom_bits"] != 0
         ratio = f"{r['m'] / n_items:.3f}" if bloom else "no Bloom"
         k = str(r["bloom_hashes"]) if bloom else "-"
+        summed = ("x 1/k" if r.get("item_step", True) else "plain") if bloom else "-"
         shared = f"{shared_codes(n_items, r['m'], r['bloom_hashes']):,}" if bloom else "-"
         lines.append(
-            f"| {ratio} | {k} | {r['m']:,} | {shared} | {r['recall@20']:.4f} "
+            f"| {ratio} | {k} | {summed} | {r['m']:,} | {shared} | {r['recall@20']:.4f} "
             f"| {r['mrr@20']:.4f} | {r['params']:,} | {r['model_mb']:.1f} "
             f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_start_mb']:.0f} "
             f"| {r['train_s']:.0f} |"
@@ -144,12 +152,25 @@ def main() -> None:
     ap.add_argument("--n-sessions", type=int, default=40_000)
     ap.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
     ap.add_argument("--hashes", type=int, nargs="+", default=[2, 3, 4])
-    ap.add_argument("--layers", default="32")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--n-sample", type=int, default=512)
+    # without --config: 32 units, batch 128, 512 samples; with it, the config's unless given
+    ap.add_argument("--layers")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--n-sample", type=int)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zipf", type=float, default=0.9, help="popularity skew of the catalogue")
+    ap.add_argument(
+        "--config",
+        help="a preset or config file for everything the other flags do not set "
+        "(e.g. rsc15_xe_shared_100_best); default: cross-entropy with Config's defaults",
+    )
+    ap.add_argument(
+        "--item-step",
+        choices=["on", "off", "both"],
+        default="on",
+        help="bloom_item_step: the 1/k-scaled sum of rows (on), the plain sum (off), or both",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_bloom.json"))
     ap.add_argument("--table-from", type=Path, help="print the table of an earlier --out")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -162,10 +183,13 @@ def main() -> None:
         saved = json.loads(args.table_from.read_text())
         print(table(saved["rows"], saved["data"]["n_items"]))
         return
+    from training.config import read_config_file
+
+    shape = {"layers": args.layers, "batch_size": args.batch_size, "n_sample": args.n_sample}
     base = {
-        "layers": args.layers,
-        "batch_size": args.batch_size,
-        "n_sample": args.n_sample,
+        **({"layers": "32", "batch_size": 128, "n_sample": 512} if not args.config else {}),
+        **(read_config_file(args.config) if args.config else {}),
+        **{name: value for name, value in shape.items() if value is not None},
         "n_epochs": args.epochs,
         "loss": "cross-entropy",
         "seed": args.seed,
@@ -173,10 +197,12 @@ def main() -> None:
         "sample_store_size": 1_000_000,
         "threads": args.threads,
     }
+    steps = {"on": [True], "off": [False], "both": [False, True]}[args.item_step]
     configs = [{**base, "bloom_bits": 0.0}] + [
-        {**base, "bloom_bits": r, "bloom_hashes": k, "bloom_on": "both"}
+        {**base, "bloom_bits": r, "bloom_hashes": k, "bloom_on": "both", "bloom_item_step": s}
         for r in args.ratios
         for k in args.hashes
+        for s in steps
     ]
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.npz"

@@ -92,9 +92,12 @@ class BloomInputGRUCell(TableInputGRUCell):
     """First GRU layer for a binary m-bit input: the input gates' pre-activations are the
     sum of the active bits' rows of an (m, 3H) table (a multi-hot vector times W_x)."""
 
+    row_scale = 1.0  # what the rows' sum is multiplied by (BloomGRU4Rec sets it)
+
     def forward(self, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """rows: int64 (B, k) active bits; h: (B, H) -> new h (B, H)."""
-        return super().forward(self.input_gates(rows).sum(dim=1), h)  # (B, 3H) gates
+        gates = self.input_gates(rows).sum(dim=1) * self.row_scale  # (B, 3H)
+        return super().forward(gates, h)
 
 
 class BloomGRU4Rec(SessionModel):
@@ -110,6 +113,7 @@ class BloomGRU4Rec(SessionModel):
     by default the indices themselves."""
 
     item_positions: torch.Tensor  # buffer (n_items, k) int64
+    row_scale: torch.Tensor  # buffer, 0-d: 1/k with bloom_item_step, else 1
 
     def __init__(self, n_items: int, cfg: Config, keys: Iterable[object] | None = None):
         super().__init__()
@@ -126,8 +130,12 @@ class BloomGRU4Rec(SessionModel):
         if len(table) != n_items:
             raise ValueError(f"got {len(table)} keys to hash for {n_items} items")
         self.register_buffer("item_positions", torch.as_tensor(table))  # (n_items, k) int64
+        # Saved with the weights, so a model file always scores as it was trained
+        scale = 1.0 / cfg.bloom_hashes if cfg.bloom_item_step else 1.0
+        self.register_buffer("row_scale", torch.tensor(scale))
         self._build_output(n_items)
         self._build_input(n_items, cfg)
+        self._start_rows_scaled(scale)
         self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
         self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
 
@@ -158,6 +166,36 @@ class BloomGRU4Rec(SessionModel):
         skip = self.first is not None
         self.cells = gru_cells(stack_shapes(n_input, self.layers, skip_first=skip))
 
+    def _start_rows_scaled(self, scale: float) -> None:
+        """Bloom-coded tables start 1/scale times their initial draw, so that scale * (sum
+        of an item's k rows) is the paper's sum of the initial rows: the same model at the
+        start. Row-wise Adagrad (and Adam) step a row by about the learning rate whatever
+        its gradient's size, so an item's summed representation would move k steps per
+        update; scaled, it moves one, as an item-wide table's row does (docs/bloom.md)."""
+        if scale == 1.0:
+            return
+        tables = [self.Wy.weight, self.By.weight] if self.bloom_out else []
+        if self.bloom_in and not self.share_output:
+            tables.append(self.first.input_gates.weight if self.first else self.E.weight)
+        with torch.no_grad():
+            for table in tables:
+                table.div_(scale)
+        if self.first is not None and self.bloom_in:
+            self.first.row_scale = scale
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model files from before bloom_item_step summed the rows unscaled
+        state_dict.setdefault(prefix + "row_scale", torch.tensor(1.0))
+        if self.first is not None and self.bloom_in:
+            self.first.row_scale = float(state_dict[prefix + "row_scale"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _in_scale(self) -> torch.Tensor | float:
+        return self.row_scale if self.bloom_in else 1.0
+
+    def _out_scale(self) -> torch.Tensor | float:
+        return self.row_scale if self.bloom_out else 1.0
+
     def hidden_sizes(self) -> list[int]:
         return list(self.layers)
 
@@ -182,7 +220,7 @@ class BloomGRU4Rec(SessionModel):
             new_hidden.append(x)
         else:
             table = self.Wy if self.share_output else self.E
-            x = self.drop_embed(table(rows).sum(dim=1))  # (B, n_input)
+            x = self.drop_embed(table(rows).sum(dim=1) * self._in_scale())  # (B, n_input)
         x, rest = run_cells(self.cells, x, hidden[len(new_hidden) :], self.drop_hidden)
         return self.score(x, targets), new_hidden + rest
 
@@ -202,8 +240,8 @@ class BloomGRU4Rec(SessionModel):
         if targets is not None and self.training and self.exact_ce:
             rows = self.item_positions[targets]  # (M, k)
             weight = self.Wy(rows).sum(dim=1)  # (M, H): sum_j o[p_j] = h . sum_j W[p_j]
-            return torch.addmm(self.By(rows).sum(dim=1).T, h, weight.T)
-        logits = torch.addmm(self.By.weight.T, h, self.Wy.weight.T)  # (B, m)
+            return torch.addmm(self.By(rows).sum(dim=1).T, h, weight.T) * self.row_scale
+        logits = torch.addmm(self.By.weight.T, h, self.Wy.weight.T) * self.row_scale  # (B, m)
         log_probs = F.log_softmax(logits, dim=1)
         positions = self.item_positions if targets is None else self.item_positions[targets]
         return recover_scores(log_probs, positions)

@@ -52,6 +52,10 @@ class Config:
     bloom_bits: float = 0.0  # m; a value up to 1 is a ratio of the item count
     bloom_hashes: int = 3  # k
     bloom_on: str = "both"  # "input", "output" or "both"
+    # an item's k rows are summed times 1/k, the rows starting k times larger: the paper's
+    # model at the start, but each optimiser step moves an item as far as one table row
+    # (not k rows); False = the paper's plain sum, which loses accuracy (docs/bloom.md)
+    bloom_item_step: bool = True
     # --- p-RNN image features (Hidasi et al. 2016); "" = ID-only ---
     architecture: str = "id"  # "id", "feature", "concat" or "parallel"
     strategy: str = "simultaneous"  # "simultaneous", "alternating", "residual", "interleaving"

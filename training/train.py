@@ -362,7 +362,8 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> Trained:
         raise ValueError(
             f"{path}: model format {payload.get('format_version')} is not {FORMAT_VERSION}"
         )
-    cfg = Config.from_dict(payload["config"])
+    # files from before bloom_item_step summed an item's Bloom rows plainly
+    cfg = Config.from_dict({"bloom_item_step": False, **payload["config"]})
     model = build_model(payload["n_items"], cfg, payload["state_dict"])
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

@@ -58,7 +58,7 @@ NEW_ROWS = ("mean", "init")
 # settings that fix the shapes of the weights; an update cannot change them
 STRUCTURAL = (
     "layers", "constrained_embedding", "embedding", "bloom_bits", "bloom_hashes", "bloom_on",
-    "architecture", "feature_layers", "optimizer",
+    "bloom_item_step", "architecture", "feature_layers", "optimizer",
 )  # fmt: skip
 
 

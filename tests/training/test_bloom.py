@@ -259,3 +259,70 @@ def test_the_onnx_export_scores_like_pytorch_from_item_indices_alone(tmp_path, b
     export_dir = export_model(tmp_path / "m", tmp_path / "export")
     report = check_parity(tmp_path / "m", export_dir, n_sessions=8, seed=1)
     assert report["ok"], report
+
+
+def _tiny_sessions(n_items: int, seed: int) -> Sessions:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 8, 120)
+    items = rng.integers(0, n_items, lengths.sum())
+    return Sessions(items, np.concatenate([[0], np.cumsum(lengths)]), np.arange(len(lengths)))
+
+
+@pytest.mark.parametrize("bloom_on", ["input", "output", "both"])
+def test_item_step_starts_as_the_plain_sum(bloom_on):
+    base = dict(layers=(6,), bloom_bits=0.5, bloom_hashes=3, bloom_on=bloom_on, embedding=0)
+    for constrained in (True, False):
+        models = []
+        for item_step in (True, False):
+            torch.manual_seed(3)
+            cfg = Config(**base, constrained_embedding=constrained, bloom_item_step=item_step)
+            models.append(BloomGRU4Rec(60, cfg).eval())
+        inputs = torch.tensor([1, 7, 59])
+        hidden = models[0].init_hidden(3)
+        scaled, plain = (m(inputs, hidden)[0] for m in models)
+        torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=1e-5)
+        assert float(models[0].row_scale) == pytest.approx(1 / 3)
+
+
+def test_an_optimiser_step_moves_an_item_one_row_step_not_k():
+    # Adagrad steps a row by about the learning rate whatever its gradient's size: the plain
+    # sum of k rows moves an item's representation k row-steps; the 1/k-scaled sum, one.
+    # The rest of the model gets the same gradients and the same update either way. (Exact
+    # with a negligible epsilon; Adagrad's 1e-6 shortens steps of gradients below ~1e-3.)
+    from training.optim import IndexedAdagrad
+
+    cfg = dict(layers=(8,), bloom_bits=0.5, bloom_hashes=4, bloom_on="both")
+    inputs, targets = torch.tensor([1, 5, 7]), torch.tensor([1, 5, 7, 40, 55])
+    moved, gru_updates = [], []
+    for item_step in (True, False):
+        torch.manual_seed(4)
+        model = BloomGRU4Rec(60, Config(**cfg, bloom_item_step=item_step))
+        before = [p.detach().clone() for p in model.parameters()]
+        item_rows = model.item_positions[targets]  # (5, k)
+        start = model.Wy.weight[item_rows].sum(dim=1) * model.row_scale
+        optimizer = IndexedAdagrad(model.parameters(), lr=0.1, eps=1e-20)
+        scores, _ = model(inputs, model.init_hidden(3), targets)
+        cross_entropy(scores).backward()
+        optimizer.step()
+        end = model.Wy.weight[item_rows].sum(dim=1) * model.row_scale
+        moved.append((end - start).detach())
+        named = zip(model.named_parameters(), before, strict=True)
+        gru = [(p - b) for (n, p), b in named if "cells" in n]
+        gru_updates.append([g.detach() for g in gru])
+    scaled, plain = moved
+    torch.testing.assert_close(scaled * 4, plain, rtol=1e-3, atol=1e-4)
+    assert plain.abs().max() > 0.1  # the items really moved
+    for a, b in zip(*gru_updates, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_file_from_before_item_step_keeps_its_plain_sum(tmp_path):
+    cfg = Config(layers=(6,), bloom_bits=0.5, bloom_hashes=3)
+    model = BloomGRU4Rec(50, cfg).eval()
+    state = {k: v for k, v in model.state_dict().items() if k != "row_scale"}
+    state["Wy.weight"] = state["Wy.weight"] * float(model.row_scale)  # rows as a sum saw them
+    old = BloomGRU4Rec(50, cfg)
+    old.load_state_dict(state)
+    assert float(old.row_scale) == 1.0
+    inputs, hidden = torch.tensor([3, 4]), model.init_hidden(2)
+    torch.testing.assert_close(old.eval()(inputs, hidden)[0], model(inputs, hidden)[0])
