@@ -4,7 +4,8 @@ Every item gets k positions in an m-bit vector from pybloom-live's hash function
 item-wide input table and output layer shrink to m rows.
 
 - Input: an item's representation is the sum of its k rows of an m-row table, which is what
-  its binary Bloom vector times that table computes.
+  its binary Bloom vector times that table computes (times 1/k with bloom_item_step, the
+  default, so an optimiser step moves an item one row-step, not k; docs/bloom.md).
 - Output: the network scores the m positions; log-softmax over them gives log-probabilities,
   and an item's score is the sum of the log-probabilities at its k positions (the paper's
   likelihood of the item's Bloom vector).
