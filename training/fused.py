@@ -121,7 +121,7 @@ class FusedStep:
             updates.append((m.By.weight, out.unique[scored], grad_bias[scored], None))
         else:
             updates.append((m.By.weight, out.unique, grad_bias, None))
-        updates.append((m.Wy.weight, out.unique, grad_out, out.values))
+        updates.append((m.Wy.weight, out.unique, grad_out, None))
         self._apply(updates, active=True)
         return loss, self._outputs
 
@@ -212,7 +212,7 @@ class FusedStep:
             return []
         merged = grad_x.new_zeros(len(in_rows.unique), grad_x.shape[1])
         merged.index_add_(0, in_rows.inverse, grad_x)
-        return [(in_rows.table, in_rows.unique, merged, in_rows.values)]
+        return [(in_rows.table, in_rows.unique, merged, None)]
 
     def _loss_and_gradient(
         self, scores: torch.Tensor, log_q: torch.Tensor | None

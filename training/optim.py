@@ -58,7 +58,7 @@ class IndexedAdagrad(Optimizer):
     ) -> None:
         """Apply a row gradient directly: rows (U,) unique indices into p, grad (U, ...) their
         merged gradients (fused.FusedStep hands them over without a sparse tensor); current,
-        when given, is p[rows] as read this step, reused and overwritten."""
+        when given, is p[rows] as read this step and lets rows repeat (see _rows_update)."""
         group = self._group_of[p]
         lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
         self._rows_update(p, self.state[p], rows, grad, lr, momentum, eps, current)
@@ -86,10 +86,18 @@ class IndexedAdagrad(Optimizer):
     @staticmethod
     def _rows_update(p, state, rows, values, lr, momentum, eps, current=None) -> None:
         """The update on rows (U,) of p with their merged gradients values (U, ...).
-        `current`, p's rows as read this step, saves reading them again (then overwritten)."""
-        # index_select/index_copy_ are much faster than advanced indexing (acc[rows]) on CPU
-        acc = state["acc"].index_select(0, rows).addcmul_(values, values)
-        state["acc"].index_copy_(0, rows, acc)
+
+        Without `current` the rows must be unique, and the accumulator and weights are
+        updated by index_add_ (faster than index_copy_ on CPU). `current`, p[rows] as read
+        this step, allows repeated rows (each with the same merged gradient): every write of
+        a row then carries the same value (graphed.StaticFusedStep)."""
+        # index_select / index_add_ are much faster than advanced indexing (acc[rows]) on CPU
+        if current is None:
+            state["acc"].index_add_(0, rows, values * values)
+            acc = state["acc"].index_select(0, rows)
+        else:
+            acc = state["acc"].index_select(0, rows).addcmul_(values, values)
+            state["acc"].index_copy_(0, rows, acc)
         denom = acc.add_(eps).sqrt_()
         if momentum > 0:
             step = state["mom"].index_select(0, rows).mul_(momentum)
