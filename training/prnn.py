@@ -119,9 +119,9 @@ class FeatureGRU(nn.Module):
         if self.id_gates is not None:
             gx = gx + self.id_gates(items)
         h = hidden[0]
-        x = self.drop_embed(gru_update(gx, h @ self.weight_hh.T, h))
-        x, rest = run_cells(self.cells, x, hidden[1:], self.drop_hidden)
-        new_hidden = [x, *rest]
+        first = self.drop_embed(gru_update(gx, h @ self.weight_hh.T, h))
+        x, rest = run_cells(self.cells, first, hidden[1:], self.drop_hidden)
+        new_hidden = [first, *rest]
         return x, new_hidden
 
     def score(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
