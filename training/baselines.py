@@ -32,6 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .evaluate import GRUScorer, SessionHistoryScorer, evaluate
+
 
 class SessionsLike(Protocol):
     """What the baselines read from training.data.Sessions."""
@@ -130,7 +132,7 @@ def _top_n_per_row(
     return cols, vals
 
 
-class SessionKNN:
+class SessionKNN(SessionHistoryScorer):
     """V-SKNN: scores items by the sessions most similar to the current one (see module doc)."""
 
     def __init__(self, train: SessionsLike, n_items: int, k: int = 100, sample_size: int = 500):
@@ -152,21 +154,6 @@ class SessionKNN:
         cls, train: SessionsLike, n_items: int, k: int = 100, sample_size: int = 500
     ) -> SessionKNN:
         return cls(train, n_items, k=k, sample_size=sample_size)
-
-    def start(self, batch_size: int) -> None:
-        self.history = [[] for _ in range(batch_size)]
-
-    def advance(self, step: Any) -> torch.Tensor:
-        if step.keep is not None:
-            self.history = [self.history[i] for i in step.keep.tolist()]
-        if step.reset is not None:
-            for i in torch.nonzero(step.reset).flatten().tolist():
-                self.history[i] = []
-        scores = np.zeros((len(step.inputs), self.n_items), dtype=np.float32)
-        for i, item in enumerate(step.inputs.tolist()):
-            self.history[i].append(item)
-            scores[i] = self.score_session(self.history[i])
-        return torch.from_numpy(scores)
 
     def score_session(self, clicks: list[int]) -> np.ndarray:
         """(n_items,) scores for the item after `clicks` (item indices, oldest first)."""
@@ -213,7 +200,6 @@ def fit_and_evaluate(
     when given) on the same test Sessions, each with its "train_seconds". With the training
     sessions' `end_times` (training.knn.session_end_times), STAN and VSTAN too, with
     `knn_params` {"stan": KNNParams, "vstan": KNNParams} or session-rec's defaults."""
-    from .evaluate import GRUScorer, evaluate
 
     makers: dict[str, Any] = {
         "most-popular": lambda: MostPopular.fit(train, n_items),

@@ -118,3 +118,30 @@ def format_table(results: dict[str, dict[str, float]], cutoffs=(1, 5, 10, 20)) -
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{res[c]:.4f}" for c in columns) + " |")
     return "\n".join(lines)
+
+
+class SessionHistoryScorer:
+    """Evaluation's scorer protocol for models that score a session from its clicks so far:
+    keeps each batch slot's clicks through evaluate's session-parallel steps and asks
+    score_session(clicks) -> (n_items,) scores for each."""
+
+    n_items: int
+    history: list[list[int]]
+
+    def score_session(self, clicks: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def start(self, batch_size: int) -> None:
+        self.history = [[] for _ in range(batch_size)]
+
+    def advance(self, step: Step) -> torch.Tensor:
+        if step.keep is not None:
+            self.history = [self.history[i] for i in step.keep.tolist()]
+        if step.reset is not None:
+            for i in torch.nonzero(step.reset).flatten().tolist():
+                self.history[i] = []
+        scores = np.zeros((len(step.inputs), self.n_items), dtype=np.float32)
+        for i, item in enumerate(step.inputs.tolist()):
+            self.history[i].append(item)
+            scores[i] = self.score_session(self.history[i])
+        return torch.from_numpy(scores)

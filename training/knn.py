@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from .data import DAY, SESSION, TIME
+from .evaluate import SessionHistoryScorer
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _decay(distance: np.ndarray, lam: float | None) -> np.ndarray:
     return np.exp(-distance / lam)
 
 
-class SequenceKNN:
+class SequenceKNN(SessionHistoryScorer):
     """STAN (lambda_ipw and lambda_idf None) or VSTAN; see the module docstring."""
 
     def __init__(self, train: Any, n_items: int, end_times: np.ndarray, params: KNNParams):
@@ -99,21 +99,6 @@ class SequenceKNN:
         self.end_times = end_times
         self.n_items, self.params = n_items, params
         self.history: list[list[int]] = []
-
-    def start(self, batch_size: int) -> None:
-        self.history = [[] for _ in range(batch_size)]
-
-    def advance(self, step: Any) -> torch.Tensor:
-        if step.keep is not None:
-            self.history = [self.history[i] for i in step.keep.tolist()]
-        if step.reset is not None:
-            for i in torch.nonzero(step.reset).flatten().tolist():
-                self.history[i] = []
-        scores = np.zeros((len(step.inputs), self.n_items), dtype=np.float32)
-        for i, item in enumerate(step.inputs.tolist()):
-            self.history[i].append(item)
-            scores[i] = self.score_session(self.history[i])
-        return torch.from_numpy(scores)
 
     def score_session(self, clicks: list[int]) -> np.ndarray:
         """(n_items,) scores for the item after `clicks` (item indices, oldest first)."""
