@@ -33,10 +33,14 @@ def session_parallel(
     offsets: np.ndarray,
     batch_size: int,
     device: torch.device | str = "cpu",
+    chunk: int = 256,
 ) -> Iterator[Step]:
     """Yield the steps of one pass over the sessions, in the order of `offsets`.
 
-    Sessions shorter than two clicks are skipped: they hold no example.
+    Sessions shorter than two clicks are skipped: they hold no example. The slots'
+    bookkeeping runs in numpy for `chunk` steps at a time and their clicks are read in one
+    lookup per chunk: with 32 slots a slot frees up nearly every step, and per-step tensor
+    operations cost more than a training step's arithmetic. Memory is O(chunk x batch_size).
     """
     lengths = np.diff(offsets)
     order = np.flatnonzero(lengths >= 2)  # sessions in start-time order
@@ -47,39 +51,58 @@ def session_parallel(
     else:
         items_t = torch.tensor(items, dtype=torch.int64, device=device)
     next_session = min(batch_size, len(order))
-    slots = order[:next_session]
-    start = offsets[slots].astype(np.int64)  # position of each slot's current click
-    end = offsets[slots + 1].astype(np.int64)
-    keep: torch.Tensor | None = None
-    reset: torch.Tensor | None = None
+    start = offsets[order[:next_session]].astype(np.int64)  # each slot's current click
+    end = offsets[order[:next_session] + 1].astype(np.int64)
+    fresh = np.zeros(len(start), dtype=bool)  # slots that start a new session this step
+    keep: np.ndarray | None = None  # for the chunk's first step: slots that go on
     while True:
-        run = int((end - start).min()) - 1  # steps until the first slot runs out
-        # the clicks of the whole run in one lookup, (run + 1, B); a step reads two rows
-        positions = (
-            torch.as_tensor(start, device=device) + torch.arange(run + 1, device=device)[:, None]
-        )
-        block = items_t[positions]
-        for i in range(run):
-            yield Step(block[i], block[i + 1], keep, reset)
-            keep = reset = None
-        start = start + run
-        finished = end - start <= 1
-        n_new = min(int(finished.sum()), len(order) - next_session)
-        refill = np.flatnonzero(finished)[:n_new]
-        new_sessions = order[next_session : next_session + n_new]
-        next_session += n_new
-        start[refill] = offsets[new_sessions]
-        end[refill] = offsets[new_sessions + 1]
-        alive = ~finished
-        alive[refill] = True
-        if not alive.any():
+        # plan up to `chunk` steps of the same width (a shrinking batch ends the chunk)
+        positions = np.empty((chunk, len(start)), dtype=np.int64)
+        resets = np.zeros((chunk, len(start)), dtype=bool)
+        first_keep, keep = keep, None
+        n_steps, done = 0, False
+        while n_steps < chunk and keep is None:
+            positions[n_steps] = start
+            resets[n_steps] = fresh
+            n_steps += 1
+            start += 1
+            finished = end - start <= 1
+            if not finished.any():
+                fresh[:] = False
+                continue
+            n_new = min(int(finished.sum()), len(order) - next_session)
+            refill = np.flatnonzero(finished)[:n_new]
+            new_sessions = order[next_session : next_session + n_new]
+            next_session += n_new
+            start[refill] = offsets[new_sessions]
+            end[refill] = offsets[new_sessions + 1]
+            fresh = np.zeros(len(start), dtype=bool)
+            fresh[refill] = True
+            alive = ~finished
+            alive[refill] = True
+            if not alive.any():
+                done = True
+                break
+            if not alive.all():
+                keep = np.flatnonzero(alive)
+                start, end, fresh = start[alive], end[alive], fresh[alive]
+        yield from _chunk_steps(items_t, positions[:n_steps], resets[:n_steps], first_keep, device)
+        if done:
             return
-        fresh = np.zeros(len(start), dtype=bool)
-        fresh[refill] = True
-        if not alive.all():
-            keep = torch.as_tensor(np.flatnonzero(alive), device=device)
-            start, end, fresh = start[alive], end[alive], fresh[alive]
-        reset = torch.as_tensor(fresh, device=device) if fresh.any() else None
+
+
+def _chunk_steps(items_t, positions, resets, first_keep, device) -> Iterator[Step]:
+    """The planned steps: positions (S, B) of the inputs (each target is the next click),
+    resets (S, B), and the slots kept at the first step (or None)."""
+    where = torch.from_numpy(positions).to(device)
+    inputs = items_t[where]
+    targets = items_t[where + 1]
+    any_reset = resets.any(axis=1).tolist()
+    reset_t = torch.from_numpy(resets).to(device) if any(any_reset) else None
+    keep = None if first_keep is None else torch.from_numpy(first_keep).to(device)
+    for i in range(len(positions)):
+        yield Step(inputs[i], targets[i], keep, reset_t[i] if any_reset[i] else None)
+        keep = None
 
 
 def first_batch_size(offsets: np.ndarray, batch_size: int) -> int:

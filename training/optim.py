@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from . import kernels
+
 
 class IndexedAdagrad(Optimizer):
     """Adagrad with momentum, as in the reference GRU4Rec:
@@ -91,6 +93,10 @@ class IndexedAdagrad(Optimizer):
         updated by index_add_ (faster than index_copy_ on CPU). `current`, p[rows] as read
         this step, allows repeated rows (each with the same merged gradient): every write of
         a row then carries the same value (graphed.StaticFusedStep)."""
+        mom = state.get("mom")
+        if current is None and kernels.usable(p, state["acc"], rows, values):
+            kernels.adagrad_rows(p, state["acc"], mom, rows, values, lr, momentum, eps)
+            return
         # index_select / index_add_ are much faster than advanced indexing (acc[rows]) on CPU
         if current is None:
             state["acc"].index_add_(0, rows, values * values)
@@ -113,6 +119,25 @@ class IndexedAdagrad(Optimizer):
     @staticmethod
     def _dense_update(params, states, lr, momentum, eps) -> None:
         """All dense parameters at once: one call per operation instead of per tensor."""
+        compiled = [i for i, p in enumerate(params) if kernels.usable(p, p.grad.contiguous())]
+        for i in compiled:  # each parameter as one row of a (1, n) table
+            p, state, every = params[i], states[i], torch.zeros(1, dtype=torch.int64)
+            mom = state.get("mom")
+            kernels.adagrad_rows(
+                p.view(1, -1),
+                state["acc"].view(1, -1),
+                None if mom is None else mom.view(1, -1),
+                every,
+                p.grad.contiguous().view(1, -1),
+                lr,
+                momentum,
+                eps,
+            )
+        if compiled:
+            rest = [i for i in range(len(params)) if i not in set(compiled)]
+            params, states = [params[i] for i in rest], [states[i] for i in rest]
+        if not params:
+            return
         grads = [p.grad for p in params]
         accs = [state["acc"] for state in states]
         torch._foreach_add_(accs, torch._foreach_pow(grads, 2))

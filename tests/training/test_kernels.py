@@ -1,0 +1,73 @@
+"""The compiled row-sparse Adagrad equals the tensor operations it replaces."""
+
+import pytest
+import torch
+
+from training import kernels
+from training.optim import IndexedAdagrad
+
+pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+
+
+def tensor_update(w, acc, mom, rows, grad, lr, momentum, eps):
+    """The update as optim.IndexedAdagrad writes it with tensor operations."""
+    acc.index_add_(0, rows, grad * grad)
+    denom = acc.index_select(0, rows).add_(eps).sqrt_()
+    if mom is None:
+        w.index_add_(0, rows, grad.div(denom).mul_(-lr))
+        return
+    step = mom.index_select(0, rows).mul_(momentum).addcdiv_(grad, denom, value=-lr)
+    mom.index_copy_(0, rows, step)
+    w.index_add_(0, rows, step)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+@pytest.mark.parametrize("width", [1, 7, 100])
+def test_rows_match_the_tensor_update_over_several_steps(momentum, width):
+    gen = torch.Generator().manual_seed(width)
+    w = torch.randn(50, width, generator=gen)
+    acc, mom = torch.rand(50, width, generator=gen), torch.randn(50, width, generator=gen) * 0.1
+    expected = [t.clone() for t in (w, acc, mom)]
+    for _ in range(4):
+        # unique rows in no particular order, more than the prefetch distance and fewer
+        rows = torch.randperm(50, generator=gen)[: int(torch.randint(1, 30, (1,), generator=gen))]
+        grad = torch.randn(len(rows), width, generator=gen)
+        ours, theirs = (mom, expected[2]) if momentum > 0 else (None, None)
+        kernels.adagrad_rows(w, acc, ours, rows, grad, 0.1, momentum, 1e-6)
+        tensor_update(expected[0], expected[1], theirs, rows, grad, 0.1, momentum, 1e-6)
+    torch.testing.assert_close(w, expected[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(acc, expected[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mom, expected[2], rtol=1e-6, atol=1e-6)
+
+
+def test_rows_outside_the_update_are_untouched():
+    w, acc, mom = torch.zeros(10, 4), torch.zeros(10, 4), torch.zeros(10, 4)
+    kernels.adagrad_rows(w, acc, mom, torch.tensor([7, 2]), torch.ones(2, 4), 0.1, 0.2, 1e-6)
+    changed = (w != 0).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [2, 7] and (acc[[2, 7]] == 1).all() and (mom[[0, 1, 3]] == 0).all()
+
+
+def test_only_contiguous_float32_cpu_tensors_take_the_compiled_loop():
+    table = torch.zeros(4, 3)
+    assert kernels.usable(table, torch.zeros(2, dtype=torch.int64))
+    assert not kernels.usable(table.T)
+    assert not kernels.usable(table.double())
+
+
+def test_the_optimiser_gives_the_same_weights_with_and_without_the_compiled_loop(monkeypatch):
+    def train(use_kernels: bool) -> list[torch.Tensor]:
+        if not use_kernels:
+            monkeypatch.setattr(kernels, "usable", lambda *tensors: False)
+        torch.manual_seed(0)
+        table, dense = torch.nn.Parameter(torch.randn(20, 5)), torch.nn.Parameter(torch.randn(3, 5))
+        opt = IndexedAdagrad([table, dense], lr=0.1, momentum=0.2)
+        for step in range(5):
+            rows = torch.tensor([step, step + 3, 11])
+            opt.update_rows(table, rows, torch.randn(3, 5))
+            dense.grad = torch.randn(3, 5)
+            opt.update_dense()
+        monkeypatch.undo()
+        return [table.detach().clone(), dense.detach().clone()]
+
+    for compiled, plain in zip(train(True), train(False), strict=True):
+        torch.testing.assert_close(compiled, plain, rtol=1e-6, atol=1e-6)
