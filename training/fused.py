@@ -109,20 +109,20 @@ class FusedStep:
             x = in_rows.values.index_select(0, in_rows.inverse)
         bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
         x, layers, embed_mask = self._forward_layers(x, hidden)
-        scores = torch.addmm(bias.T, x, out.values.T).index_select(1, target_pos)  # (B, M)
-        loss, grad = self._loss_and_gradient(scores, log_q)
-        grad_unique = scores.new_zeros(b, len(out.unique)).index_add_(1, target_pos, grad)
+        scores_unique = torch.addmm(bias.T, x, out.values.T)  # (B, U)
+        if self.cfg.loss == "cross-entropy":
+            loss, grad_unique = self._cross_entropy(scores_unique, target_pos, log_q)
+        else:
+            scores = scores_unique.index_select(1, target_pos)  # (B, M)
+            loss, grad = self._loss_and_gradient(scores, log_q)
+            grad_unique = scores.new_zeros(b, len(out.unique)).index_add_(1, target_pos, grad)
         grad_out = grad_unique.T @ x  # (U, H): every output row's gradient, merged
         grad_x = self._backward_layers(grad_unique @ out.values, layers)
         updates = self._input_rows(grad_x, embed_mask, in_rows, out, grad_out, b)
         grad_bias = grad_unique.sum(0)[:, None]  # (U, 1)
-        if in_rows is out:  # only rows scored as targets update the bias, as in the reference
-            scored = _positions_of(target_pos, len(out.unique))
-            updates.append((m.By.weight, out.unique[scored], grad_bias[scored], None))
-        else:
-            updates.append((m.By.weight, out.unique, grad_bias, None))
-        updates.append((m.Wy.weight, out.unique, grad_out, None))
-        self._apply(updates, active=True)
+        # only rows scored as targets update the bias, as in the reference
+        scored = _positions_of(target_pos, len(out.unique))
+        self._apply(updates, active=True, output=(out.unique, grad_out, grad_bias, scored))
         return loss, self._outputs
 
     def idle(self) -> bool:
@@ -142,8 +142,17 @@ class FusedStep:
             p.grad = torch.zeros_like(p)
         return self._apply(updates, active=False)
 
-    def _apply(self, updates: list[RowGradient], active: bool) -> bool:
-        """Average over the ranks when distributed, then update rows and dense parameters."""
+    def _apply(self, updates: list[RowGradient], active: bool, output=None) -> bool:
+        """Average over the ranks when distributed, then update rows and dense parameters.
+        `output` (rows (U,), weight gradients (U, H), bias gradients (U, 1), which rows'
+        bias to update (U,) bool) updates the output layer in one pass (not distributed)."""
+        m = self.model
+        if output is not None and self.sync is None:
+            self.optimizer.update_output_rows(m.Wy.weight, m.By.weight, *output)
+        elif output is not None:
+            rows, grad_w, grad_b, scored = output
+            updates.append((m.By.weight, rows[scored], grad_b[scored], None))
+            updates.append((m.Wy.weight, rows, grad_w, None))
         if self.sync is not None:
             grads = [p.grad for p in self._dense_params]
             averaged, any_active = self.sync.dense(grads, active)
@@ -214,21 +223,43 @@ class FusedStep:
         merged.index_add_(0, in_rows.inverse, grad_x)
         return [(in_rows.table, in_rows.unique, merged, None)]
 
+    def _cross_entropy(
+        self, scores: torch.Tensor, target_pos: torch.Tensor, log_q: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled softmax cross-entropy on the unique items' scores (B, U); target_pos (M,)
+        maps the M target columns (B positives first) to them. -> (summed loss,
+        d(loss / batch_size) / d scores (B, U)).
+
+        Columns of the same item have the same score and differ only in their logQ term, so
+        the softmax over the M columns sums, per unique item, exp(score) times the item's
+        column weight c_u = sum of exp(-log_q) over its columns: logits s + log c_u over U
+        columns give the same normaliser, and the gradient comes out merged per item. The
+        target stays column b alone: loss_b = log Z_b - (s_b,target - log_q_b)."""
+        b, n_unique = len(scores), scores.shape[1]
+        rows, targets = torch.arange(b, device=scores.device), target_pos[:b]
+        target_scores = scores[rows, targets]
+        weight = (
+            torch.ones_like(target_pos, dtype=scores.dtype) if log_q is None else (-log_q).exp()
+        )
+        column_weight = scores.new_zeros(n_unique).index_add_(0, target_pos, weight)
+        logits = scores.add_(column_weight.log_())  # scores is ours to reuse
+        top = logits.amax(dim=1, keepdim=True)
+        grad = logits.sub_(top).exp_()
+        total = grad.sum(dim=1, keepdim=True)
+        positive = target_scores if log_q is None else target_scores - log_q[:b]
+        loss = (total.log().add_(top).squeeze(1) - positive).sum()
+        grad.div_(total.mul_(self.cfg.batch_size))  # softmax / batch_size ...
+        grad.index_put_(
+            (rows, targets), grad.new_tensor(-1.0 / self.cfg.batch_size), accumulate=True
+        )
+        return loss, grad  # ... minus one-hot / batch_size
+
     def _loss_and_gradient(
         self, scores: torch.Tensor, log_q: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, d(loss / batch_size) / d scores (B, M))."""
+        """(summed loss, d(loss / batch_size) / d scores (B, M)) for the pairwise and
+        TOP1/BPR-max losses, through autograd on the score matrix alone."""
         cfg = self.cfg
-        if cfg.loss == "cross-entropy":  # softmax by hand: half the passes of log_softmax + exp
-            logits = scores if log_q is None else scores.sub_(log_q)  # scores is ours to reuse
-            logits.sub_(logits.amax(dim=1, keepdim=True))
-            target_logits = logits.diagonal().clone()
-            grad = logits.exp_()
-            total = grad.sum(dim=1, keepdim=True)
-            loss = (total.log().squeeze(1) - target_logits).sum()
-            grad.div_(total.mul_(cfg.batch_size))  # softmax / batch_size ...
-            grad.diagonal().sub_(1.0 / cfg.batch_size)  # ... minus one-hot / batch_size
-            return loss, grad
         with torch.enable_grad():
             leaf = scores.detach().requires_grad_()
             loss = compute_loss(cfg.loss, leaf, bpreg=cfg.bpreg, elu_param=cfg.elu_param)

@@ -19,6 +19,8 @@ this file (or in numba's user cache when that is read-only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -29,25 +31,33 @@ try:
 except ImportError:  # an install without the train extra's numba: tensor operations only
     numba = None
 
-AHEAD = 4  # rows prefetched ahead; 2 waits on memory, 8 and 16 were no faster (2-core EPYC)
+# how far ahead to prefetch, in 64-byte lines per table: 7-line rows (100 floats) were
+# fastest 4 rows ahead (2 waited on memory, 8 and 16 no faster; 2-core EPYC)
+LINES_AHEAD = 28
 
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the compiled loops can update these tensors in place: numba is installed and
-    all are contiguous float32 / int64 CPU tensors."""
+    all are contiguous float32 / int64 / bool CPU tensors."""
     return numba is not None and all(
-        t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
+        t.device.type == "cpu"
+        and t.is_contiguous()
+        and t.dtype in (torch.float32, torch.int64, torch.bool)
         for t in tensors
     )
 
 
 if numba is not None:
-    _jit = numba.njit(
-        cache=True,
-        boundscheck=False,
-        # numpy's float rules: no zero-division branch in the inner loop, so it vectorises
-        error_model="numpy",
-    )
+
+    def _jit(function=None, **options):
+        options = dict(
+            cache=True,
+            boundscheck=False,
+            # numpy's float rules: no zero-division branch in the inner loop, so it vectorises
+            error_model="numpy",
+            **options,
+        )
+        return numba.njit(**options) if function is None else numba.njit(**options)(function)
 
     @intrinsic
     def _prefetch(typingctx, address):  # pragma: no cover
@@ -66,45 +76,96 @@ if numba is not None:
         return numba.types.void(numba.types.intp), codegen
 
     @_jit
+    def _rows_ahead(table):  # pragma: no cover
+        lines = (table.shape[1] * table.itemsize + 63) // 64
+        return max(1, LINES_AHEAD // lines)
+
+    @_jit
     def _prefetch_row(table, row):  # pragma: no cover
         row_bytes = table.shape[1] * table.itemsize
         start = table.ctypes.data + row * row_bytes
         for offset in range(0, row_bytes, 64):
             _prefetch(start + offset)
 
+    @_jit(inline="always")
+    def _row_with_momentum(w_r, acc_r, mom_r, g_r, lr, momentum, eps):  # pragma: no cover
+        for d in range(w_r.shape[0]):
+            g = g_r[d]
+            a = acc_r[d] + g * g
+            acc_r[d] = a
+            v = momentum * mom_r[d] - lr * g / np.sqrt(a + eps)
+            mom_r[d] = v
+            w_r[d] += v
+
+    @_jit(inline="always")
+    def _row_plain(w_r, acc_r, g_r, lr, eps):  # pragma: no cover
+        for d in range(w_r.shape[0]):
+            g = g_r[d]
+            a = acc_r[d] + g * g
+            acc_r[d] = a
+            w_r[d] -= lr * g / np.sqrt(a + eps)
+
     @_jit
-    def _rows_with_momentum(w, acc, mom, rows, grad, lr, momentum, eps):  # pragma: no cover
-        n = rows.shape[0]
+    def _rows_with_momentum(
+        w, acc, mom, rows, grad, lr, momentum, eps, b, b_acc, b_mom, b_grad, b_mask
+    ):  # pragma: no cover
+        n, k, with_bias = rows.shape[0], _rows_ahead(w), b_mask.shape[0] > 0
         for i in range(n):
-            if i + AHEAD < n:
-                ahead = rows[i + AHEAD]
+            if i + k < n:
+                ahead = rows[i + k]
                 _prefetch_row(w, ahead)
                 _prefetch_row(acc, ahead)
                 _prefetch_row(mom, ahead)
+                if with_bias:
+                    _prefetch_row(b, ahead)
+                    _prefetch_row(b_acc, ahead)
+                    _prefetch_row(b_mom, ahead)
             r = rows[i]
-            w_r, acc_r, mom_r, g_r = w[r], acc[r], mom[r], grad[i]
-            for d in range(w_r.shape[0]):
-                g = g_r[d]
-                a = acc_r[d] + g * g
-                acc_r[d] = a
-                v = momentum * mom_r[d] - lr * g / np.sqrt(a + eps)
-                mom_r[d] = v
-                w_r[d] += v
+            _row_with_momentum(w[r], acc[r], mom[r], grad[i], lr, momentum, eps)
+            if with_bias and b_mask[i]:
+                _row_with_momentum(b[r], b_acc[r], b_mom[r], b_grad[i], lr, momentum, eps)
 
     @_jit
-    def _rows_plain(w, acc, rows, grad, lr, eps):  # pragma: no cover
-        n = rows.shape[0]
+    def _rows_plain(w, acc, rows, grad, lr, eps, b, b_acc, b_grad, b_mask):  # pragma: no cover
+        n, k, with_bias = rows.shape[0], _rows_ahead(w), b_mask.shape[0] > 0
         for i in range(n):
-            if i + AHEAD < n:
-                _prefetch_row(w, rows[i + AHEAD])
-                _prefetch_row(acc, rows[i + AHEAD])
+            if i + k < n:
+                _prefetch_row(w, rows[i + k])
+                _prefetch_row(acc, rows[i + k])
+                if with_bias:
+                    _prefetch_row(b, rows[i + k])
+                    _prefetch_row(b_acc, rows[i + k])
             r = rows[i]
-            w_r, acc_r, g_r = w[r], acc[r], grad[i]
-            for d in range(w_r.shape[0]):
-                g = g_r[d]
-                a = acc_r[d] + g * g
-                acc_r[d] = a
-                w_r[d] -= lr * g / np.sqrt(a + eps)
+            _row_plain(w[r], acc[r], grad[i], lr, eps)
+            if with_bias and b_mask[i]:
+                _row_plain(b[r], b_acc[r], b_grad[i], lr, eps)
+
+    @_jit
+    def _dense(weights, accs, moms, grads, lr, momentum, eps):  # pragma: no cover
+        for j in range(len(weights)):
+            if momentum > 0:
+                _row_with_momentum(weights[j], accs[j], moms[j], grads[j], lr, momentum, eps)
+            else:
+                _row_plain(weights[j], accs[j], grads[j], lr, eps)
+
+
+@dataclass
+class BiasRows:
+    """An output bias (N, 1) updated in the same pass as the weights' rows: where mask (U,)
+    is set, row rows[i] of the bias with grad[i] (U, 1). The reference leaves the bias of an
+    item alone in a step where the item is only an input (a shared embedding)."""
+
+    bias: torch.Tensor
+    acc: torch.Tensor
+    mom: torch.Tensor | None
+    grad: torch.Tensor
+    mask: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.bias, self.acc, self.mom, self.grad, self.mask) if t is not None]
+
+
+_NO_BIAS = (np.zeros((0, 1), np.float32), np.zeros(0, np.bool_))
 
 
 def adagrad_rows(
@@ -116,16 +177,46 @@ def adagrad_rows(
     lr: float,
     momentum: float,
     eps: float,
+    bias: BiasRows | None = None,
 ) -> None:
     """In place, for each i: with g = grad[i] and r = rows[i] (unique),
     acc[r] += g^2; mom[r] = momentum * mom[r] - lr * g / sqrt(acc[r] + eps); weight[r] +=
-    mom[r] (without momentum: weight[r] -= lr * g / sqrt(acc[r] + eps)).
+    mom[r] (without momentum: weight[r] -= lr * g / sqrt(acc[r] + eps)); and the same for
+    the bias rows that `bias` selects, in the same pass over memory.
 
     weight, acc, mom (N, D) float32; rows (U,) int64; grad (U, D) float32. A 1-d parameter
     is passed as (1, n) with rows = [0]."""
     f32 = np.float32
     w, a, r, g = (t.detach().numpy() for t in (weight, acc, rows, grad))
-    if mom is None:
-        _rows_plain(w, a, r, g, f32(lr), f32(eps))
+    if bias is None:
+        b = b_acc = b_mom = b_grad = _NO_BIAS[0]
+        b_mask = _NO_BIAS[1]
     else:
-        _rows_with_momentum(w, a, mom.detach().numpy(), r, g, f32(lr), f32(momentum), f32(eps))
+        b, b_acc, b_grad, b_mask = (
+            t.detach().numpy() for t in (bias.bias, bias.acc, bias.grad, bias.mask)
+        )
+        b_mom = None if bias.mom is None else bias.mom.detach().numpy()
+    if mom is None:
+        _rows_plain(w, a, r, g, f32(lr), f32(eps), b, b_acc, b_grad, b_mask)
+    else:
+        m = mom.detach().numpy()
+        args = (f32(lr), f32(momentum), f32(eps), b, b_acc, b_mom, b_grad, b_mask)
+        _rows_with_momentum(w, a, m, r, g, *args)
+
+
+def adagrad_dense(
+    params: list[torch.Tensor],
+    accs: list[torch.Tensor],
+    moms: list[torch.Tensor] | None,
+    grads: list[torch.Tensor],
+    lr: float,
+    momentum: float,
+    eps: float,
+) -> None:
+    """The same update on whole parameters, all in one call (a step's GRU weights and biases
+    are a few small tensors: one call each cost more than the arithmetic)."""
+    flat = [tuple(t.detach().view(-1).numpy() for t in ts) for ts in (params, accs, grads)]
+    # without momentum the loop never reads moms: hand it the accumulators as stand-ins
+    mom = flat[1] if moms is None else tuple(t.view(-1).numpy() for t in moms)
+    f32 = np.float32
+    _dense(flat[0], flat[1], mom, flat[2], f32(lr), f32(momentum), f32(eps))

@@ -66,6 +66,32 @@ class IndexedAdagrad(Optimizer):
         self._rows_update(p, self.state[p], rows, grad, lr, momentum, eps, current)
 
     @torch.no_grad()
+    def update_output_rows(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        rows: torch.Tensor,
+        grad: torch.Tensor,
+        bias_grad: torch.Tensor,
+        bias_mask: torch.Tensor,
+    ) -> None:
+        """update_rows for an output layer's weights (N, D) and bias (N, 1) at the same rows
+        (U,), in one pass over memory where it can; the bias only where bias_mask (U,) bool
+        is set. grad (U, D), bias_grad (U, 1)."""
+        group = self._group_of[weight]
+        w_state, b_state = self.state[weight], self.state[bias]
+        tensors = [weight, bias, rows, grad, bias_grad, bias_mask, w_state["acc"], b_state["acc"]]
+        if self._group_of[bias] is group and kernels.usable(*tensors):
+            both = kernels.BiasRows(bias, b_state["acc"], b_state.get("mom"), bias_grad, bias_mask)
+            lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            kernels.adagrad_rows(
+                weight, w_state["acc"], w_state.get("mom"), rows, grad, lr, momentum, eps, both
+            )
+            return
+        self.update_rows(bias, rows[bias_mask], bias_grad[bias_mask])
+        self.update_rows(weight, rows, grad)
+
+    @torch.no_grad()
     def update_dense(self) -> None:
         """Step every parameter whose .grad is a dense tensor, then clear those gradients."""
         for group in self.param_groups:
@@ -119,27 +145,13 @@ class IndexedAdagrad(Optimizer):
     @staticmethod
     def _dense_update(params, states, lr, momentum, eps) -> None:
         """All dense parameters at once: one call per operation instead of per tensor."""
-        compiled = [i for i, p in enumerate(params) if kernels.usable(p, p.grad.contiguous())]
-        for i in compiled:  # each parameter as one row of a (1, n) table
-            p, state, every = params[i], states[i], torch.zeros(1, dtype=torch.int64)
-            mom = state.get("mom")
-            kernels.adagrad_rows(
-                p.view(1, -1),
-                state["acc"].view(1, -1),
-                None if mom is None else mom.view(1, -1),
-                every,
-                p.grad.contiguous().view(1, -1),
-                lr,
-                momentum,
-                eps,
-            )
-        if compiled:
-            rest = [i for i in range(len(params)) if i not in set(compiled)]
-            params, states = [params[i] for i in rest], [states[i] for i in rest]
-        if not params:
+        accs = [state["acc"] for state in states]
+        if kernels.usable(*params, *accs, *(p.grad for p in params)):
+            moms = [state["mom"] for state in states] if momentum > 0 else None
+            grads = [p.grad for p in params]
+            kernels.adagrad_dense(params, accs, moms, grads, lr, momentum, eps)
             return
         grads = [p.grad for p in params]
-        accs = [state["acc"] for state in states]
         torch._foreach_add_(accs, torch._foreach_pow(grads, 2))
         denoms = torch._foreach_add(accs, eps)
         torch._foreach_sqrt_(denoms)
