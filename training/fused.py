@@ -257,9 +257,20 @@ class FusedStep:
     def _loss_and_gradient(
         self, scores: torch.Tensor, log_q: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, d(loss / batch_size) / d scores (B, M)) for the pairwise and
-        TOP1/BPR-max losses, through autograd on the score matrix alone."""
+        """(summed loss, d(loss / batch_size) / d scores (B, M)): cross-entropy by hand
+        (graphed.StaticFusedStep scores all M columns), the others through autograd on the
+        score matrix alone."""
         cfg = self.cfg
+        if cfg.loss == "cross-entropy":
+            logits = scores if log_q is None else scores.sub_(log_q)  # scores is ours to reuse
+            logits.sub_(logits.amax(dim=1, keepdim=True))
+            target_logits = logits.diagonal().clone()
+            grad = logits.exp_()
+            total = grad.sum(dim=1, keepdim=True)
+            loss = (total.log().squeeze(1) - target_logits).sum()
+            grad.div_(total.mul_(cfg.batch_size))  # softmax / batch_size ...
+            grad.diagonal().sub_(1.0 / cfg.batch_size)  # ... minus one-hot / batch_size
+            return loss, grad
         with torch.enable_grad():
             leaf = scores.detach().requires_grad_()
             loss = compute_loss(cfg.loss, leaf, bpreg=cfg.bpreg, elu_param=cfg.elu_param)
