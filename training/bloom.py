@@ -29,6 +29,7 @@ from torch import nn
 
 from .config import Config
 from .gru import (
+    Dropout,
     SessionModel,
     TableInputGRUCell,
     glorot_uniform_,
@@ -137,8 +138,8 @@ class BloomGRU4Rec(SessionModel):
         self._build_output(n_items)
         self._build_input(n_items, cfg)
         self._start_rows_scaled(scale)
-        self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
-        self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
+        self.drop_embed = Dropout(cfg.dropout_p_embed)
+        self.drop_hidden = Dropout(cfg.dropout_p_hidden)
 
     def _build_output(self, n_items: int) -> None:
         rows, last = (self.n_bits if self.bloom_out else n_items), self.layers[-1]

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import kernels
 from .config import Config
 from .distributed import GradientSync, RowGradient
+from .gru import dropout_mask
 from .losses import compute_loss
 from .model import GRU4Rec
 from .optim import IndexedAdagrad
@@ -64,8 +66,8 @@ class _Rows:
     values: torch.Tensor
 
     @classmethod
-    def read(cls, table: nn.Parameter, index: torch.Tensor) -> _Rows:
-        unique, inverse = torch.unique(index, return_inverse=True)
+    def read(cls, table: nn.Parameter, index: torch.Tensor, find_unique) -> _Rows:
+        unique, inverse = find_unique(index)
         return cls(table, unique, inverse, table.detach().index_select(0, unique))
 
 
@@ -85,6 +87,7 @@ class FusedStep:
         self._row_tables = [*inputs, model.By.weight, model.Wy.weight]
         tables = {id(t) for t in self._row_tables}
         self._dense_params = [p for p in model.parameters() if id(p) not in tables]
+        self._unique = kernels.UniqueRows(len(model.Wy.weight))
 
     @torch.no_grad()
     def __call__(
@@ -99,14 +102,16 @@ class FusedStep:
         Updates the model's parameters and the optimiser's state in place."""
         m, b = self.model, len(inputs)
         if m.constrained:
-            out = _Rows.read(m.Wy.weight, torch.cat([inputs, targets]))
+            out = _Rows.read(m.Wy.weight, torch.cat([inputs, targets]), self._unique)
             x, in_rows = out.values.index_select(0, out.inverse[:b]), out
             target_pos = out.inverse[b:]
         else:
-            out = _Rows.read(m.Wy.weight, targets)
+            out = _Rows.read(m.Wy.weight, targets, self._unique)
             target_pos = out.inverse
-            in_rows = _Rows.read(_input_table(m), inputs)
+            in_rows = _Rows.read(_input_table(m), inputs, self._unique)
             x = in_rows.values.index_select(0, in_rows.inverse)
+        # the update at the end of the step reads the optimiser state at these rows
+        self.optimizer.prefetch_rows([m.Wy.weight, m.By.weight], out.unique)
         bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
         x, layers, embed_mask = self._forward_layers(x, hidden)
         scores_unique = torch.addmm(bias.T, x, out.values.T)  # (B, U)
@@ -180,7 +185,7 @@ class FusedStep:
             layers.append(layer)
             outputs.append(x)
         else:
-            embed_mask = _dropout_mask(x, self.p_embed)
+            embed_mask = dropout_mask(x, self.p_embed)
             if embed_mask is not None:
                 x = x * embed_mask
         for cell, h in zip(self.cells, hidden[len(outputs) :], strict=True):
@@ -282,13 +287,6 @@ def _input_table(model: GRU4Rec) -> nn.Parameter:
     return model.first.input_gates.weight if model.one_hot else model.E.weight
 
 
-def _dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
-    """What F.dropout multiplies by in training (same random draws): Bernoulli(1 - p) / (1 - p)."""
-    if p <= 0:
-        return None
-    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
-
-
 def _gru_forward(x_in, gi, gh, h, p_drop) -> tuple[torch.Tensor, _Layer]:
     """torch.nn.GRUCell's equations from gi = W_i x + b_i and gh = W_h h + b_h, (B, 3H),
     then dropout. Returns the layer output and what its backward needs."""
@@ -298,7 +296,7 @@ def _gru_forward(x_in, gi, gh, h, p_drop) -> tuple[torch.Tensor, _Layer]:
     hn = gh[:, 2 * n_hidden :]
     n = torch.tanh(torch.addcmul(gi[:, 2 * n_hidden :], r, hn))
     out = (1.0 - z) * n + z * h
-    mask = _dropout_mask(out, p_drop)
+    mask = dropout_mask(out, p_drop)
     if mask is not None:
         out = out * mask
     return out, _Layer(x_in, h, r, z, n, hn, mask)

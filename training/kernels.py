@@ -36,15 +36,15 @@ except ImportError:  # an install without the train extra's numba: tensor operat
 LINES_AHEAD = 28
 
 
+_DTYPES = (torch.float32, torch.int64, torch.bool)
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the compiled loops can update these tensors in place: numba is installed and
     all are contiguous float32 / int64 / bool CPU tensors."""
-    return numba is not None and all(
-        t.device.type == "cpu"
-        and t.is_contiguous()
-        and t.dtype in (torch.float32, torch.int64, torch.bool)
-        for t in tensors
-    )
+    if numba is None:
+        return False
+    return all(t.is_cpu and t.dtype in _DTYPES and t.is_contiguous() for t in tensors)
 
 
 if numba is not None:
@@ -147,6 +147,47 @@ if numba is not None:
                 _row_with_momentum(weights[j], accs[j], moms[j], grads[j], lr, momentum, eps)
             else:
                 _row_plain(weights[j], accs[j], grads[j], lr, eps)
+
+    @_jit
+    def _prefetch_rows(tables, rows):  # pragma: no cover
+        for i in range(rows.shape[0]):
+            for j in range(len(tables)):
+                _prefetch_row(tables[j], rows[i])
+
+    @_jit
+    def _unique_in_order(index, slot):  # pragma: no cover
+        unique, inverse = np.empty_like(index), np.empty_like(index)
+        n = 0
+        for i in range(index.shape[0]):
+            item = index[i]
+            if slot[item] < 0:
+                slot[item] = n
+                unique[n] = item
+                n += 1
+            inverse[i] = slot[item]
+        for j in range(n):  # leave the scratch as it was found
+            slot[unique[j]] = -1
+        return unique[:n], inverse
+
+
+class UniqueRows:
+    """torch.unique(index, return_inverse=True) for indices into a table of n rows, in
+    O(len(index)) with a scratch array instead of a sort (a fifth of the time at a step's
+    ~2,000 indices); the unique rows come in order of first appearance, not sorted."""
+
+    def __init__(self, n_rows: int):
+        self.slot = np.full(n_rows, -1, dtype=np.int64)
+
+    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not usable(index):
+            return torch.unique(index, return_inverse=True)
+        unique, inverse = _unique_in_order(index.numpy(), self.slot)
+        return torch.from_numpy(unique), torch.from_numpy(inverse)
+
+
+def prefetch_rows(tables: list[torch.Tensor], rows: torch.Tensor) -> None:
+    """Start bringing rows (U,) of each (N, D) table into the cache, without waiting."""
+    _prefetch_rows(tuple(t.detach().numpy() for t in tables), rows.numpy())
 
 
 @dataclass

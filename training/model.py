@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import Config
 from .gru import (
+    Dropout,
     SessionModel,
     TableInputGRUCell,
     glorot_uniform_,
@@ -88,8 +89,8 @@ class GRU4Rec(SessionModel):
         self.first = OneHotGRUCell(n_items, self.layers[0]) if self.one_hot else None
         n_input = last if self.constrained else self.embedding_size
         self.cells = gru_cells(stack_shapes(n_input, self.layers, skip_first=self.one_hot))
-        self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
-        self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
+        self.drop_embed = Dropout(cfg.dropout_p_embed)
+        self.drop_hidden = Dropout(cfg.dropout_p_hidden)
 
     def hidden_sizes(self) -> list[int]:
         return list(self.layers)

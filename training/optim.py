@@ -65,6 +65,17 @@ class IndexedAdagrad(Optimizer):
         lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
         self._rows_update(p, self.state[p], rows, grad, lr, momentum, eps, current)
 
+    def prefetch_rows(self, tables: list[torch.Tensor], rows: torch.Tensor) -> None:
+        """Start loading the optimiser state at rows (U,) of these tables into the CPU cache,
+        so that the update_rows a few operations later does not wait on memory for it (the
+        state tables are larger than the cache and the rows random). A no-op where the
+        compiled loops are not used."""
+        state = [
+            self.state[t][key] for t in tables for key in ("acc", "mom") if key in self.state[t]
+        ]
+        if kernels.usable(rows, *state):
+            kernels.prefetch_rows(state, rows)
+
     @torch.no_grad()
     def update_output_rows(
         self,

@@ -36,6 +36,7 @@ from torch import nn
 from .config import Config
 from .gru import (
     ALL,
+    Dropout,
     SessionModel,
     glorot_uniform_,
     gru_cells,
@@ -107,8 +108,8 @@ class FeatureGRU(nn.Module):
         self.By = nn.Embedding(n_items, 1, sparse=True) if with_bias else None
         if self.By is not None:
             nn.init.zeros_(self.By.weight)
-        self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
-        self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
+        self.drop_embed = Dropout(cfg.dropout_p_embed)
+        self.drop_hidden = Dropout(cfg.dropout_p_hidden)
 
     def forward(
         self, items: torch.Tensor, features: torch.Tensor, hidden: list[torch.Tensor]

@@ -71,3 +71,15 @@ def test_the_optimiser_gives_the_same_weights_with_and_without_the_compiled_loop
 
     for compiled, plain in zip(train(True), train(False), strict=True):
         torch.testing.assert_close(compiled, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_unique_rows_find_each_row_once_and_map_every_lookup_back():
+    find = kernels.UniqueRows(n_rows=30)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the scratch must be clean again after each call
+        index = torch.randint(0, 30, (40,), generator=gen)
+        unique, inverse = find(index)
+        assert sorted(unique.tolist()) == torch.unique(index).tolist()
+        assert torch.equal(unique[inverse], index)
+        first_seen = list(dict.fromkeys(index.tolist()))
+        assert unique.tolist() == first_seen
