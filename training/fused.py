@@ -240,6 +240,9 @@ class FusedStep:
         column weight c_u = sum of exp(-log_q) over its columns: logits s + log c_u over U
         columns give the same normaliser, and the gradient comes out merged per item. The
         target stays column b alone: loss_b = log Z_b - (s_b,target - log_q_b)."""
+        compiled = kernels.sampled_softmax(scores, target_pos, log_q, 1.0 / self.cfg.batch_size)
+        if compiled is not None:
+            return compiled
         b, n_unique = len(scores), scores.shape[1]
         rows, targets = torch.arange(b, device=scores.device), target_pos[:b]
         target_scores = scores[rows, targets]
@@ -306,6 +309,9 @@ def _gru_backward(grad_out: torch.Tensor, layer: _Layer) -> tuple[torch.Tensor, 
     """Gradients of gi and gh (B, 3H) from that of the layer's output; the state it read is
     a constant (the reference detaches it every step)."""
     r, z, n = layer.r, layer.z, layer.n
+    compiled = kernels.gru_backward(grad_out, layer.mask, r, z, n, layer.hn, layer.h_prev)
+    if compiled is not None:
+        return compiled
     g_h = grad_out if layer.mask is None else grad_out * layer.mask
     g_an = g_h * (1.0 - z) * (1.0 - n * n)  # through the candidate's tanh
     g_ar = g_an * layer.hn * r * (1.0 - r)

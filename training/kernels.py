@@ -169,6 +169,88 @@ if numba is not None:
             slot[unique[j]] = -1
         return unique[:n], inverse
 
+    @_jit
+    def _gru_backward(grad_out, mask, r, z, n, hn, h_prev, g_gi, g_gh):  # pragma: no cover
+        batch, hidden = grad_out.shape
+        masked = mask.shape[0] > 0
+        for i in range(batch):
+            for j in range(hidden):
+                g_h = grad_out[i, j] * mask[i, j] if masked else grad_out[i, j]
+                r_, z_, n_ = r[i, j], z[i, j], n[i, j]
+                g_an = g_h * (1.0 - z_) * (1.0 - n_ * n_)  # through the candidate's tanh
+                g_ar = g_an * hn[i, j] * r_ * (1.0 - r_)
+                g_az = g_h * (h_prev[i, j] - n_) * z_ * (1.0 - z_)
+                g_gi[i, j], g_gi[i, hidden + j], g_gi[i, 2 * hidden + j] = g_ar, g_az, g_an
+                g_gh[i, j], g_gh[i, hidden + j], g_gh[i, 2 * hidden + j] = g_ar, g_az, g_an * r_
+
+    @_jit
+    def _add_column_weights(scores, target_pos, log_q, positive):  # pragma: no cover
+        batch, n_unique = scores.shape
+        log_weight = np.zeros(n_unique, np.float32)
+        for j in range(target_pos.shape[0]):
+            log_weight[target_pos[j]] += np.exp(-log_q[j]) if log_q.shape[0] else 1.0
+        for u in range(n_unique):
+            log_weight[u] = np.log(log_weight[u])  # -inf for rows that are only inputs
+        for i in range(batch):
+            positive[i] = scores[i, target_pos[i]] - (log_q[i] if log_q.shape[0] else 0.0)
+            for u in range(n_unique):
+                scores[i, u] += log_weight[u]
+
+    @_jit
+    def _normalise(exp_logits, total, target_pos, scale):  # pragma: no cover
+        batch, n_unique = exp_logits.shape
+        for i in range(batch):
+            inverse = np.float32(scale / total[i])
+            for u in range(n_unique):
+                exp_logits[i, u] *= inverse
+            exp_logits[i, target_pos[i]] -= scale
+
+
+def gru_backward(
+    grad_out: torch.Tensor,
+    mask: torch.Tensor | None,
+    r: torch.Tensor,
+    z: torch.Tensor,
+    n: torch.Tensor,
+    hn: torch.Tensor,
+    h_prev: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One GRU layer's backward through its gates in one loop (fused._gru_backward's
+    formulas): the gradients of gi and gh (B, 3H) from that of the layer's output (B, H),
+    its dropout mask, gates r, z, candidate n, recurrent candidate part hn and previous state
+    (all (B, H), any strides). None when the tensors are not float32 CPU tensors."""
+    tensors = [grad_out, r, z, n, hn, h_prev] + ([] if mask is None else [mask])
+    if numba is None or not all(t.is_cpu and t.dtype == torch.float32 for t in tensors):
+        return None
+    batch, hidden = grad_out.shape
+    g_gi = np.empty((batch, 3 * hidden), np.float32)
+    g_gh = np.empty((batch, 3 * hidden), np.float32)
+    m = _NO_MASK if mask is None else mask.detach().numpy()
+    arrays = (t.detach().numpy() for t in (grad_out, r, z, n, hn, h_prev))
+    go, r_, z_, n_, hn_, h_ = arrays
+    _gru_backward(go, m, r_, z_, n_, hn_, h_, g_gi, g_gh)
+    return torch.from_numpy(g_gi), torch.from_numpy(g_gh)
+
+
+def sampled_softmax(
+    scores: torch.Tensor, target_pos: torch.Tensor, log_q: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """fused.FusedStep._cross_entropy in three loops and four tensor operations instead of
+    twenty operations: scores (B, U) float32, overwritten with the gradient. Returns (summed
+    loss, gradient (B, U) times `scale`), or None where the compiled loops do not apply."""
+    tensors = [scores, target_pos] + ([] if log_q is None else [log_q])
+    if not usable(*tensors):
+        return None
+    positive = np.empty(len(scores), np.float32)
+    q = _NO_LOG_Q if log_q is None else log_q.numpy()
+    _add_column_weights(scores.numpy(), target_pos.numpy(), q, positive)
+    top = scores.amax(dim=1, keepdim=True)
+    exp_logits = scores.sub_(top).exp_()
+    total = exp_logits.sum(dim=1)
+    loss = (total.log() + top.squeeze(1) - torch.from_numpy(positive)).sum()
+    _normalise(exp_logits.numpy(), total.numpy(), target_pos.numpy(), np.float32(scale))
+    return loss, exp_logits
+
 
 class UniqueRows:
     """torch.unique(index, return_inverse=True) for indices into a table of n rows, in
@@ -207,6 +289,8 @@ class BiasRows:
 
 
 _NO_BIAS = (np.zeros((0, 1), np.float32), np.zeros(0, np.bool_))
+_NO_MASK = np.zeros((0, 1), np.float32)
+_NO_LOG_Q = np.zeros(0, np.float32)
 
 
 def adagrad_rows(

@@ -83,3 +83,49 @@ def test_unique_rows_find_each_row_once_and_map_every_lookup_back():
         assert torch.equal(unique[inverse], index)
         first_seen = list(dict.fromkeys(index.tolist()))
         assert unique.tolist() == first_seen
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_gru_backward_matches_the_tensor_formulas(dropout, monkeypatch):
+    from training import fused
+
+    gen = torch.Generator().manual_seed(1)
+    b, h = 4, 6
+    rz, gh = torch.rand(b, 2 * h, generator=gen), torch.randn(b, 3 * h, generator=gen)
+    mask = (torch.rand(b, h, generator=gen) > 0.3).float() / 0.7 if dropout else None
+    # gates as the forward leaves them: views into rz and gh, not contiguous
+    layer = fused._Layer(
+        None,
+        torch.randn(b, h, generator=gen),
+        rz[:, :h],
+        rz[:, h:],
+        torch.rand(b, h, generator=gen) * 2 - 1,
+        gh[:, 2 * h :],
+        mask,
+    )
+    grad = torch.randn(b, h, generator=gen)
+    compiled = fused._gru_backward(grad, layer)
+    monkeypatch.setattr(kernels, "gru_backward", lambda *args: None)
+    plain = fused._gru_backward(grad, layer)
+    for a, e in zip(compiled, plain, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_log_q", [False, True])
+def test_sampled_softmax_matches_the_tensor_version(with_log_q, monkeypatch):
+    from training import fused
+    from training.config import Config
+
+    gen = torch.Generator().manual_seed(2)
+    step = fused.FusedStep.__new__(fused.FusedStep)  # _cross_entropy reads only cfg
+    step.cfg = Config(batch_size=4)
+    scores = torch.randn(4, 9, generator=gen)
+    # column 8 is an input only (no target column): it must get no probability
+    target_pos = torch.tensor([0, 3, 3, 5, 1, 2, 3, 7, 0, 6, 4])
+    log_q = torch.rand(len(target_pos), generator=gen) * 3 if with_log_q else None
+    loss, grad = step._cross_entropy(scores.clone(), target_pos, log_q)
+    monkeypatch.setattr(kernels, "sampled_softmax", lambda *args: None)
+    expected_loss, expected_grad = step._cross_entropy(scores.clone(), target_pos, log_q)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+    assert (grad[:, 8] == 0).all()
