@@ -5,14 +5,20 @@ matrix products and a GRU step; through autograd, sparse COO gradients and a gen
 optimiser most of its time went to bookkeeping around them. This module computes the same
 step with a few dozen tensor operations and no autograd graph:
 
-- every item table is read once per step at its unique rows (torch.unique), and the output
-  layer scores those unique rows only, then expands the columns (fewer rows in the matmuls,
-  and the gradient comes out already merged per row);
+- every item table is read once per step at its unique rows (kernels.UniqueRows, no sort),
+  and the output layer scores those unique rows only (fewer rows in the matmuls, and the
+  gradient comes out already merged per row);
+- cross-entropy runs on those U columns: duplicate target columns differ only in logQ, so
+  they fold into a per-item weight (see _cross_entropy); the other losses expand the columns
+  and run through autograd on the score matrix alone;
 - the GRU layers' backward is the closed form of torch.nn.GRUCell's (one step of truncated
   backpropagation, as the reference detaches the state every step);
-- cross-entropy's gradient is softmax - one-hot; the other losses run through autograd on
-  the score matrix alone;
-- the Adagrad update of each table touches exactly the rows the step read.
+- the Adagrad update touches exactly the rows the step read, the output weights and bias
+  in one pass; its optimiser rows are prefetched when the step starts.
+
+On the CPU the loops that tensor operations did badly (the row update, the gates' backward,
+the softmax's bookkeeping) are compiled (training/kernels.py); on a GPU, or without numba,
+the same formulas run as tensor operations.
 
     step = FusedStep(model, optimizer, cfg)        # model.GRU4Rec, optim.IndexedAdagrad
     loss, hidden = step(inputs, targets, hidden, log_q)
