@@ -37,7 +37,7 @@ from torch import nn
 from . import kernels
 from .config import Config
 from .distributed import GradientSync, RowGradient
-from .gru import dropout_mask
+from .gru import dropout_draws, dropout_mask, mask_from_draws
 from .losses import compute_loss
 from .model import GRU4Rec
 from .optim import IndexedAdagrad
@@ -94,6 +94,8 @@ class FusedStep:
         tables = {id(t) for t in self._row_tables}
         self._dense_params = [p for p in model.parameters() if id(p) not in tables]
         self._unique = kernels.UniqueRows(len(model.Wy.weight))
+        if model.Wy.weight.is_cpu:
+            kernels.warm_up()  # before the epoch's clock starts
 
     @torch.no_grad()
     def __call__(
@@ -121,19 +123,22 @@ class FusedStep:
         bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
         x, layers, embed_mask = self._forward_layers(x, hidden)
         scores_unique = torch.addmm(bias.T, x, out.values.T)  # (B, U)
+        # grad_bias (U,) is the score gradient's column sums; `scored` (U,) marks the rows
+        # scored as targets: only they update the bias, as in the reference
         if self.cfg.loss == "cross-entropy":
-            loss, grad_unique = self._cross_entropy(scores_unique, target_pos, log_q)
+            loss, grad_unique, grad_bias, scored = self._cross_entropy(
+                scores_unique, target_pos, log_q
+            )
         else:
             scores = scores_unique.index_select(1, target_pos)  # (B, M)
             loss, grad = self._loss_and_gradient(scores, log_q)
             grad_unique = scores.new_zeros(b, len(out.unique)).index_add_(1, target_pos, grad)
+            grad_bias, scored = grad_unique.sum(0), _positions_of(target_pos, len(out.unique))
         grad_out = grad_unique.T @ x  # (U, H): every output row's gradient, merged
         grad_x = self._backward_layers(grad_unique @ out.values, layers)
         updates = self._input_rows(grad_x, embed_mask, in_rows, out, grad_out, b)
-        grad_bias = grad_unique.sum(0)[:, None]  # (U, 1)
-        # only rows scored as targets update the bias, as in the reference
-        scored = _positions_of(target_pos, len(out.unique))
-        self._apply(updates, active=True, output=(out.unique, grad_out, grad_bias, scored))
+        output = (out.unique, grad_out, grad_bias[:, None], scored)
+        self._apply(updates, active=True, output=output)
         return loss, self._outputs
 
     def idle(self) -> bool:
@@ -209,16 +214,16 @@ class FusedStep:
         m = self.model
         cells = ([m.first] if m.one_hot else []) + self.cells
         for cell, layer in zip(reversed(cells), reversed(layers), strict=True):
-            g_gi, g_gh = _gru_backward(grad_x, layer)
+            g_gi, g_gh, g_bi, g_bh = _gru_backward(grad_x, layer)
             if layer.x_in is None:  # one-hot table layer: the caller merges the table rows
-                m.first.bias.grad = g_gi.sum(0)
+                m.first.bias.grad = g_bi
                 m.first.weight_hh.grad = g_gh.T @ layer.h_prev
                 grad_x = g_gi
                 continue
             cell.weight_hh.grad = g_gh.T @ layer.h_prev
-            cell.bias_hh.grad = g_gh.sum(0)
+            cell.bias_hh.grad = g_bh
             cell.weight_ih.grad = g_gi.T @ layer.x_in
-            cell.bias_ih.grad = g_gi.sum(0)
+            cell.bias_ih.grad = g_bi
             grad_x = g_gi @ cell.weight_ih
         return grad_x
 
@@ -236,10 +241,11 @@ class FusedStep:
 
     def _cross_entropy(
         self, scores: torch.Tensor, target_pos: torch.Tensor, log_q: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled softmax cross-entropy on the unique items' scores (B, U); target_pos (M,)
         maps the M target columns (B positives first) to them. -> (summed loss,
-        d(loss / batch_size) / d scores (B, U)).
+        d(loss / batch_size) / d scores (B, U), its column sums (U,), which of the U columns
+        are targets (U,) bool).
 
         Columns of the same item have the same score and differ only in their logQ term, so
         the softmax over the M columns sums, per unique item, exp(score) times the item's
@@ -256,6 +262,7 @@ class FusedStep:
             torch.ones_like(target_pos, dtype=scores.dtype) if log_q is None else (-log_q).exp()
         )
         column_weight = scores.new_zeros(n_unique).index_add_(0, target_pos, weight)
+        scored = column_weight > 0
         logits = scores.add_(column_weight.log_())  # scores is ours to reuse
         top = logits.amax(dim=1, keepdim=True)
         grad = logits.sub_(top).exp_()
@@ -266,7 +273,7 @@ class FusedStep:
         grad.index_put_(
             (rows, targets), grad.new_tensor(-1.0 / self.cfg.batch_size), accumulate=True
         )
-        return loss, grad  # ... minus one-hot / batch_size
+        return loss, grad, grad.sum(0), scored  # ... minus one-hot / batch_size
 
     def _loss_and_gradient(
         self, scores: torch.Tensor, log_q: torch.Tensor | None
@@ -298,22 +305,30 @@ def _input_table(model: GRU4Rec) -> nn.Parameter:
 
 def _gru_forward(x_in, gi, gh, h, p_drop) -> tuple[torch.Tensor, _Layer]:
     """torch.nn.GRUCell's equations from gi = W_i x + b_i and gh = W_h h + b_h, (B, 3H),
-    then dropout. Returns the layer output and what its backward needs."""
+    then dropout. Returns the layer output and what its backward needs. gi is the caller's
+    scratch: it ends up holding the gates r, z and the candidate n."""
     n_hidden = h.shape[1]
-    rz = torch.sigmoid(gi[:, : 2 * n_hidden] + gh[:, : 2 * n_hidden])
+    rz = gi[:, : 2 * n_hidden].add_(gh[:, : 2 * n_hidden]).sigmoid_()
     r, z = rz[:, :n_hidden], rz[:, n_hidden:]
     hn = gh[:, 2 * n_hidden :]
-    n = torch.tanh(torch.addcmul(gi[:, 2 * n_hidden :], r, hn))
-    out = (1.0 - z) * n + z * h
-    mask = dropout_mask(out, p_drop)
-    if mask is not None:
-        out = out * mask
+    n = gi[:, 2 * n_hidden :].addcmul_(r, hn).tanh_()
+    draws = dropout_draws(h, p_drop)
+    compiled = kernels.gru_output(z, n, h, draws, p_drop)
+    if compiled is not None:
+        out, mask = compiled
+    else:
+        out = (1.0 - z) * n + z * h
+        mask = None if draws is None else mask_from_draws(draws, p_drop)
+        if mask is not None:
+            out = out * mask
     return out, _Layer(x_in, h, r, z, n, hn, mask)
 
 
-def _gru_backward(grad_out: torch.Tensor, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of gi and gh (B, 3H) from that of the layer's output; the state it read is
-    a constant (the reference detaches it every step)."""
+def _gru_backward(
+    grad_out: torch.Tensor, layer: _Layer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of gi and gh (B, 3H) and of the two biases (3H,) from that of the layer's
+    output; the state it read is a constant (the reference detaches it every step)."""
     r, z, n = layer.r, layer.z, layer.n
     compiled = kernels.gru_backward(grad_out, layer.mask, r, z, n, layer.hn, layer.h_prev)
     if compiled is not None:
@@ -322,7 +337,9 @@ def _gru_backward(grad_out: torch.Tensor, layer: _Layer) -> tuple[torch.Tensor, 
     g_an = g_h * (1.0 - z) * (1.0 - n * n)  # through the candidate's tanh
     g_ar = g_an * layer.hn * r * (1.0 - r)
     g_az = g_h * (layer.h_prev - n) * z * (1.0 - z)
-    return torch.cat([g_ar, g_az, g_an], dim=1), torch.cat([g_ar, g_az, g_an * r], dim=1)
+    g_gi = torch.cat([g_ar, g_az, g_an], dim=1)
+    g_gh = torch.cat([g_ar, g_az, g_an * r], dim=1)
+    return g_gi, g_gh, g_gi.sum(0), g_gh.sum(0)
 
 
 def _positions_of(index: torch.Tensor, size: int) -> torch.Tensor:

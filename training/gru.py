@@ -37,13 +37,22 @@ def init_gate_blocks_(weight: torch.Tensor, n_input: int, n_hidden: int, dim: in
         glorot_uniform_(block, n_input, n_hidden)
 
 
+def dropout_draws(like: torch.Tensor, p: float) -> torch.Tensor | None:
+    """The uniform draws a dropout mask is made from, shaped like `like`; None when p is 0."""
+    return None if p <= 0 else torch.rand_like(like, requires_grad=False)
+
+
+def mask_from_draws(draws: torch.Tensor, p: float) -> torch.Tensor:
+    """1 / (1 - p) where the draw is at least p, else 0 (in place on `draws`)."""
+    return draws.ge_(p).div_(1.0 - p)
+
+
 def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor | None:
     """What training-time dropout multiplies by: 1 / (1 - p) with probability 1 - p, else 0,
     shaped like `like`; None when p is 0. Uniform draws compared with p take a third of the
     time of torch's Bernoulli sampler at a step's sizes (32 x 100) on the CPU."""
-    if p <= 0:
-        return None
-    return torch.rand_like(like, requires_grad=False).ge_(p).div_(1.0 - p)
+    draws = dropout_draws(like, p)
+    return None if draws is None else mask_from_draws(draws, p)
 
 
 class Dropout(nn.Module):

@@ -170,9 +170,29 @@ if numba is not None:
         return unique[:n], inverse
 
     @_jit
-    def _gru_backward(grad_out, mask, r, z, n, hn, h_prev, g_gi, g_gh):  # pragma: no cover
+    def _gru_output(z, n, h, uniform, p, out, mask):  # pragma: no cover
+        batch, hidden = h.shape
+        drop = uniform.shape[0] > 0
+        # as torch's rand >= p, then / (1 - p), in float32
+        keep = np.float32(1.0) / np.float32(1.0 - p) if drop else np.float32(1.0)
+        for i in range(batch):
+            for j in range(hidden):
+                z_ = z[i, j]
+                value = (np.float32(1.0) - z_) * n[i, j] + z_ * h[i, j]
+                if drop:
+                    m = keep if uniform[i, j] >= p else np.float32(0.0)
+                    mask[i, j] = m
+                    value *= m
+                out[i, j] = value
+
+    @_jit
+    def _gru_backward(
+        grad_out, mask, r, z, n, hn, h_prev, g_gi, g_gh, g_bi, g_bh
+    ):  # pragma: no cover
         batch, hidden = grad_out.shape
         masked = mask.shape[0] > 0
+        g_bi[:] = 0.0
+        g_bh[:] = 0.0
         for i in range(batch):
             for j in range(hidden):
                 g_h = grad_out[i, j] * mask[i, j] if masked else grad_out[i, j]
@@ -182,28 +202,67 @@ if numba is not None:
                 g_az = g_h * (h_prev[i, j] - n_) * z_ * (1.0 - z_)
                 g_gi[i, j], g_gi[i, hidden + j], g_gi[i, 2 * hidden + j] = g_ar, g_az, g_an
                 g_gh[i, j], g_gh[i, hidden + j], g_gh[i, 2 * hidden + j] = g_ar, g_az, g_an * r_
+        for i in range(batch):  # the biases' gradients: column sums, row by row
+            for k in range(3 * hidden):
+                g_bi[k] += g_gi[i, k]
+                g_bh[k] += g_gh[i, k]
 
     @_jit
-    def _add_column_weights(scores, target_pos, log_q, positive):  # pragma: no cover
+    def _add_column_weights(scores, target_pos, log_q, positive, top, scored):  # pragma: no cover
         batch, n_unique = scores.shape
         log_weight = np.zeros(n_unique, np.float32)
         for j in range(target_pos.shape[0]):
             log_weight[target_pos[j]] += np.exp(-log_q[j]) if log_q.shape[0] else 1.0
         for u in range(n_unique):
-            log_weight[u] = np.log(log_weight[u])  # -inf for rows that are only inputs
+            scored[u] = log_weight[u] > 0  # rows that are only inputs have no column
+            log_weight[u] = np.log(log_weight[u])  # -inf for those
         for i in range(batch):
             positive[i] = scores[i, target_pos[i]] - (log_q[i] if log_q.shape[0] else 0.0)
+            row_max = -np.inf
             for u in range(n_unique):
-                scores[i, u] += log_weight[u]
+                value = scores[i, u] + log_weight[u]
+                scores[i, u] = value
+                row_max = max(row_max, value)
+            top[i] = row_max
+            for u in range(n_unique):
+                scores[i, u] -= row_max
 
     @_jit
-    def _normalise(exp_logits, total, target_pos, scale):  # pragma: no cover
+    def _normalise(
+        exp_logits, total, top, positive, target_pos, scale, column_sum
+    ):  # pragma: no cover
         batch, n_unique = exp_logits.shape
+        column_sum[:] = 0.0
+        loss = 0.0
         for i in range(batch):
+            loss += np.log(np.float64(total[i])) + top[i] - positive[i]
             inverse = np.float32(scale / total[i])
             for u in range(n_unique):
                 exp_logits[i, u] *= inverse
             exp_logits[i, target_pos[i]] -= scale
+            for u in range(n_unique):
+                column_sum[u] += exp_logits[i, u]
+        return loss
+
+
+def _float32_cpu(*tensors: torch.Tensor) -> bool:
+    return numba is not None and all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
+
+
+def gru_output(
+    z: torch.Tensor, n: torch.Tensor, h: torch.Tensor, uniform: torch.Tensor | None, p: float
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A GRU layer's output (1 - z) * n + z * h with dropout, in one loop: z, n, h (B, H) any
+    strides; uniform (B, H) the dropout's draws (gru.dropout_mask keeps units where
+    uniform >= p and scales them by 1 / (1 - p)) or None. -> (output, mask or None), or None
+    when the tensors are not float32 CPU tensors."""
+    if not _float32_cpu(z, n, h, *([] if uniform is None else [uniform])):
+        return None
+    out = np.empty(h.shape, np.float32)
+    mask = _NO_MASK if uniform is None else np.empty(h.shape, np.float32)
+    draws = _NO_MASK if uniform is None else uniform.numpy()
+    _gru_output(z.numpy(), n.numpy(), h.numpy(), draws, np.float32(p), out, mask)
+    return torch.from_numpy(out), None if uniform is None else torch.from_numpy(mask)
 
 
 def gru_backward(
@@ -214,42 +273,92 @@ def gru_backward(
     n: torch.Tensor,
     hn: torch.Tensor,
     h_prev: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """One GRU layer's backward through its gates in one loop (fused._gru_backward's
-    formulas): the gradients of gi and gh (B, 3H) from that of the layer's output (B, H),
-    its dropout mask, gates r, z, candidate n, recurrent candidate part hn and previous state
-    (all (B, H), any strides). None when the tensors are not float32 CPU tensors."""
+    formulas): the gradients of gi and gh (B, 3H) and of the two biases (3H,) (their column
+    sums) from that of the layer's output (B, H), its dropout mask, gates r, z, candidate n,
+    recurrent candidate part hn and previous state (all (B, H), any strides). None when the
+    tensors are not float32 CPU tensors."""
     tensors = [grad_out, r, z, n, hn, h_prev] + ([] if mask is None else [mask])
-    if numba is None or not all(t.is_cpu and t.dtype == torch.float32 for t in tensors):
+    if not _float32_cpu(*tensors):
         return None
     batch, hidden = grad_out.shape
     g_gi = np.empty((batch, 3 * hidden), np.float32)
     g_gh = np.empty((batch, 3 * hidden), np.float32)
+    g_bi = np.empty(3 * hidden, np.float32)
+    g_bh = np.empty(3 * hidden, np.float32)
     m = _NO_MASK if mask is None else mask.detach().numpy()
     arrays = (t.detach().numpy() for t in (grad_out, r, z, n, hn, h_prev))
     go, r_, z_, n_, hn_, h_ = arrays
-    _gru_backward(go, m, r_, z_, n_, hn_, h_, g_gi, g_gh)
-    return torch.from_numpy(g_gi), torch.from_numpy(g_gh)
+    _gru_backward(go, m, r_, z_, n_, hn_, h_, g_gi, g_gh, g_bi, g_bh)
+    return tuple(torch.from_numpy(a) for a in (g_gi, g_gh, g_bi, g_bh))
 
 
 def sampled_softmax(
     scores: torch.Tensor, target_pos: torch.Tensor, log_q: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """fused.FusedStep._cross_entropy in three loops and four tensor operations instead of
-    twenty operations: scores (B, U) float32, overwritten with the gradient. Returns (summed
-    loss, gradient (B, U) times `scale`), or None where the compiled loops do not apply."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """fused.FusedStep._cross_entropy in two loops and two tensor operations (the exp and
+    the row sums, vectorised) instead of twenty operations: scores (B, U) float32,
+    overwritten with the gradient. Returns (summed loss, gradient (B, U) times `scale`, its
+    column sums (U,), which columns are targets (U,) bool), or None where the compiled loops
+    do not apply."""
     tensors = [scores, target_pos] + ([] if log_q is None else [log_q])
     if not usable(*tensors):
         return None
-    positive = np.empty(len(scores), np.float32)
+    batch, n_unique = scores.shape
+    positive, top = np.empty(batch, np.float32), np.empty(batch, np.float32)
+    column_sum, scored = np.empty(n_unique, np.float32), np.empty(n_unique, np.bool_)
     q = _NO_LOG_Q if log_q is None else log_q.numpy()
-    _add_column_weights(scores.numpy(), target_pos.numpy(), q, positive)
-    top = scores.amax(dim=1, keepdim=True)
-    exp_logits = scores.sub_(top).exp_()
+    positions = target_pos.numpy()
+    _add_column_weights(scores.numpy(), positions, q, positive, top, scored)
+    exp_logits = scores.exp_()
     total = exp_logits.sum(dim=1)
-    loss = (total.log() + top.squeeze(1) - torch.from_numpy(positive)).sum()
-    _normalise(exp_logits.numpy(), total.numpy(), target_pos.numpy(), np.float32(scale))
-    return loss, exp_logits
+    loss = _normalise(
+        exp_logits.numpy(), total.numpy(), top, positive, positions, np.float32(scale), column_sum
+    )
+    return (
+        torch.tensor(loss, dtype=torch.float32),
+        exp_logits,
+        torch.from_numpy(column_sum),
+        torch.from_numpy(scored),
+    )
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Load every compiled loop now (numba's first call in a process costs about half a
+    second, each further loop a few milliseconds), so that a timed epoch does not pay it.
+    Once per process."""
+    global _warm
+    if numba is None or _warm:
+        return
+    _warm = True
+    f32, i64 = torch.float32, torch.int64
+    table, grad = torch.zeros(4, 2), torch.zeros(2, 2)
+    rows = torch.tensor([1, 3])
+    for mom in (table.clone(), None):
+        bias = BiasRows(
+            table[:, :1].clone(),
+            table[:, :1].clone(),
+            mom,
+            grad[:, :1].clone(),
+            torch.tensor([True, False]),
+        )
+        for with_bias in (None, bias):
+            adagrad_rows(table, table.clone(), mom, rows, grad, 0.1, 0.1, 1e-6, with_bias)
+    adagrad_dense([table], [table.clone()], [table.clone()], [table.clone()], 0.1, 0.1, 1e-6)
+    prefetch_rows([table], rows)
+    UniqueRows(4)(rows)
+    state = torch.rand(2, 3, dtype=f32)
+    gru_output(state, state, state, state, 0.5)
+    gru_output(state, state, state, None, 0.0)
+    gru_backward(state, state, state, state, state, state, state)
+    gru_backward(state, None, state, state, state, state, state)
+    positions = torch.tensor([0, 1, 2, 2], dtype=i64)
+    sampled_softmax(torch.rand(2, 3), positions, torch.rand(4), 0.5)
+    sampled_softmax(torch.rand(2, 3), positions, None, 0.5)
 
 
 class UniqueRows:

@@ -111,6 +111,35 @@ def test_gru_backward_matches_the_tensor_formulas(dropout, monkeypatch):
         torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("p_drop", [0.0, 0.4])
+def test_gru_forward_matches_the_tensor_formulas_and_draws_the_same_mask(p_drop, monkeypatch):
+    from training import fused
+
+    gen = torch.Generator().manual_seed(3)
+    b, h = 5, 7
+    gi, gh = torch.randn(b, 3 * h, generator=gen), torch.randn(b, 3 * h, generator=gen)
+    state = torch.randn(b, h, generator=gen)
+    torch.manual_seed(4)
+    out, layer = fused._gru_forward(None, gi.clone(), gh, state, p_drop)
+    monkeypatch.setattr(kernels, "gru_output", lambda *args: None)
+    torch.manual_seed(4)
+    plain_out, plain = fused._gru_forward(None, gi.clone(), gh, state, p_drop)
+    torch.testing.assert_close(out, plain_out, rtol=1e-6, atol=1e-6)
+    if p_drop:
+        assert torch.equal(layer.mask, plain.mask)
+        assert (out[layer.mask == 0] == 0).all() and 0 < (layer.mask == 0).sum() < b * h
+    else:
+        assert layer.mask is None and plain.mask is None
+    # and both are the GRU equations (torch.nn.GRUCell's), then the mask
+    r = torch.sigmoid(gi[:, :h] + gh[:, :h])
+    z = torch.sigmoid(gi[:, h : 2 * h] + gh[:, h : 2 * h])
+    n = torch.tanh(gi[:, 2 * h :] + r * gh[:, 2 * h :])
+    expected = (1 - z) * n + z * state
+    if p_drop:
+        expected = expected * layer.mask
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("with_log_q", [False, True])
 def test_sampled_softmax_matches_the_tensor_version(with_log_q, monkeypatch):
     from training import fused
@@ -123,9 +152,12 @@ def test_sampled_softmax_matches_the_tensor_version(with_log_q, monkeypatch):
     # column 8 is an input only (no target column): it must get no probability
     target_pos = torch.tensor([0, 3, 3, 5, 1, 2, 3, 7, 0, 6, 4])
     log_q = torch.rand(len(target_pos), generator=gen) * 3 if with_log_q else None
-    loss, grad = step._cross_entropy(scores.clone(), target_pos, log_q)
+    loss, grad, column_sum, scored = step._cross_entropy(scores.clone(), target_pos, log_q)
     monkeypatch.setattr(kernels, "sampled_softmax", lambda *args: None)
-    expected_loss, expected_grad = step._cross_entropy(scores.clone(), target_pos, log_q)
-    torch.testing.assert_close(loss, expected_loss)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+    expected = step._cross_entropy(scores.clone(), target_pos, log_q)
+    torch.testing.assert_close(loss, expected[0])
+    torch.testing.assert_close(grad, expected[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(column_sum, expected[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(column_sum, grad.sum(0), rtol=1e-5, atol=1e-6)
     assert (grad[:, 8] == 0).all()
+    assert scored.tolist() == expected[3].tolist() == [True] * 8 + [False]
