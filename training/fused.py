@@ -14,7 +14,7 @@ step with a few dozen tensor operations and no autograd graph:
 - the GRU layers' backward is the closed form of torch.nn.GRUCell's (one step of truncated
   backpropagation, as the reference detaches the state every step);
 - the Adagrad update touches exactly the rows the step read, the output weights and bias
-  in one pass; its optimiser rows are prefetched when the step starts.
+  in one pass.
 
 On the CPU the loops that tensor operations did badly (the row update, the gates' backward,
 the softmax's bookkeeping) are compiled (training/kernels.py); on a GPU, or without numba,
@@ -118,8 +118,6 @@ class FusedStep:
             target_pos = out.inverse
             in_rows = _Rows.read(_input_table(m), inputs, self._unique)
             x = in_rows.values.index_select(0, in_rows.inverse)
-        # the update at the end of the step reads the optimiser state at these rows
-        self.optimizer.prefetch_rows([m.Wy.weight, m.By.weight], out.unique)
         bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
         x, layers, embed_mask = self._forward_layers(x, hidden)
         scores_unique = torch.addmm(bias.T, x, out.values.T)  # (B, U)

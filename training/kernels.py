@@ -149,12 +149,6 @@ if numba is not None:
                 _row_plain(weights[j], accs[j], grads[j], lr, eps)
 
     @_jit
-    def _prefetch_rows(tables, rows):  # pragma: no cover
-        for i in range(rows.shape[0]):
-            for j in range(len(tables)):
-                _prefetch_row(tables[j], rows[i])
-
-    @_jit
     def _unique_in_order(index, slot):  # pragma: no cover
         unique, inverse = np.empty_like(index), np.empty_like(index)
         n = 0
@@ -349,7 +343,6 @@ def warm_up() -> None:
         for with_bias in (None, bias):
             adagrad_rows(table, table.clone(), mom, rows, grad, 0.1, 0.1, 1e-6, with_bias)
     adagrad_dense([table], [table.clone()], [table.clone()], [table.clone()], 0.1, 0.1, 1e-6)
-    prefetch_rows([table], rows)
     UniqueRows(4)(rows)
     state = torch.rand(2, 3, dtype=f32)
     gru_output(state, state, state, state, 0.5)
@@ -374,11 +367,6 @@ class UniqueRows:
             return torch.unique(index, return_inverse=True)
         unique, inverse = _unique_in_order(index.numpy(), self.slot)
         return torch.from_numpy(unique), torch.from_numpy(inverse)
-
-
-def prefetch_rows(tables: list[torch.Tensor], rows: torch.Tensor) -> None:
-    """Start bringing rows (U,) of each (N, D) table into the cache, without waiting."""
-    _prefetch_rows(tuple(t.detach().numpy() for t in tables), rows.numpy())
 
 
 @dataclass
@@ -446,11 +434,23 @@ def adagrad_dense(
     lr: float,
     momentum: float,
     eps: float,
+    views: dict | None = None,
 ) -> None:
     """The same update on whole parameters, all in one call (a step's GRU weights and biases
-    are a few small tensors: one call each cost more than the arithmetic)."""
-    flat = [tuple(t.detach().view(-1).numpy() for t in ts) for ts in (params, accs, grads)]
+    are a few small tensors: one call each cost more than the arithmetic). `views`, a dict
+    the caller keeps for as long as the parameters live, holds their numpy views (and the
+    state's) from step to step: making them was most of the call's time."""
+    views = {} if views is None else views
+
+    def flat(t: torch.Tensor) -> np.ndarray:
+        key = (t.data_ptr(), t.numel())  # the view keeps its tensor alive, so no reuse
+        if key not in views:
+            views[key] = t.detach().view(-1).numpy()
+        return views[key]
+
+    w, a = tuple(flat(t) for t in params), tuple(flat(t) for t in accs)
+    g = tuple(t.view(-1).numpy() for t in grads)
     # without momentum the loop never reads moms: hand it the accumulators as stand-ins
-    mom = flat[1] if moms is None else tuple(t.view(-1).numpy() for t in moms)
+    m = a if moms is None else tuple(flat(t) for t in moms)
     f32 = np.float32
-    _dense(flat[0], flat[1], mom, flat[2], f32(lr), f32(momentum), f32(eps))
+    _dense(w, a, m, g, f32(lr), f32(momentum), f32(eps))

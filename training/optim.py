@@ -29,6 +29,7 @@ class IndexedAdagrad(Optimizer):
             raise ValueError(f"invalid Adagrad settings lr={lr} momentum={momentum} eps={eps}")
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
         self._group_of = {p: group for group in self.param_groups for p in group["params"]}
+        self._views: dict = {}  # numpy views of the dense parameters and state (kernels)
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["acc"] = torch.zeros_like(p)
@@ -64,17 +65,6 @@ class IndexedAdagrad(Optimizer):
         group = self._group_of[p]
         lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
         self._rows_update(p, self.state[p], rows, grad, lr, momentum, eps, current)
-
-    def prefetch_rows(self, tables: list[torch.Tensor], rows: torch.Tensor) -> None:
-        """Start loading the optimiser state at rows (U,) of these tables into the CPU cache,
-        so that the update_rows a few operations later does not wait on memory for it (the
-        state tables are larger than the cache and the rows random). A no-op where the
-        compiled loops are not used."""
-        state = [
-            self.state[t][key] for t in tables for key in ("acc", "mom") if key in self.state[t]
-        ]
-        if kernels.usable(rows, *state):
-            kernels.prefetch_rows(state, rows)
 
     @torch.no_grad()
     def update_output_rows(
@@ -153,14 +143,13 @@ class IndexedAdagrad(Optimizer):
         else:
             p.index_copy_(0, rows, current.add_(step))
 
-    @staticmethod
-    def _dense_update(params, states, lr, momentum, eps) -> None:
+    def _dense_update(self, params, states, lr, momentum, eps) -> None:
         """All dense parameters at once: one call per operation instead of per tensor."""
         accs = [state["acc"] for state in states]
         if kernels.usable(*params, *accs, *(p.grad for p in params)):
             moms = [state["mom"] for state in states] if momentum > 0 else None
             grads = [p.grad for p in params]
-            kernels.adagrad_dense(params, accs, moms, grads, lr, momentum, eps)
+            kernels.adagrad_dense(params, accs, moms, grads, lr, momentum, eps, self._views)
             return
         grads = [p.grad for p in params]
         torch._foreach_add_(accs, torch._foreach_pow(grads, 2))
