@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 BUCKETS = 2**18
+REFILL_CHUNK = 2**20  # draws per chunk of a refill
 
 
 def sampling_distribution(popularity: np.ndarray, alpha: float) -> np.ndarray:
@@ -53,14 +54,19 @@ class SampleStore:
         self.store = torch.empty((0, n_sample), dtype=torch.int64, device=self.device)
 
     def refill(self) -> None:
-        u = torch.rand(
-            self.batches_per_refill * self.n_sample,
-            dtype=torch.float64,
-            device=self.device,
-            generator=self.generator,
-        )
-        self.store = self._inverse_cdf(u).clamp_(max=len(self.cdf) - 1)
-        self.store = self.store.view(self.batches_per_refill, self.n_sample)
+        """Draw the next store_size negatives into the store, in place and in chunks: a
+        refill's temporaries (the uniform draws and their lookups, ~40 bytes a draw) stay
+        a few tens of MB instead of several times the store, whatever the epoch's length.
+        The draws are those of one torch.rand call over the whole store."""
+        if self.store.numel() == 0:
+            self.store = torch.empty(
+                (self.batches_per_refill, self.n_sample), dtype=torch.int64, device=self.device
+            )
+        flat = self.store.view(-1)
+        for start in range(0, len(flat), REFILL_CHUNK):
+            size = min(REFILL_CHUNK, len(flat) - start)
+            u = torch.rand(size, dtype=torch.float64, device=self.device, generator=self.generator)
+            flat[start : start + size] = self._inverse_cdf(u).clamp_(max=len(self.cdf) - 1)
         self.pointer = 0
 
     def _inverse_cdf(self, u: torch.Tensor) -> torch.Tensor:
@@ -74,6 +80,8 @@ class SampleStore:
         return answer
 
     def get(self) -> torch.Tensor:
+        """The next batch's negatives (n_sample,): a view into the store, valid until the
+        next get() (which may refill it in place)."""
         if self.pointer >= self.batches_per_refill:
             self.refill()
         sample = self.store[self.pointer]

@@ -2,6 +2,8 @@
 synthetic data and writes its parameters, loss history and test metrics to OUT/rank<r>.pt.
 
     torchrun --standalone --nproc-per-node 2 tests/training/ddp_worker.py OUT [name=value ...]
+
+`features=random` stands for seeded random item features (a p-RNN), the same on every rank.
 """
 
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training import distributed  # noqa: E402
@@ -34,6 +37,10 @@ def main() -> None:
     out, params = Path(sys.argv[1]), sys.argv[2:]
     rank = distributed.init_from_env("cpu") if distributed.launched_by_torchrun() else None
     train, test, vocab = synthetic()
+    if "features=random" in params:
+        path = out / f"features{rank.rank if rank else 0}.npy"
+        np.save(path, np.random.default_rng(5).normal(size=(len(vocab), 16)).astype(np.float32))
+        params = [f"features={path}" if p == "features=random" else p for p in params]
     cfg = Config.from_sources(None, BASE + params)
     model, history = fit(train, len(vocab), cfg, progress=False)
     metrics = evaluate(GRUScorer(model), test, cutoffs=(20,))

@@ -46,3 +46,20 @@ def test_bucketed_lookup_equals_binary_search():
     on_steps = store.cdf[rng.integers(0, len(store.cdf) - 1, size=1_000)]  # u exactly on a step
     u = torch.cat([u, on_steps, torch.tensor([0.0, 0.5, 1 - 2**-53], dtype=torch.float64)])
     assert torch.equal(store._inverse_cdf(u), torch.searchsorted(store.cdf, u, right=True))
+
+
+def test_a_refill_in_chunks_draws_what_one_call_would_and_reuses_the_store(monkeypatch):
+    from training import sampling
+
+    popularity = np.arange(1, 50)
+    store = SampleStore(popularity, n_sample=6, alpha=0.5, store_size=60)
+    store.generator = torch.Generator().manual_seed(3)
+    monkeypatch.setattr(sampling, "REFILL_CHUNK", 7)  # 60 draws in chunks of 7 (and 4)
+    store.refill()
+    buffer = store.store
+    u = torch.rand(60, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(store.store.view(-1), torch.searchsorted(store.cdf, u, right=True))
+    for _ in range(store.batches_per_refill + 1):  # past the end: a second refill
+        store.get()
+    assert store.store is buffer and store.pointer == 1
+    assert not torch.equal(store.store.view(-1), torch.searchsorted(store.cdf, u, right=True))
