@@ -71,11 +71,6 @@ class _Rows:
     inverse: torch.Tensor
     values: torch.Tensor
 
-    @classmethod
-    def read(cls, table: nn.Parameter, index: torch.Tensor, find_unique) -> _Rows:
-        unique, inverse = find_unique(index)
-        return cls(table, unique, inverse, table.detach().index_select(0, unique))
-
 
 class FusedStep:
     def __init__(
@@ -110,15 +105,12 @@ class FusedStep:
         Updates the model's parameters and the optimiser's state in place."""
         m, b = self.model, len(inputs)
         if m.constrained:
-            out = _Rows.read(m.Wy.weight, torch.cat([inputs, targets]), self._unique)
-            x, in_rows = out.values.index_select(0, out.inverse[:b]), out
-            target_pos = out.inverse[b:]
+            out, bias, x = self._read(m.Wy.weight, inputs, targets, m.By.weight, b)
+            in_rows, target_pos = out, out.inverse[b:]
         else:
-            out = _Rows.read(m.Wy.weight, targets, self._unique)
+            out, bias, _ = self._read(m.Wy.weight, inputs[:0], targets, m.By.weight, 0)
             target_pos = out.inverse
-            in_rows = _Rows.read(_input_table(m), inputs, self._unique)
-            x = in_rows.values.index_select(0, in_rows.inverse)
-        bias = m.By.weight.detach().index_select(0, out.unique)  # (U, 1)
+            in_rows, _, x = self._read(_input_table(m), inputs, inputs[:0], None, b)
         x, layers, embed_mask = self._forward_layers(x, hidden)
         scores_unique = torch.addmm(bias.T, x, out.values.T)  # (B, U)
         # grad_bias (U,) is the score gradient's column sums; `scored` (U,) marks the rows
@@ -138,6 +130,20 @@ class FusedStep:
         output = (out.unique, grad_out, grad_bias[:, None], scored)
         self._apply(updates, active=True, output=output)
         return loss, self._outputs
+
+    def _read(self, table, first, second, bias_table, n_gather):
+        """The unique rows of `table` at the lookups first then second -> (_Rows, the bias
+        (U, 1) at those rows or None without a bias_table, the first n_gather lookups'
+        rows (n_gather, D))."""
+        compiled = self._unique.read(first, second, table, bias_table, n_gather)
+        if compiled is not None:
+            unique, inverse, values, bias, gathered = compiled
+        else:
+            unique, inverse = self._unique(torch.cat([first, second]))
+            values = table.detach().index_select(0, unique)
+            bias = None if bias_table is None else bias_table.detach().index_select(0, unique)
+            gathered = values.index_select(0, inverse[:n_gather])
+        return _Rows(table, unique, inverse, values), bias, gathered
 
     def idle(self) -> bool:
         """A step without data, for a distributed rank that ran out of sessions: joins the

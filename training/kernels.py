@@ -164,6 +164,35 @@ if numba is not None:
         return unique[:n], inverse
 
     @_jit
+    def _read_rows(first, second, table, bias, slot, n_gather):  # pragma: no cover
+        n_first = first.shape[0]
+        total = n_first + second.shape[0]
+        unique, inverse = np.empty(total, np.int64), np.empty(total, np.int64)
+        n = 0
+        for i in range(total):
+            item = first[i] if i < n_first else second[i - n_first]
+            if slot[item] < 0:
+                slot[item] = n
+                unique[n] = item
+                n += 1
+            inverse[i] = slot[item]
+        width, k, with_bias = table.shape[1], _rows_ahead(table), bias.shape[0] > 0
+        values = np.empty((n, width), table.dtype)
+        bias_values = np.empty((n if with_bias else 0, 1), table.dtype)
+        for j in range(n):
+            if j + k < n:  # the rows are scattered over a table larger than the cache
+                _prefetch_row(table, unique[j + k])
+            row = unique[j]
+            slot[row] = -1  # leave the scratch as it was found
+            values[j, :] = table[row, :]
+            if with_bias:
+                bias_values[j, 0] = bias[row, 0]
+        gathered = np.empty((n_gather, width), table.dtype)
+        for i in range(n_gather):
+            gathered[i, :] = values[inverse[i], :]
+        return unique[:n], inverse, values, bias_values, gathered
+
+    @_jit
     def _gru_output(z, n, h, uniform, p, out, mask):  # pragma: no cover
         batch, hidden = h.shape
         drop = uniform.shape[0] > 0
@@ -344,6 +373,8 @@ def warm_up() -> None:
             adagrad_rows(table, table.clone(), mom, rows, grad, 0.1, 0.1, 1e-6, with_bias)
     adagrad_dense([table], [table.clone()], [table.clone()], [table.clone()], 0.1, 0.1, 1e-6)
     UniqueRows(4)(rows)
+    UniqueRows(4).read(rows, rows, table, table[:, :1].contiguous(), 1)
+    UniqueRows(4).read(rows, rows[:0], table, None, 2)
     state = torch.rand(2, 3, dtype=f32)
     gru_output(state, state, state, state, 0.5)
     gru_output(state, state, state, None, 0.0)
@@ -367,6 +398,28 @@ class UniqueRows:
             return torch.unique(index, return_inverse=True)
         unique, inverse = _unique_in_order(index.numpy(), self.slot)
         return torch.from_numpy(unique), torch.from_numpy(inverse)
+
+    def read(
+        self,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        table: torch.Tensor,
+        bias: torch.Tensor | None,
+        n_gather: int,
+    ) -> tuple[torch.Tensor, ...] | None:
+        """The unique rows of the lookups first then second (int64 (L1,), (L2,)) and their
+        values, in one pass: (unique (U,), inverse (L1 + L2,), table[unique] (U, D),
+        bias[unique] (U, 1) or None, the rows of the first n_gather lookups (n_gather, D)).
+        None where the compiled loops do not apply (the caller takes tensor operations)."""
+        tensors = [first, second, table] + ([] if bias is None else [bias])
+        if not usable(*tensors):
+            return None
+        b = _NO_BIAS[0] if bias is None else bias.detach().numpy()
+        arrays = _read_rows(
+            first.numpy(), second.numpy(), table.detach().numpy(), b, self.slot, n_gather
+        )
+        unique, inverse, values, bias_values, gathered = (torch.from_numpy(a) for a in arrays)
+        return unique, inverse, values, None if bias is None else bias_values, gathered
 
 
 @dataclass

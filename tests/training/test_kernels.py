@@ -85,6 +85,26 @@ def test_unique_rows_find_each_row_once_and_map_every_lookup_back():
         assert unique.tolist() == first_seen
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_reading_rows_gives_the_unique_rows_their_values_and_the_gathered_lookups(with_bias):
+    find = kernels.UniqueRows(n_rows=50)
+    gen = torch.Generator().manual_seed(5)
+    table, bias = torch.randn(50, 7, generator=gen), torch.randn(50, 1, generator=gen)
+    for _ in range(3):  # the scratch must be clean again after each call
+        first = torch.randint(0, 50, (6,), generator=gen)
+        second = torch.randint(0, 50, (30,), generator=gen)
+        got = find.read(first, second, table, bias if with_bias else None, n_gather=6)
+        unique, inverse, values, bias_values, gathered = got
+        assert torch.equal(unique, find(torch.cat([first, second]))[0])
+        assert torch.equal(unique[inverse], torch.cat([first, second]))
+        assert torch.equal(values, table[unique])
+        assert torch.equal(gathered, table[first])
+        if with_bias:
+            assert torch.equal(bias_values, bias[unique])
+        else:
+            assert bias_values is None
+
+
 @pytest.mark.parametrize("dropout", [False, True])
 def test_gru_backward_matches_the_tensor_formulas(dropout, monkeypatch):
     from training import fused
