@@ -16,9 +16,10 @@ step with a few dozen tensor operations and no autograd graph:
 - the Adagrad update touches exactly the rows the step read, the output weights and bias
   in one pass.
 
-On the CPU the loops that tensor operations did badly (the row update, the gates' backward,
-the softmax's bookkeeping) are compiled (training/kernels.py); on a GPU, or without numba,
-the same formulas run as tensor operations.
+On the CPU the loops that tensor operations did badly (the rows' read, the GRU output and
+dropout, the gates' backward, the softmax's bookkeeping, the row update) are compiled
+(training/kernels.py); on a GPU, or without numba, the same formulas run as tensor
+operations.
 
     step = FusedStep(model, optimizer, cfg)        # model.GRU4Rec, optim.IndexedAdagrad
     loss, hidden = step(inputs, targets, hidden, log_q)

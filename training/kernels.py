@@ -1,4 +1,6 @@
-"""Compiled CPU loops for the row-sparse Adagrad update (numba).
+"""Compiled CPU loops for the hand-written training step (numba): the row-sparse Adagrad
+update, and the reads, GRU element-wise work and softmax bookkeeping around it, each a loop
+that replaces several tensor operations (fused.py says which).
 
 Updating U rows of an item table with the reference's Adagrad with momentum takes ten tensor
 operations (read acc, mom and the weights at the rows, square, add, sqrt, divide, multiply,
