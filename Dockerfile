@@ -27,11 +27,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/venv
 COPY --from=wheels / /wheels/
 COPY pyproject.toml scripts/container-requirements.py /build/
+# the versions of uv.lock, so the image runs what the tests ran (scripts/lock writes them)
+COPY constraints/ /build/constraints/
 
 FROM deps AS deps-cpu
 ARG PIP_NO_INDEX=0
 RUN python3 /build/container-requirements.py /build/pyproject.toml serve-cpu >/build/requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir --requirement /build/requirements.txt
+ && /opt/venv/bin/pip install --no-cache-dir --requirement /build/requirements.txt \
+      --constraint /build/constraints/serve-cpu.txt
 
 FROM deps AS deps-gpu
 # onnxruntime-gpu's own extras pull the CUDA runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN
@@ -41,6 +44,7 @@ ARG PIP_NO_INDEX=0
 RUN python3 /build/container-requirements.py /build/pyproject.toml serve \
       ${ORT_GPU_EXTRAS:+--with-extras onnxruntime-gpu=${ORT_GPU_EXTRAS}} >/build/requirements.txt \
  && /opt/venv/bin/pip install --no-cache-dir --requirement /build/requirements.txt \
+      --constraint /build/constraints/serve.txt \
  && (find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' >/build/nvidia-libs.conf || true)
 
 # ---- what both flavours share at run time -------------------------------------------------

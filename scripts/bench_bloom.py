@@ -7,12 +7,14 @@ memory for each compression ratio m / n_items and number of hashes k.
     .venv/bin/python scripts/bench_bloom.py --config rsc15_xe_shared_100_best --epochs 3 \
         --n-items 20000 --n-sessions 50000 --zipf 1.0 --ratios 0.5 0.25 0.125 --hashes 3 \
         --item-step both --out runs/bench_bloom_rsc15.json
+    # the README table: that command with --n-sessions 40000 --results bloom
 
 The data are drawn once (training.synthetic, every catalogue item in the vocabulary, the last
 day of sessions as test set); each configuration then trains in a fresh subprocess, so its
 peak resident memory (getrusage ru_maxrss, read right after training) is its own. "RSS over
 start" subtracts the resident size measured just before training (Python, torch, the data).
-Prints a markdown table and writes every figure to --out as JSON.
+Prints a markdown table and writes every figure to --out as JSON (and with --results NAME to
+docs/results/NAME.json with the machine and versions, for scripts/render_results.py).
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_bloom.json"))
     ap.add_argument("--table-from", type=Path, help="print the table of an earlier --out")
+    ap.add_argument("--results", help="also write docs/results/NAME.json (README: bloom)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -213,8 +216,13 @@ def main() -> None:
             rows.append(run_config(dict(params), data_path))
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "data", "out")}
+    dropped = ("worker", "data", "out", "results", "table_from")
+    settings = {k: v for k, v in vars(args).items() if k not in dropped}
     args.out.write_text(json.dumps({"data": info, "settings": settings, "rows": rows}, indent=1))
+    if args.results:
+        from provenance import write_results
+
+        write_results(args.results, {"data": info, "settings": settings, "rows": rows})
     print(table(rows, info["n_items"]))
 
 

@@ -5,6 +5,7 @@ index arrays (a few bytes per click), not by anything per step.
 
 Each size runs in a fresh process (random sessions, as bench_train.py), which reports its
 peak resident set size after one epoch; the last line gives the growth per click.
+--results NAME writes docs/results/NAME.json for scripts/render_results.py (README: memory).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=37_483)
     parser.add_argument("--events", type=int, nargs="+", default=[300_000, 3_000_000])
     parser.add_argument("--param", action="append", default=[])
+    parser.add_argument("--results", help="also write docs/results/NAME.json (README: memory)")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -65,6 +67,11 @@ def main() -> None:
     first, last = results[0], results[-1]
     per_event = (last["peak"] - first["peak"]) / max(last["events"] - first["events"], 1)
     print(f"growth: {per_event:.1f} bytes per extra event")
+    if args.results:
+        from provenance import write_results
+
+        payload = {"items": args.items, "param": args.param, "runs": results}
+        write_results(args.results, {**payload, "bytes_per_event": per_event})
 
 
 if __name__ == "__main__":

@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-model", action="store_true", help="the online layer alone")
     parser.add_argument("--redis-url", help="also measure the Redis bus's costs there")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--results", help="also write docs/results/NAME.json (docs/online.md)")
     args = parser.parse_args(argv)
     clicks = read_clicks(args.events)
     out: dict[str, Any] = {"variants": compare(args, clicks)}
@@ -234,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.update(publish=cost, delivery=delay)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from provenance import write_results
+
+        settings = {k: str(v) for k, v in vars(args).items() if k not in ("json", "results")}
+        write_results(args.results, {"settings": settings, **out})
     return 0
 
 

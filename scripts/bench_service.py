@@ -11,7 +11,9 @@
    per-request PyTorch server (scripts/baseline_servers.py), and `python -m service` with its
    defaults, without batching (--max-batch 1), with a 1 ms batching wait, and cold sessions;
 4. prints where the service's time goes (its per-stage metrics and its process CPU per call)
-   and markdown rows for the README.
+   and markdown rows for the README; --results NAME writes every figure to
+   docs/results/NAME.json, from which scripts/render_results.py renders the README table
+   (--results service).
 Server and load generator share the machine's cores: every figure is what one small box does
 end to end, and the rows are comparable because they ran back to back.
 """
@@ -68,22 +70,24 @@ def _median_us(fn, reps: int) -> float:
     return float(np.median(times)) * 1e6
 
 
-def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> None:
+def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> dict:
     """The batched step (GRU, scores over all items, TopK) against its (B, H) x (H, N)
     product alone (torch, one thread, like onnxruntime here), and a cold 29-click prefix in
-    one run against click by click."""
+    one run against click by click. Prints them; returns the medians in us."""
     model = ExportedModel.load(export_dir, "cpu", threads=1)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     state_size = model.state_size
     weights = torch.randn(state_size, model.n_items)
     print(f"model alone, {model.n_items:,} items, state {state_size}, 1 thread (median us):")
+    out: dict = {"items": model.n_items, "batches": {}}
     for b in batches:
         items = rng.integers(0, model.n_items, b)
         state = rng.standard_normal((b, state_size)).astype(np.float32)
         hidden = torch.from_numpy(state)
         step = _median_us(lambda i=items, s=state: model.step(i, s, 20), 200)
         product = _median_us(lambda h=hidden: h @ weights, 200)
+        out["batches"][b] = {"step_us": step, "product_us": product}
         print(
             f"  batch {b:>3}: step {step:7.0f} us ({step / b:6.1f} per call); matrix product "
             f"alone {product:7.0f} us: the step takes {step / product:.2f}x as long"
@@ -100,6 +104,7 @@ def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> N
     one_by_one = _median_us(each, 50)
     print(f"  cold session, 29 earlier clicks: one prefix run {many:.0f} us, "
           f"click by click {one_by_one:.0f} us")  # fmt: skip
+    return {**out, "cold_29": {"prefix_run_us": many, "click_by_click_us": one_by_one}}
 
 
 def time_prefix(export_dir: Path, clicks: int = 29, k: int = 20, reps: int = 300) -> dict:
@@ -196,8 +201,9 @@ def measure(server: Server, items_file: Path, concurrency: int, args, cold=False
     return {"server": label, "concurrency": concurrency, **result}
 
 
-def profile(row: dict) -> None:
-    """Where a call's time goes in the service, from its own metrics for one load row."""
+def profile(row: dict) -> dict:
+    """Where a call's time goes in the service, from its own metrics for one load row.
+    Prints it; returns us per call by stage (wall) and the batching figures."""
     m, calls = row["metrics"], max(row["calls"], 1)
     stages = {k.split('"')[1]: v for k, v in m.items() if k.startswith("recsys_stage_seconds")}
     batches = m.get("recsys_batches_total", 0)
@@ -216,6 +222,15 @@ def profile(row: dict) -> None:
     print(f"  server process CPU {row['cpu_us_per_call']:.0f} us per call: handler code "
           f"{handler / calls * 1e6:.0f} us, model {run_s / calls * 1e6:.0f} us, the rest is "
           "gRPC and the event loop")  # fmt: skip
+    return {
+        "server": row["server"],
+        "concurrency": row["concurrency"],
+        "stage_us": {stage: seconds / calls * 1e6 for stage, seconds in stages.items()},
+        "mean_batch": m.get("recsys_batched_calls_total", 0) / batches if batches else None,
+        "model_us": run_s / calls * 1e6,
+        "queue_us": queue_s / calls * 1e6,
+        "cpu_us": row["cpu_us_per_call"],
+    }
 
 
 def main() -> None:
@@ -225,13 +240,14 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0, help="per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument("--results", help="also write docs/results/NAME.json (README: service)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
         items_file = export_dir / "items.txt"
-        time_model(export_dir)
-        time_prefix(export_dir)
+        model_times = time_model(export_dir)
+        prefix_times = time_prefix(export_dir)
         py, base = sys.executable, str(ROOT / "scripts" / "baseline_servers.py")
         service = [py, "-m", "service", "--model", str(export_dir), "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", "--drain-s", "0"]  # fmt: skip
@@ -257,7 +273,7 @@ def main() -> None:
             finally:
                 server.stop()
     main_row = next(r for r in rows if r["server"] == "service" and r["concurrency"] == 32)
-    profile(main_row)
+    where = profile(main_row)
     print("\n| server | concurrency | calls/s | p50 ms | p99 ms | errors | server CPU us/call |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -266,6 +282,14 @@ def main() -> None:
               f"{r['cpu_us_per_call']:.0f} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.results:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from provenance import write_results
+
+        kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
+        figures = {"model": model_times, "prefix": prefix_times, "profile": where}
+        settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s}
+        write_results(args.results, {"settings": settings, **figures, "rows": kept})
 
 
 if __name__ == "__main__":

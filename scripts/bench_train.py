@@ -10,6 +10,8 @@ downloaded) ours and the reference's run in turns, pair after pair, on the same 
 thread count, and the last lines give the median and range of each and of their ratio.
 events/s is the first epoch's, as each implementation reports it (its own clock around its
 epoch loop, sample refills included, set-up excluded); `wall` is the whole process.
+--results NAME adds the run to docs/results/NAME.json (one row per catalogue and event count;
+the README's training-speed table is NAME=train_speed, rendered by scripts/render_results.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from training.data import Sessions  # noqa: E402
 
@@ -154,6 +157,7 @@ def main() -> None:
     parser.add_argument("--reference", help="local checkout of GRU4Rec_PyTorch_Official")
     parser.add_argument("--pairs", type=int, default=3, help="runs of each, in turns")
     parser.add_argument("--eval", action="store_true", help="also time our evaluation")
+    parser.add_argument("--results", help="add this run to docs/results/NAME.json")
     parser.add_argument("--run", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -189,6 +193,7 @@ def main() -> None:
             )
     for name in names:
         print(f"{name:9s} events/s {_summary([r['events_per_s'] for r in results[name]])}")
+    ratios = []
     if args.reference:
         ratios = [
             o["events_per_s"] / r["events_per_s"]
@@ -198,6 +203,13 @@ def main() -> None:
             f"ours / reference, paired: median {statistics.median(ratios):.2f}x "
             f"({min(ratios):.2f}-{max(ratios):.2f}x) over {len(ratios)} pairs"
         )
+    if args.results:
+        from provenance import write_results
+
+        key = {"items": args.items, "events": args.events, "threads": args.threads}
+        key["param"] = args.param
+        runs = {"settings": RSC15 + args.param, "runs": results, "paired_ratios": ratios}
+        write_results(args.results, runs, key=key)
 
 
 if __name__ == "__main__":

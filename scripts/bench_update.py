@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--new-rows", default="mean", choices=["mean", "init"])
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", help="also write docs/results/NAME.json (docs/online.md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = Config.from_sources(None, SETTINGS + args.param)
@@ -156,6 +157,15 @@ def main() -> None:
         f"{np.mean([r[4] for r in rows]):.1%} ({np.mean([r[5] for r in rows]):.1%}) |"
     )
     print(f"\n{platform.processor() or 'cpu'}, torch {torch.__version__}, 1 thread; {cfg}")
+    if args.results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from provenance import write_results
+
+        keys = ("update", "retrain", "update_s", "retrain_s", "unknown_share", "new_share")
+        days = [{"test_day": args.first + 2 + i, **dict(zip(keys, r, strict=True))}
+                for i, r in enumerate(rows)]  # fmt: skip
+        settings = {k: v for k, v in vars(args).items() if k != "results"}
+        write_results(args.results, {"settings": settings, "config": cfg.to_dict(), "days": days})
 
 
 if __name__ == "__main__":

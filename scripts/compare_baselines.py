@@ -1,9 +1,10 @@
 """GRU4Rec against most-popular, item-KNN and V-SKNN on the default synthetic data, with one
-evaluation (all items ranked, ties against the model): a markdown table for the README and a
-bar chart.
+evaluation (all items ranked, ties against the model): a markdown table and a bar chart, and
+with --results NAME docs/results/NAME.json, from which `scripts/render_results.py` renders the
+README table and the chart (the README's: --results baselines).
 
     .venv/bin/python scripts/compare_baselines.py [--config synthetic_demo] [--param n_epochs=3]
-        [--data data/synthetic] [--png docs/baselines.png] [--seed 0]
+        [--data data/synthetic] [--png docs/baselines.png] [--seed 0] [--results baselines]
 
 Data are generated into --data (the default synthetic catalogue and a last-day test split,
 as `python -m training generate` writes them), then each model is fitted on train.tsv and
@@ -20,38 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from provenance import write_results  # noqa: E402
+from render_results import plot_baselines  # noqa: E402
 
 from training.baselines import fit_and_evaluate, results_table  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import ItemVocab, Sessions, read_events  # noqa: E402
 from training.synthetic import generate_to_dir  # noqa: E402
-
-METRICS = ("recall", "mrr", "ndcg")
-LABELS = {"recall": "Recall", "mrr": "MRR", "ndcg": "NDCG"}
-
-
-def plot(results: dict[str, dict[str, float]], path: Path, k: int = 20) -> None:
-    """Grouped bars: one group per metric@k, one bar per model, values written on top."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=120)
-    width = 0.8 / len(results)
-    for m, (name, res) in enumerate(results.items()):
-        xs = [i + (m - (len(results) - 1) / 2) * width for i in range(len(METRICS))]
-        values = [res[f"{metric}@{k}"] for metric in METRICS]
-        bars = ax.bar(xs, values, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(METRICS)), [f"{LABELS[metric]}@{k}" for metric in METRICS])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score (higher is better)")
-    ax.set_title("Next-click prediction on the synthetic click log (all items ranked)")
-    ax.legend(fontsize=8, ncols=len(results), loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -62,6 +38,7 @@ def main() -> None:
     ap.add_argument("--png", default=str(ROOT / "docs" / "baselines.png"))
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--results", help="also write docs/results/NAME.json (README: baselines)")
     args = ap.parse_args()
 
     import torch
@@ -81,7 +58,23 @@ def main() -> None:
     results = fit_and_evaluate(train, test, len(vocab), cutoffs=(20,), gru_config=cfg)
     print(f"\nGRU4Rec: --config {args.config} {' '.join(args.param)}; torch threads {args.threads}")
     print(results_table(results, cutoffs=(20,)))
-    plot(results, Path(args.png))
+    payload = {
+        "data": {
+            "seed": args.seed,
+            "items": len(vocab),
+            "train_clicks": train.n_events,
+            "train_sessions": train.n_sessions,
+            "test_clicks": test.n_events,
+            "test_sessions": test.n_sessions,
+            "predictions": results["gru4rec"]["n_events"],
+        },
+        "gru4rec_config": cfg.to_dict(),
+        "threads": args.threads,
+        "results": results,
+    }
+    if args.results:
+        write_results(args.results, payload)
+    plot_baselines(payload, Path(args.png))
     print(f"\nchart: {args.png}")
 
 

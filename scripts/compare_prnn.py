@@ -8,7 +8,9 @@ Steps: generate clicks (training.synthetic), split off the last day, draw every 
 picture (training.images) and extract ResNet features (training.features; random weights
 unless --weights names a local file), then train each variant with training.train.fit and
 rank all items for every test click. "Rare" targets are items in the least popular half of
-the catalogue by training clicks. Prints a markdown table and writes the figures as JSON.
+the catalogue by training clicks. Prints a markdown table and writes the figures as JSON to
+--out and, with --results NAME, with the machine and versions to docs/results/NAME.json (the
+README table: --results prnn, rendered by scripts/render_results.py).
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/prnn"))
     ap.add_argument("--out", type=Path, default=Path("runs/compare_prnn.json"))
+    ap.add_argument("--results", help="also write docs/results/NAME.json (README: prnn)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,10 @@ def main() -> None:
     settings = {k: str(v) for k, v in vars(args).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"data": info, "settings": settings, "rows": rows}, indent=1))
+    if args.results:
+        from provenance import write_results
+
+        write_results(args.results, {"data": info, "settings": settings, "rows": rows})
     print(table(rows))
 
 

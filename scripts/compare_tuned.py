@@ -1,13 +1,15 @@
 """Tuned GRU4Rec against its default configuration and every baseline (most-popular,
 item-KNN, V-SKNN, STAN, VSTAN with their parameters searched too), all tuned on the training
-data alone and evaluated once on the test split: a markdown table for the README.
+data alone and evaluated once on the test split: a markdown table, and
+with --results NAME docs/results/NAME.json, from which scripts/render_results.py renders
+the README table (with the search's summary.json beside --tuned, when there is one).
 
     .venv/bin/python -m training generate --out data/demo
     .venv/bin/python -m training tune --train data/demo/train.tsv --out runs/tune-demo \\
         --config synthetic_demo --param threads=1 --param n_epochs=5 --range layers=64:256 \\
-        --trials 40 --timeout 3300
+        --trials 40
     .venv/bin/python scripts/compare_tuned.py --data data/demo --tuned runs/tune-demo/best.json \\
-        --out runs/compare-tuned --blend
+        --out runs/compare-tuned --blend --results tuned
 
 STAN/VSTAN are searched (`--knn-trials` draws each) on the same validation split as `tune`
 (the last `--valid-days` of train.tsv), then refitted on all of train.tsv; the chosen
@@ -28,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from provenance import write_results  # noqa: E402
 
 from training.baselines import fit_and_evaluate  # noqa: E402
 from training.blend import BlendScorer, choose_weight  # noqa: E402
@@ -68,7 +72,9 @@ def train_gru(name, cfg, train, test, vocab, out: Path):
     return result, model
 
 
-def blend_weight(train_events, cfg, params: KNNParams, valid_days: float, metric: str) -> float:
+def blend_weight(
+    train_events, cfg, params: KNNParams, valid_days: float, metric: str
+) -> tuple[float, dict]:
     """The VSTAN weight of the blend, chosen by `metric` on the validation split, with a model
     and VSTAN fitted on the rest of the training file."""
     fit_part, valid_part = validation_split(train_events, valid_days)
@@ -82,7 +88,23 @@ def blend_weight(train_events, cfg, params: KNNParams, valid_days: float, metric
         print(
             f"blend weight {w}: validation MRR@20 {m['mrr@20']:.4f}, Recall@20 {m['recall@20']:.4f}"
         )
-    return weight
+    return weight, by_weight
+
+
+def payload(args, chosen: dict[str, KNNParams], blended, results: dict, test) -> dict:
+    """What the README's tuning table and its paragraph are rendered from."""
+    summary = Path(args.tuned).parent / "summary.json"
+    return {
+        "data": {"path": args.data, "test_clicks": test.n_events},
+        "default": args.default,
+        "tuned": args.tuned,
+        "tuned_config": json.loads(Path(args.tuned).read_text()),
+        "search": json.loads(summary.read_text()) if summary.exists() else None,
+        "knn_trials": args.knn_trials,
+        "knn_params": {k: asdict(v) for k, v in chosen.items()},
+        "blend": blended,
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -96,6 +118,7 @@ def main() -> None:
     ap.add_argument("--knn-only", action="store_true")
     ap.add_argument("--blend", action="store_true", help="also the tuned model + VSTAN")
     ap.add_argument("--blend-metric", default="mrr@20", help="picks the blend weight")
+    ap.add_argument("--results", help="also write docs/results/NAME.json (README: tuned)")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -113,15 +136,21 @@ def main() -> None:
     for name, source in (("default", args.default), ("tuned", args.tuned)):
         cfg = Config.from_sources(source, ["threads=1"])
         results[f"gru4rec-{name}"], models[name] = train_gru(name, cfg, train, test, vocab, out)
+    blended = None
     if args.blend:
         cfg = Config.from_sources(args.tuned, ["threads=1"])
         vstan = chosen["vstan"]
-        weight = blend_weight(train_events, cfg, vstan, args.valid_days, args.blend_metric)
+        weight, by_weight = blend_weight(
+            train_events, cfg, vstan, args.valid_days, args.blend_metric
+        )
+        blended = {"metric": args.blend_metric, "weight": weight, "by_weight": by_weight}
         knn = SequenceKNN(train, len(vocab), ends, chosen["vstan"])
         blend = BlendScorer(GRUScorer(models["tuned"]), knn, weight)
         name = f"gru4rec-tuned + {weight} vstan"
         results[name] = {**evaluate(blend, test, (1, 5, 10, 20)), "train_seconds": 0.0}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.results:
+        write_results(args.results, payload(args, chosen, blended, results, test))
     print(f"{test.n_events:,} test clicks -> {results['most-popular']['n_events']:,} predictions")
     print("| model | Recall@20 | MRR@20 | Recall@5 | MRR@5 | fit s |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -35,5 +35,5 @@ abi="cp${py_version/./}"
 "$python" -m pip download --quiet --disable-pip-version-check \
   --only-binary=:all: --implementation cp --python-version "$py_version" \
   --abi "$abi" --abi abi3 --abi none "${platforms[@]}" \
-  --dest "$dest" --requirement "$reqs"
+  --dest "$dest" --requirement "$reqs" --constraint "constraints/$group.txt"
 echo "container-wheels: $(find "$dest" -name '*.whl' | wc -l) wheels for $group (CPython $py_version) in $dest"

@@ -14,6 +14,7 @@
    failed on A is sent again to B), retried, p99 overall and per second around the kill,
    and errors by status code.
 Exit status 0 when no call was lost or failed. Every process is stopped on the way out.
+--results NAME also writes the figures to docs/results/NAME.json (the README's line: fault).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="callers, half per target")
     parser.add_argument("--deadline-ms", type=float, default=5000.0, help="per call")
     parser.add_argument("--json", action="store_true", help="the report as JSON")
+    parser.add_argument("--results", help="also write docs/results/NAME.json")
     args = parser.parse_args()
     if args.kill_after_s >= args.load_s:
         parser.error("--kill-after-s must come before the end of --load-s")
@@ -189,6 +191,11 @@ def main() -> int:
         print(json.dumps(result))
     else:
         print_report(result, args)
+    if args.results:
+        from provenance import write_results
+
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "results", "export")}
+        write_results(args.results, {"settings": settings, **result})
     return 0 if result["lost"] == 0 and not result["errors"] else 1
 
 

@@ -29,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from .online import OnlineConfig, OnlineModel
+from .ranker import FEATURES, OnlineRanker, RankerConfig
 
 SOURCE_MODEL, SOURCE_ONLINE = "model", "online"
+SCORERS = ("ranker", "mixture")
+_MODEL_FEATURES = frozenset(i for i, f in enumerate(FEATURES) if f.startswith("model_"))
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,13 @@ class BlendConfig:
     # items each side proposes: 50 lost 0.006 Recall@20 with hourly updates, 150 gained
     # 0.001 for half as much work again
     candidates: int = 100
+    # "ranker": ranker.OnlineRanker, the linear ranker whose weights learn from the next
+    # clicks (docs/online.md); "mixture": the fixed blend above (model_weight, stale_factor)
+    scorer: str = "ranker"
 
     def __post_init__(self) -> None:
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer={self.scorer!r} must be one of {SCORERS}")
         if not 0.0 <= self.model_weight <= 1.0 or not 0.0 <= self.stale_factor <= 1.0:
             raise ValueError("model_weight and stale_factor must be in [0, 1]")
         if self.candidates < 1:
@@ -129,10 +137,18 @@ class OnlineLayer:
     has not seen teaches only its last click (the earlier ones went to whichever replica
     served them). Requests without a session id teach their last click."""
 
-    def __init__(self, model: OnlineModel, config: BlendConfig, max_sessions: int = 100_000):
+    def __init__(
+        self,
+        model: OnlineModel,
+        config: BlendConfig,
+        max_sessions: int = 100_000,
+        ranker: RankerConfig | None = None,
+    ):
         self.model = model
         self.config = config
         self.max_sessions = max_sessions
+        # the default scorer; None with scorer="mixture"
+        self.ranker = OnlineRanker(model, ranker) if config.scorer == "ranker" else None
         self._seen: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (n, last click)
         # called with (session id, the session's clicks up to the one learnt, time) for each
         # click learnt: clickbus.ClickBus.publish shares it with the other replicas
@@ -157,6 +173,10 @@ class OnlineLayer:
         for i in range(start, n):
             prefix = clicks[: i + 1]
             self.model.learn(prefix, now)
+            if self.ranker is not None:
+                self.ranker.learn(prefix, now)
+                if session_id:  # the answer to clicks[:i] learns which source had clicks[i]
+                    self.ranker.feedback(session_id, i + 1, clicks[i])
             if self.on_learn is not None:
                 self.on_learn(session_id, prefix, now)
         return n - start
@@ -175,9 +195,49 @@ class OnlineLayer:
             if len(self._seen) > self.max_sessions:
                 self._seen.popitem(last=False)
         self.model.learn(recent, now)
+        if self.ranker is not None:
+            self.ranker.learn(recent, now)
         return True
 
     def propose(self, clicks: list[str], now: float, exclude: Collection[str]) -> Ranked:
         n = self.config.candidates
         ids, scores, _ = self.model.score(clicks, now, n, exclude, with_sources=False)
         return Ranked(ids, scores)
+
+    def answer(
+        self,
+        session_id: str,
+        clicks: list[str],
+        model_part: Ranked | None,
+        now: float,
+        exclude: Collection[str],
+        k: int,
+        stale: bool = False,
+    ) -> tuple[list[str], list[float], list[str]]:
+        """The k best items for the click after `clicks` at `now` (Unix seconds), with
+        scores and the side each owes most to (SOURCE_MODEL or SOURCE_ONLINE); never one in
+        `exclude`. model_part: the model's candidates with logits (already without the
+        excluded), None when the model does not answer; stale: the last click is unknown to
+        the model. The ranker keeps the answer for the session's next click; the mixture
+        scorer blends as blend() with model_weight (times stale_factor when stale)."""
+        if self.ranker is None:
+            online = self.propose(clicks, now, exclude)
+            if model_part is None:
+                ids, scores = online.ids[:k], online.scores[:k].tolist()
+                return ids, scores, [SOURCE_ONLINE] * len(ids)
+            weight = self.config.model_weight
+            weight *= self.config.stale_factor if stale else 1.0
+            return blend(model_part, online, k, weight)
+        model_ids = model_part.ids if model_part is not None else []
+        logits = model_part.scores if model_part is not None else None
+        ids, scores, top = self.ranker.rank(
+            model_ids, logits, clicks, now, k, exclude, stale, session_id
+        )
+        model_features = _MODEL_FEATURES
+        sources = [SOURCE_MODEL if f in model_features else SOURCE_ONLINE for f in top.tolist()]
+        return ids, scores.tolist(), sources
+
+    def report(self) -> dict:
+        """The ranker's weights by feature and sources' running hit rates (ranker.report());
+        {} for the mixture scorer."""
+        return self.ranker.report() if self.ranker is not None else {}

@@ -28,6 +28,7 @@ class ServiceConfig:
     host: str = "0.0.0.0"  # all interfaces: in a container the probes come from outside
     port: int = 50051  # gRPC; 0 = any free port (tests)
     metrics_port: int = 9090  # Prometheus /metrics over HTTP; 0 = any free port
+    metrics_host: str = ""  # address /metrics listens on; "" = the same as host
     device: str = "auto"  # cuda when usable, else cpu
     # session state cache: at 100 hidden units an entry takes about 1.3 KB (measured in
     # tests/service/test_sessions.py), so 100,000 sessions are about 130 MB; the byte bound
@@ -60,6 +61,20 @@ class ServiceConfig:
     # replicas share the clicks they learn through this Redis (clickbus.py); None: each
     # replica learns from its own calls only
     redis_url: str | None = None
+    # what the online layer may learn and recommend (catalogue.py, guard.py): the model's
+    # items and announced ones. PutItems needs a token; without one it answers UNIMPLEMENTED
+    catalogue_token: str | None = None  # prefer the file: a flag shows in the process list
+    catalogue_token_file: Path | None = None
+    catalogue_file: Path | None = None  # announced items, one a line; read on change
+    catalogue_max_items: int = 1_000_000  # about 150 MB of announced ids at most
+    catalogue_open: bool = False  # admit unannounced ids seen in enough sessions and clients
+    catalogue_open_min_sessions: int = 10
+    catalogue_open_min_clients: int = 3  # calls without x-client-id count as one client
+    # learning caps (guard.py): clicks one session may teach, and one x-client-id per window
+    learn_session_clicks: int = 50
+    learn_client_clicks: int = 20
+    learn_client_window_s: float = 60.0
+    learn_max_clients: int = 100_000  # clients whose windows are remembered
     reload_poll_s: float = 5.0  # how often the model path is checked for a new export; 0: off
     reuse_port: bool = False  # SO_REUSEPORT: off, so a second server on the port fails
     tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key turns on TLS
@@ -76,8 +91,12 @@ class ServiceConfig:
             problems.append(f"device={self.device!r} must be one of {', '.join(DEVICES)}")
         if self.cache_size < 0:
             problems.append(f"cache_size={self.cache_size} must be >= 0 (0 turns it off)")
-        positive = ("cache_mb", "cache_ttl_s", "max_clicks", "max_item_id_bytes", "max_batch")
-        positive += ("max_queue", "max_exclude", "max_candidates")
+        positive: tuple[str, ...] = ("cache_mb", "cache_ttl_s", "max_clicks", "max_item_id_bytes")
+        positive += ("max_batch",)
+        positive += ("max_queue", "max_exclude", "max_candidates", "catalogue_max_items")
+        positive += ("catalogue_open_min_sessions", "catalogue_open_min_clients")
+        positive += ("learn_session_clicks", "learn_client_clicks", "learn_client_window_s")
+        positive += ("learn_max_clients",)
         for name in positive:
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
@@ -92,6 +111,8 @@ class ServiceConfig:
             problems.append("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             problems.append("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if self.catalogue_token is not None and self.catalogue_token_file is not None:
+            problems.append("catalogue_token and catalogue_token_file: give one or neither")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log_level={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if problems:
@@ -125,6 +146,12 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
     "host": ("--host", "RECSYS_HOST", str, "address to listen on"),
     "port": ("--port", "RECSYS_PORT", int, "gRPC port"),
     "metrics_port": ("--metrics-port", "RECSYS_METRICS_PORT", int, "Prometheus HTTP port"),
+    "metrics_host": (
+        "--metrics-host",
+        "RECSYS_METRICS_HOST",
+        str,
+        "address /metrics listens on (default: --host)",
+    ),
     "device": ("--device", "RECSYS_DEVICE", str, "auto, cpu or cuda"),
     "cache_size": ("--cache-size", "RECSYS_CACHE_SIZE", int, "sessions kept; 0 = no cache"),
     "cache_mb": ("--cache-mb", "RECSYS_CACHE_MB", float, "memory the session cache may use"),
@@ -183,6 +210,72 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         "RECSYS_REDIS_URL",
         str,
         "share learnt clicks with the other replicas through this Redis, redis://HOST:6379/0",
+    ),
+    "catalogue_token": (
+        "--catalogue-token",
+        "RECSYS_CATALOGUE_TOKEN",
+        str,
+        "bearer token PutItems calls must carry; unset: PutItems is off",
+    ),
+    "catalogue_token_file": (
+        "--catalogue-token-file",
+        "RECSYS_CATALOGUE_TOKEN_FILE",
+        Path,
+        "file holding that token (e.g. a mounted secret)",
+    ),
+    "catalogue_file": (
+        "--catalogue-file",
+        "RECSYS_CATALOGUE_FILE",
+        Path,
+        "announced items, one a line, optional tab and expiry (Unix s); re-read on change",
+    ),
+    "catalogue_max_items": (
+        "--catalogue-max-items",
+        "RECSYS_CATALOGUE_MAX_ITEMS",
+        int,
+        "announced items held at most",
+    ),
+    "catalogue_open": (
+        "--catalogue-open",
+        "RECSYS_CATALOGUE_OPEN",
+        _flag,
+        "admit unannounced items once clicked in enough sessions and clients",
+    ),
+    "catalogue_open_min_sessions": (
+        "--catalogue-open-min-sessions",
+        "RECSYS_CATALOGUE_OPEN_MIN_SESSIONS",
+        int,
+        "distinct sessions that open an item",
+    ),
+    "catalogue_open_min_clients": (
+        "--catalogue-open-min-clients",
+        "RECSYS_CATALOGUE_OPEN_MIN_CLIENTS",
+        int,
+        "distinct x-client-ids that open an item (none sent: set 1)",
+    ),
+    "learn_session_clicks": (
+        "--learn-session-clicks",
+        "RECSYS_LEARN_SESSION_CLICKS",
+        int,
+        "clicks one session may teach the online layer",
+    ),
+    "learn_client_clicks": (
+        "--learn-client-clicks",
+        "RECSYS_LEARN_CLIENT_CLICKS",
+        int,
+        "clicks one x-client-id may teach per window",
+    ),
+    "learn_client_window_s": (
+        "--learn-client-window-s",
+        "RECSYS_LEARN_CLIENT_WINDOW_S",
+        float,
+        "seconds of that window",
+    ),
+    "learn_max_clients": (
+        "--learn-max-clients",
+        "RECSYS_LEARN_MAX_CLIENTS",
+        int,
+        "clients whose windows are remembered (least recent forgotten)",
     ),
     "reload_poll_s": (
         "--reload-poll-s",

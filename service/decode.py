@@ -1,6 +1,8 @@
 """Stage 1: decode and validate a request into a Query the later stages can trust.
 
-    query = decode_recommend(request, vocabulary, limits)   # raises InvalidRequest
+    query = decode_recommend(request, vocabulary, limits, client_id)   # raises InvalidRequest
+
+client_id is the call's x-client-id metadata ("" without), checked like the request's fields.
 
 Limits are checked before any per-id work, so an oversized request costs little; error
 messages quote at most a few ids, each shortened, so they stay far below gRPC's metadata
@@ -42,6 +44,8 @@ class Limits:
     max_exclude: int = 1000
     max_session_id_bytes: int = 256
     max_item_id_bytes: int = 128
+    max_client_id_bytes: int = 128  # x-client-id: a hash of a device or address
+    max_put_items: int = 1000  # PutItems items (and removals) per call: ~150 KB
 
 
 @dataclass(slots=True)
@@ -60,6 +64,7 @@ class Query:
     candidates: np.ndarray | None = None  # ScoreItems: (c,) known candidate indices
     unknown_candidates: list[str] | None = None
     bottom_k: int = 0  # least likely items to return too (Recommend only)
+    client_id: str = ""  # gRPC metadata x-client-id: whose learning is capped (guard.py)
 
 
 def quote(ids: Sequence[str]) -> str:
@@ -73,10 +78,11 @@ def quote(ids: Sequence[str]) -> str:
 
 
 def decode_recommend(
-    request: pb.RecommendRequest, index: Mapping[str, int], limits: Limits
+    request: pb.RecommendRequest, index: Mapping[str, int], limits: Limits, client_id: str = ""
 ) -> Query:
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
+    _check_client(client_id, limits)
     k = request.top_k or limits.default_top_k
     if not 1 <= k <= limits.max_top_k:
         raise InvalidRequest(
@@ -108,14 +114,16 @@ def decode_recommend(
         request.exclude_clicked,
         request.strict,
         bottom_k=request.bottom_k,
+        client_id=client_id,
     )
 
 
 def decode_score_items(
-    request: pb.ScoreItemsRequest, index: Mapping[str, int], limits: Limits
+    request: pb.ScoreItemsRequest, index: Mapping[str, int], limits: Limits, client_id: str = ""
 ) -> Query:
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
+    _check_client(client_id, limits)
     candidates = list(request.candidates)
     if not candidates:
         raise InvalidRequest(
@@ -140,7 +148,36 @@ def decode_score_items(
         request.strict,
         cand[ok],
         unknown_candidates,
+        client_id=client_id,
     )
+
+
+def decode_put_items(
+    request: pb.PutItemsRequest, limits: Limits
+) -> tuple[list[tuple[str, float]], list[str]]:
+    """((item id, expires_at) to announce, ids to withdraw) of a PutItems request; raises
+    InvalidRequest."""
+    items = [(item.item_id, item.expires_at) for item in request.items]
+    remove = list(request.remove_item_ids)
+    if not items and not remove:
+        raise InvalidRequest("items and remove_item_ids are both empty; send item ids")
+    for field, count in (("items", len(items)), ("remove_item_ids", len(remove))):
+        if count > limits.max_put_items:
+            raise InvalidRequest(
+                f"{field} has {count} entries; send at most {limits.max_put_items} per call"
+            )
+    ids = [item for item, _ in items]
+    _check_ids("items", ids, limits)
+    _check_ids("remove_item_ids", remove, limits)
+    bad = [item for item, expiry in items if not (expiry >= 0 and np.isfinite(expiry))]
+    if bad:
+        raise InvalidRequest(
+            f"items {quote(bad)} have an expires_at that is negative or not a number; send "
+            "Unix seconds, or 0 for no expiry"
+        )
+    if "" in ids:
+        raise InvalidRequest("an item_id is empty; every item needs its id")
+    return items, remove
 
 
 def lookup(ids: Sequence[str], index: Mapping[str, int]) -> np.ndarray:
@@ -178,6 +215,15 @@ def _check_session(session_id: str, clicks: list[str], limits: Limits) -> None:
             f"{limits.max_clicks} clicks of the session"
         )
     _check_ids("clicks", clicks, limits)
+
+
+def _check_client(client_id: str, limits: Limits) -> None:
+    size = len(client_id.encode())
+    if size > limits.max_client_id_bytes:
+        raise InvalidRequest(
+            f"the x-client-id metadata is {size} bytes long; send at most "
+            f"{limits.max_client_id_bytes} (a hash of the device or address)"
+        )
 
 
 def _check_count(field: str, ids: list[str], limit: int, what: str) -> None:

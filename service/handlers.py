@@ -6,11 +6,15 @@
 
 Each call is timed per pipeline stage into ServerStats. Requests that are not valid protobuf
 are answered INVALID_ARGUMENT by the handler, not failed inside gRPC's deserializer (which
-would log a traceback per call and answer INTERNAL).
+would log a traceback per call and answer INTERNAL). The metadata `x-client-id` names the
+client whose learning is capped (guard.py); PutItems needs `authorization: Bearer TOKEN`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import logging
 import time
 import uuid
@@ -20,7 +24,8 @@ from typing import Any
 import grpc
 
 from .batching import DeadlineExpired, Overloaded
-from .decode import InvalidRequest, NoKnownClicks
+from .catalogue import CatalogueFull
+from .decode import InvalidRequest, NoKnownClicks, decode_put_items
 from .metrics import ServerStats
 from .proto import recommender_pb2 as pb
 from .recommender import SOURCE_POPULARITY, Recommender, Result
@@ -34,11 +39,30 @@ _SOURCES = {
     "online": pb.SOURCE_ONLINE,
     "blend": pb.SOURCE_BLEND,
 }
+CLIENT_ID_KEY = "x-client-id"  # gRPC metadata: a hash of the device or address
+AUTHORIZATION_KEY = "authorization"  # PutItems: "Bearer <--catalogue-token>"
+# shutting down: a held refusal (hold_refusals) is answered after this long at the latest,
+# and this long before the call's deadline at the latest, so it never ends DEADLINE_EXCEEDED
+HOLD_REFUSAL_MAX_S = 1.0
+HOLD_DEADLINE_MARGIN_S = 0.05
+
+
+class NotConfigured(Exception):
+    """PutItems on a server without a catalogue token: gRPC UNIMPLEMENTED."""
+
+
+class Unauthenticated(Exception):
+    """PutItems without the right token: gRPC UNAUTHENTICATED."""
+
+
 _STATUS_OF = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NoKnownClicks: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CatalogueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotConfigured: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 _EXPECTED = tuple(_STATUS_OF)
 
@@ -63,12 +87,15 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 class Handlers:
     """recsys.v1.Recommender's methods over the current Recommender."""
 
-    def __init__(self, stats: ServerStats):
+    def __init__(self, stats: ServerStats, catalogue_token: str | None = None):
         self.stats = stats
         self.engine: Recommender | None = None  # set once a model is loaded
+        self.catalogue_token = catalogue_token  # PutItems' bearer token; None: it is off
         self.status = pb.StatusResponse()
-        self.closing = False  # shutting down: new calls are told to go elsewhere
-        self.in_flight = 0  # calls inside _answer now
+        self.closing = False  # shutting down: new calls are refused, UNAVAILABLE
+        self.in_flight = 0  # calls being answered now; refusals are not counted
+        self.last_refused = 0.0  # time.monotonic() when the latest refused call arrived
+        self._held: asyncio.Event | None = None  # refusals wait for it (hold_refusals)
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable, request: Any, response: Any) -> grpc.RpcMethodHandler:
@@ -84,6 +111,7 @@ class Handlers:
                 "Recommend": unary(self.recommend, pb.RecommendRequest, pb.RecommendResponse),
                 "ScoreItems": unary(self.score_items, pb.ScoreItemsRequest, pb.ScoreItemsResponse),
                 "Status": unary(self.get_status, pb.StatusRequest, pb.StatusResponse),
+                "PutItems": unary(self.put_items, pb.PutItemsRequest, pb.PutItemsResponse),
             },
         )
 
@@ -96,6 +124,83 @@ class Handlers:
     async def get_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self.status
 
+    async def put_items(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Announce or withdraw catalogue items (catalogue.py), with the bearer token."""
+        t0 = time.perf_counter()
+        code, message, response = grpc.StatusCode.OK, "", None
+        try:
+            self._authenticate(context)
+            engine = self.engine
+            if engine is None:
+                code, message = grpc.StatusCode.UNAVAILABLE, "model is loading; retry shortly"
+            else:
+                if request is UNDECODABLE:
+                    raise InvalidRequest("the request is not a valid recsys.v1.PutItemsRequest")
+                items, remove = decode_put_items(request, engine.limits)
+                now, catalogue = time.time(), engine.catalogue
+                added = catalogue.put(items, now)
+                removed = catalogue.remove(remove)
+                response = pb.PutItemsResponse(added=added, removed=removed,
+                                               announced=len(catalogue))  # fmt: skip
+        except _EXPECTED as err:
+            code, message = _STATUS_OF[type(err)], str(err)
+        except Exception:
+            log.exception("PutItems failed")
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        self.stats.record_call("PutItems", code.name, time.perf_counter() - t0)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return response
+
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        expected = self.catalogue_token
+        if not expected:
+            raise NotConfigured(
+                "PutItems is off on this server: start it with --catalogue-token-file FILE "
+                "(or RECSYS_CATALOGUE_TOKEN) to let the catalogue publisher announce items"
+            )
+        given = _metadata(context, AUTHORIZATION_KEY)
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Unauthenticated(
+                "PutItems needs the metadata 'authorization: Bearer <token>' with the "
+                "server's catalogue token"
+            )
+
+    def hold_refusals(self) -> None:
+        """From now on a refusal waits until release_refusals() (or its time is up) before
+        it answers: a caller that retries at once then waits on one call, and sends no new
+        one while gRPC's stop tells its connection to go away (a call that reaches gRPC
+        while it stops is CANCELLED, and CANCELLED is not retried). On the event loop."""
+        self._held = asyncio.Event()
+
+    def release_refusals(self) -> None:
+        """Answer the held refusals now, and later ones at once."""
+        if self._held is not None:
+            self._held.set()
+            self._held = None
+
+    async def _refuse(self, method: str, context: grpc.aio.ServicerContext, t0: float) -> None:
+        """Shutting down: UNAVAILABLE, with no work done and nothing learnt; held first while
+        hold_refusals() is on. Not counted in in_flight, so callers that retry cannot keep
+        the server from going quiet. Answered here rather than left to gRPC's own stop,
+        which cancels calls: CANCELLED is not retried by clients, UNAVAILABLE is."""
+        self.last_refused = time.monotonic()
+        held = self._held
+        if held is not None:
+            remaining = context.time_remaining()
+            hold = HOLD_REFUSAL_MAX_S
+            if remaining is not None:
+                hold = min(hold, remaining - HOLD_DEADLINE_MARGIN_S)
+            if hold > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(held.wait(), hold)
+        engine = self.engine
+        if engine is not None and engine.online is not None:
+            engine.guard.refused()
+        self.stats.record_call(method, "UNAVAILABLE", time.perf_counter() - t0)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "shutting down; retry elsewhere")
+
     async def _answer(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """decode -> session -> (queue, model) -> finish -> respond, each stage timed; every
         failure becomes a status code: nothing a request does may take the process down."""
@@ -103,13 +208,11 @@ class Handlers:
         t0 = time.perf_counter()
         engine = self.engine
         code, message, response = grpc.StatusCode.OK, "", None
+        if self.closing:
+            await self._refuse(method, context, t0)
         self.in_flight += 1
         try:
-            if self.closing:
-                # answered here, not left to gRPC's shutdown, which cancels calls that arrive
-                # while it stops: CANCELLED is not retried by clients, UNAVAILABLE is
-                code, message = grpc.StatusCode.UNAVAILABLE, "shutting down; retry elsewhere"
-            elif request is UNDECODABLE:
+            if request is UNDECODABLE:
                 stats.undecodable[method] = stats.undecodable.get(method, 0) + 1
                 raise InvalidRequest(
                     f"the request is not a valid recsys.v1.{method}Request (protobuf, strings "
@@ -119,21 +222,25 @@ class Handlers:
                 code, message = grpc.StatusCode.UNAVAILABLE, "model is loading; retry shortly"
             else:
                 scoring = method == "ScoreItems"
-                query = (engine.decode_score_items if scoring else engine.decode)(request)
+                client_id = _metadata(context, CLIENT_ID_KEY)
+                query = (engine.decode_score_items if scoring else engine.decode)(
+                    request, client_id
+                )
                 t_decoded = time.perf_counter()
                 now = time.time()
-                engine.learn(query, now)
-                t1 = time.perf_counter()
                 remaining = context.time_remaining()
                 deadline = time.monotonic() + remaining if remaining is not None else float("inf")
                 job = engine.prepare(query, deadline)
-                t2 = t3 = time.perf_counter()
+                t1 = t2 = time.perf_counter()
+                if job is not None:
+                    assert engine.batcher is not None
+                    await engine.batcher.submit(job)
+                    t2 = time.perf_counter()
+                engine.learn(query, now)  # answered from here on: a refused call never gets here
+                t3 = time.perf_counter()
                 if job is None:
                     result = engine.popularity(query, now)
                 else:
-                    assert engine.batcher is not None
-                    await engine.batcher.submit(job)
-                    t3 = time.perf_counter()
                     result = engine.finish(query, job, now)
                 t4 = time.perf_counter()
                 response = _response(method, result, engine.model.model_version)
@@ -144,9 +251,9 @@ class Handlers:
                     result.skipped_clicks,
                 )
                 stage["decode"] += t_decoded - t0
-                stage["learn"] += t1 - t_decoded
-                stage["session"] += t2 - t1
-                stage["model"] += t3 - t2  # queue wait and model run, from the call's side
+                stage["session"] += t1 - t_decoded
+                stage["model"] += t2 - t1  # queue wait and model run, from the call's side
+                stage["learn"] += t3 - t2
                 stage["finish"] += t4 - t3
                 stage["respond"] += time.perf_counter() - t4
         except _EXPECTED as err:
@@ -156,10 +263,21 @@ class Handlers:
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         finally:
             self.in_flight -= 1
+        if code is not grpc.StatusCode.OK and engine is not None and engine.online is not None:
+            engine.guard.refused()
         stats.record_call(method, code.name, time.perf_counter() - t0)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return response
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    """The call's text metadata value for key (lower case), "" when absent."""
+    for entry in context.invocation_metadata() or ():
+        if entry[0] == key:
+            value = entry[1]
+            return value if isinstance(value, str) else ""
+    return ""
 
 
 def _response(method: str, result: Result, model_version: str) -> Any:
@@ -181,7 +299,7 @@ def _response(method: str, result: Result, model_version: str) -> Any:
     if method == "ScoreItems":
         reply.unknown_candidates.extend(result.unknown_candidates)
     elif result.bottom_ids:
-        add, part = reply.bottom_items.add, _SOURCES[result.bottom_source]
+        add, bottom_source = reply.bottom_items.add, _SOURCES[result.bottom_source]
         for item, score in zip(result.bottom_ids, result.bottom_scores, strict=True):
-            add(item_id=item, score=score, source=part)
+            add(item_id=item, score=score, source=bottom_source)
     return reply

@@ -17,6 +17,14 @@ recsys_model_reloads_total{result}           reload attempts: ok / failed
 recsys_model_last_reload_ok / _timestamp_seconds
 recsys_clickbus_connected / _published_total / _applied_total / _dropped_total /
   _duplicates_total / _lag_seconds           the click bus (clickbus.py); with --redis-url only
+recsys_clicks_learnt_total                   clicks the online layer learnt from calls
+recsys_clicks_not_learnt_total{reason}       and those it did not, by the guard's reason
+                                             (guard.py: no_session, refused, unknown_item, ...)
+recsys_catalogue_items{source}               items that may be recommended: model, announced
+                                             (PutItems, --catalogue-file), open (on evidence)
+recsys_online_weight{feature}                the online ranker's learnt weights (ranker.py)
+recsys_online_source_hit_rate{source}        share of recent next clicks in a source's top 20
+recsys_online_feedback_total / _updates_total  next clicks seen for an answer / that taught
 
 The hot path only adds to plain Python numbers (ServerStats); a collector turns them into
 metric families when Prometheus scrapes, so a call pays no metric-library locks. The HTTP
@@ -28,6 +36,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -45,6 +54,7 @@ from .batching import BatchStats
 
 if TYPE_CHECKING:
     from .clickbus import BusStats  # clickbus imports Histogram from here
+    from .guard import LearnStats
 
 # a batched call takes about a millisecond; a queue or a long cold session tens
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -93,6 +103,11 @@ class ServerStats:
         self.cache_entries: Callable[[], int] = lambda: 0
         self.cache_bytes: Callable[[], int] = lambda: 0
         self.clickbus: BusStats | None = None  # the server sets it when the bus is on
+        self.learning: LearnStats | None = None  # the learning guard's counts (server)
+        self.catalogue_sizes: Callable[[], dict[str, int]] = dict  # items by source
+        # the online layer's report() (blend.OnlineLayer): the ranker's learnt weights and
+        # sources' hit rates; the server sets it when the layer is on
+        self.online_report: Callable[[], dict] = dict
 
     def record_call(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)
@@ -188,6 +203,46 @@ class _Collector(Collector):
                        reloads)  # fmt: skip
         if s.clickbus is not None:
             yield from _clickbus(s.clickbus)
+        if s.learning is not None:
+            yield from _learning(s.learning)
+        yield from _online(s.online_report())
+        catalogue = GaugeMetricFamily(
+            "recsys_catalogue_items", "Items that may be recommended, by source", labels=["source"]
+        )
+        for source, n in s.catalogue_sizes().items():
+            catalogue.add_metric([source], float(n))
+        yield catalogue
+
+
+def _online(report: dict) -> Iterator[Metric]:
+    """The ranker's weights and the sources' running hit rates (ranker.py), when it runs."""
+    if not report:
+        return
+    weights = GaugeMetricFamily("recsys_online_weight",
+                                "The online ranker's learnt weight of each feature",
+                                labels=["feature"])  # fmt: skip
+    for feature, value in report["weights"].items():
+        weights.add_metric([feature], float(value))
+    yield weights
+    hits = GaugeMetricFamily("recsys_online_source_hit_rate",
+                             "Share of recent next clicks each source had in its top 20",
+                             labels=["source"])  # fmt: skip
+    for source, value in report["hit_rate"].items():
+        hits.add_metric([source], float(value))
+    yield hits
+    yield _counter("recsys_online_feedback", "Next clicks that followed a kept answer", [],
+                   [((), report["feedback"])])  # fmt: skip
+    yield _counter("recsys_online_updates", "Next clicks that moved the ranker's weights", [],
+                   [((), report["updates"])])  # fmt: skip
+
+
+def _learning(learning: LearnStats) -> Iterator[Metric]:
+    yield _counter("recsys_clicks_learnt", "Request clicks the online layer learnt", [],
+                   [((), learning.learnt)])  # fmt: skip
+    reasons = [((reason,), n) for reason, n in learning.not_learnt.items()]
+    yield _counter("recsys_clicks_not_learnt",
+                   "Request clicks the online layer did not learn, by reason (guard.py)",
+                   ["reason"], reasons)  # fmt: skip
 
 
 def _clickbus(bus: BusStats) -> Iterator[Metric]:
@@ -217,8 +272,18 @@ def _counter(
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # a connection that sends half a request, or nothing, is dropped after this many seconds
+    # rather than holding its thread
+    timeout = 5.0
+
     def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
         pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection: a slow or idle scraper cannot hold up the next."""
+
+    daemon_threads = True
 
 
 class MetricsEndpoint:
@@ -240,7 +305,9 @@ class MetricsEndpoint:
                 return [b"only /metrics is served here\n"]
             return metrics_app(environ, start_response)
 
-        self._server = make_server(host, port, app, handler_class=_QuietHandler)
+        self._server = make_server(
+            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
         )

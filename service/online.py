@@ -59,6 +59,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 
 import numpy as np
@@ -87,8 +88,9 @@ class OnlineConfig:
     """Knobs of OnlineModel. Caps bound memory (bound_bytes()) and the cost of a call.
 
     Measured with tracemalloc (test_documented_bytes_per_item_and_per_transition; CPython
-    3.11, 8-character ids): 131 bytes per tracked item, 158 more once it has successors, 43
-    per transition; with w_knn > 0, about 390 per session of 5 clicks.
+    3.11, 8-character ids): 152 bytes per tracked item (its first-seen time included), 158
+    more once it has successors, 43 per transition; with w_knn > 0, about 390 per session
+    of 5 clicks.
 
     Weights, half-lives and smoothing: the best Recall@20 + MRR@20 (0.520, 0.251) of the 54
     runs of `scripts/bench_online.py --sweep` (seed 0, 30,000 sessions over 3 days). That
@@ -143,7 +145,7 @@ class OnlineConfig:
         """Most bytes OnlineModel can hold under these caps for ASCII ids of up to `id_chars`
         characters: every structure at SLACK x its cap, every container just grown."""
         slot = 120  # worst bytes per entry of a big dict just after it grew (3.11)
-        item = sys.getsizeof("x" * id_chars) + 4 * slot + 2 * _FLOAT
+        item = sys.getsizeof("x" * id_chars) + 5 * slot + 3 * _FLOAT
         item += 2 * 9  # its places in the two sweeps: a pointer in a deque block of 64
         item += sys.getsizeof({"x": 1.0})  # its successor dict, without entries
         succ = [sys.getsizeof(dict.fromkeys(map(str, range(n)), 0.0)) for n in range(1, 90)]
@@ -192,6 +194,7 @@ class OnlineModel:
         self._rates = (1.0 / c.half_life_s, 1.0 / c.transition_half_life_s)  # per second
         self._t0: list[float] = []  # reference times of the two clocks; set by the first learn
         self._pop: dict[str, float] = {}  # item -> decayed clicks (popularity clock)
+        self._born: dict[str, float] = {}  # item -> Unix time of its first click tracked
         self._pop_total = 0.0
         self._top: dict[str, float] = {}  # a superset of the popular_candidates most popular
         self._top_order: list[str] = []  # _top's keys, most popular first
@@ -221,6 +224,8 @@ class OnlineModel:
         with self._lock:
             g_pop, g = self._gains(t)
             x = self._ids.setdefault(items[-1], items[-1])
+            if x not in self._born:
+                self._born[x] = float(t)
             self._add_click(x, g_pop)
             # an untracked (evicted) previous click teaches nothing: only tracked items gain
             # transitions (an evicted item's list waits for the list sweep to drop it)
@@ -350,6 +355,7 @@ class OnlineModel:
         visited.remove(x)
         sweep.extend(visited)  # to the back: every item is visited once per cycle
         self._pop_total = max(self._pop_total - self._pop.pop(x), 0.0)
+        del self._born[x]
         self._str_bytes -= sys.getsizeof(self._ids.pop(x))
         sessions = self._index.pop(x, None)
         if sessions is not None:
@@ -521,6 +527,48 @@ class OnlineModel:
             mass += s * len(rec.items)
         return votes, (c.w_knn / mass if mass > 0 else 0.0)
 
+    # --- per-candidate statistics, for service/ranker.py ---
+
+    def candidate_ids(self, items: Sequence[str], n_popular: int) -> list[str]:
+        """Ids these statistics would propose after `items`: the successors of the last and
+        second-last click, then the n_popular most popular (duplicates possible)."""
+        with self._lock:
+            ids: list[str] = []
+            for back in (1, 2):
+                if len(items) >= back:
+                    ids.extend(self._succ.get(items[-back], ()))
+            ids.extend(self._top_order[:n_popular])
+            return ids
+
+    def lookup(
+        self, items: Sequence[str], t: float, ids: Sequence[str], pos: dict[str, int]
+    ) -> np.ndarray:
+        """(4, len(ids)) float64 rows for the click after `items` at Unix time t: T(c1, j) /
+        (out(c1) + smoothing), T(c2, j) / (out(c2) + smoothing) (the module docstring's
+        terms without their weights; 0 where none), P(j) / P(most popular) in [0, 1], and
+        the Unix time j was first clicked (NaN when untracked). pos: {id: its index in
+        ids}, so that successor lists are read, not looked up id by id. Changes nothing."""
+        n = len(ids)
+        out = np.zeros((4, n))
+        with self._lock:
+            idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
+            mu = self.config.smoothing * 2.0 ** min(idle, 1000.0)
+            for row, back in ((0, 1), (1, 2)):
+                if len(items) < back or (back == 2 and items[-2] == items[-1]):
+                    continue
+                succ = self._succ.get(items[-back])
+                if succ and self._out[items[-back]] + mu > 0:
+                    at = [(pos[j], v) for j, v in succ.items() if j in pos]
+                    if at:
+                        where, values = zip(*at, strict=True)
+                        out[row, list(where)] = values
+                        out[row] /= self._out[items[-back]] + mu
+            top = self._pop[self._top_order[0]] if self._top_order else 0.0
+            if top > 0:
+                out[2] = np.fromiter(map(self._pop.get, ids, repeat(0.0)), np.float64, n) / top
+            out[3] = np.fromiter(map(self._born.get, ids, repeat(np.nan)), np.float64, n)
+        return out
+
     # --- size ---
 
     def stats(self) -> dict[str, int]:
@@ -536,9 +584,10 @@ class OnlineModel:
     def memory_bytes(self) -> int:
         """Estimated bytes held (O(1); tests check it against tracemalloc within 25%)."""
         with self._lock:
-            tables: list[object] = [self._ids, self._pop, self._out, self._succ, self._index]
+            tables: list[object] = [self._ids, self._pop, self._born, self._out, self._succ]
+            tables.append(self._index)
             tables += [self._sessions, self._items_sweep, self._lists_sweep]
-            floats = len(self._pop) + len(self._out) + self._n_transitions
+            floats = 2 * len(self._pop) + len(self._out) + self._n_transitions
             return (
                 sum(map(sys.getsizeof, tables))
                 + sys.getsizeof(self._top)

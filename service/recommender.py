@@ -6,10 +6,11 @@
 
 A call goes through the stages in one direction:
     decode.py     decode and validate            -> Query
-    blend.py      the online layer learns the request's new clicks
     sessions.py   session state (cache resume)   -> Job
     inference.py  batched model run (batching.py gathers the jobs)
-    blend.py      online scores and the blend with the model
+    guard.py      the online layer learns the new clicks the guard lets through; only now,
+                  once the call will be answered: a refused call teaches nothing
+    blend.py      online scores and the blend with the model (catalogue items only)
     filters.py    exclusions and the cut to k    -> Result
 The server only translates messages around this; the replay evaluator calls it directly.
 """
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .batching import Batcher, BatchStats
-from .blend import SOURCE_ONLINE, OnlineLayer, Ranked, blend
+from .blend import SOURCE_ONLINE, OnlineLayer, Ranked
+from .catalogue import Catalogue
 from .decode import (
     InvalidRequest,
     Limits,
@@ -33,6 +35,7 @@ from .decode import (
     quote,
 )
 from .filters import bottom_k_excluding, order_candidates, top_k_excluding
+from .guard import LearningGuard
 from .inference import Job, run_jobs
 from .proto import recommender_pb2 as pb
 from .runtime import ExportedModel
@@ -42,6 +45,8 @@ SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
 SOURCE_BLEND = "blend"
 DEADLINE_MARGIN_S = 0.002  # what answering takes after the model ran
+# online answers asked again without the items found outside the catalogue, at most
+ADMIT_RETRIES = 3
 
 __all__ = ["InvalidRequest", "Limits", "NoKnownClicks", "Recommender", "Result"]
 
@@ -67,7 +72,8 @@ class Result:
 
 
 class Recommender:
-    """One model with its session cache, and the server's online layer if it has one;
+    """One model with its session cache, and the server's online layer if it has one with
+    the guard of what it learns (default: GuardConfig's rules over a closed catalogue);
     thread-unsafe by design (one event loop). use_model=False answers from the online layer
     alone (for comparisons)."""
 
@@ -79,12 +85,16 @@ class Recommender:
         prefix_s_per_click: float = 20e-6,
         online: OnlineLayer | None = None,
         use_model: bool = True,
+        guard: LearningGuard | None = None,
     ):
         self.model = model
         self.cache = cache
         self.limits = limits
         self.online = online
         self.use_model = use_model
+        # the server's guard and catalogue outlive model reloads, like its online layer
+        self.guard = LearningGuard() if guard is None else guard
+        self.catalogue: Catalogue = self.guard.catalogue
         # cost of one prefix click, to cut a cold prefix that would miss its deadline;
         # measured by warm_up()
         self.prefix_s_per_click = prefix_s_per_click
@@ -92,11 +102,11 @@ class Recommender:
 
     # --- stage 1: decode ---
 
-    def decode(self, request: pb.RecommendRequest) -> Query:
-        return decode_recommend(request, self.model.index, self.limits)
+    def decode(self, request: pb.RecommendRequest, client_id: str = "") -> Query:
+        return decode_recommend(request, self.model.index, self.limits, client_id)
 
-    def decode_score_items(self, request: pb.ScoreItemsRequest) -> Query:
-        return decode_score_items(request, self.model.index, self.limits)
+    def decode_score_items(self, request: pb.ScoreItemsRequest, client_id: str = "") -> Query:
+        return decode_score_items(request, self.model.index, self.limits, client_id)
 
     # --- the whole call ---
 
@@ -110,28 +120,56 @@ class Recommender:
 
     async def recommend(self, query: Query, deadline: float = float("inf")) -> Result:
         """The call through the batcher; raises batching.Overloaded / DeadlineExpired."""
+        now = time.time()
         job = self.prepare(query, deadline)
-        if job is None:
-            return self.popularity(query)
-        assert self.batcher is not None, "start_batching() first"
-        await self.batcher.submit(job)
-        return self.finish(query, job)
+        if job is not None:
+            assert self.batcher is not None, "start_batching() first"
+            await self.batcher.submit(job)
+        self.learn(query, now)
+        return self.popularity(query, now) if job is None else self.finish(query, job, now)
 
     def recommend_now(self, query: Query, now: float | None = None) -> Result:
         """The call run on its own, in this thread (replay, tools, tests). now: Unix seconds
         of the call (default: the clock), for the online layer."""
         now = time.time() if now is None else now
+        job = self.prepare(query)  # NoKnownClicks before anything is learnt
         self.learn(query, now)
-        job = self.prepare(query)
         if job is None:
             return self.popularity(query, now)
         run_jobs(self.model, [job])
         return self.finish(query, job, now)
 
-    def learn(self, query: Query, now: float) -> None:
-        """The online layer learns the request's clicks it has not seen (Unix seconds)."""
-        if self.online is not None:
-            self.online.learn(query.session_id, query.clicks, now)
+    def learn(self, query: Query, now: float) -> int:
+        """The online layer learns the new clicks of an answered call that the guard lets
+        through (now: Unix seconds); returns how many. Call it once the call can no longer
+        be refused."""
+        if self.online is None:
+            return 0
+        clicks = query.clicks
+        chosen = self.guard.select(query.session_id, clicks, query.client_id, now,
+                                   self.model.index)  # fmt: skip
+        for i, session_id in chosen:
+            self.online.learn(session_id, clicks[: i + 1], now)  # teaches click i alone
+        return len(chosen)
+
+    def _online_answer(
+        self, query: Query, model_part: Ranked | None, now: float, stale: bool = False
+    ) -> tuple[list[str], list[float], list[str]]:
+        """OnlineLayer.answer without items outside the catalogue (learnt from another
+        replica, expired or withdrawn since): asked again without those it returned."""
+        assert self.online is not None
+        index, admits = self.model.index, self.catalogue.admits
+        exclude = self._excluded_ids(query)
+        for _ in range(ADMIT_RETRIES):
+            ids, scores, sources = self.online.answer(
+                query.session_id, query.clicks, model_part, now, exclude, query.top_k, stale
+            )
+            outside = [item for item in ids if item not in index and not admits(item, now)]
+            if not outside:
+                return ids, scores, sources
+            exclude.update(outside)
+        keep = [i for i, item in enumerate(ids) if item in index or admits(item, now)]
+        return [ids[i] for i in keep], [scores[i] for i in keep], [sources[i] for i in keep]
 
     # --- stage 2: session state ---
 
@@ -205,11 +243,8 @@ class Recommender:
             ids = self.model.item_ids
             model_part = Ranked([ids[i] for i in items], np.asarray(logits))
             now = time.time() if now is None else now
-            online_part = self.online.propose(query.clicks, now, self._excluded_ids(query))
-            weight = self.online.config.model_weight
-            if query.unknown and query.clicks[-1] not in self.model.index:
-                weight *= self.online.config.stale_factor
-            top, blended, sources = blend(model_part, online_part, query.top_k, weight)
+            stale = bool(query.unknown) and query.clicks[-1] not in self.model.index
+            top, blended, sources = self._online_answer(query, model_part, now, stale)
             return Result(
                 top, blended, SOURCE_BLEND, sources, query.unknown, [], cache, job.skipped
             )
@@ -243,9 +278,8 @@ class Recommender:
         model = self.model
         if self.online is not None and query.candidates is None:
             now = time.time() if now is None else now
-            part = self.online.propose(query.clicks, now, self._excluded_ids(query))
-            if part.ids:
-                ids, scores = part.ids[: query.top_k], part.scores[: query.top_k].tolist()
+            ids, scores, _ = self._online_answer(query, None, now)
+            if ids:
                 return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
         if query.candidates is not None:
             counts = model.popularity[query.candidates].astype(np.float32)

@@ -24,6 +24,7 @@ neither.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -165,6 +166,8 @@ class ExportedModel:
             )
         if providers[0] == CUDA and got != CUDA:
             log.warning("a CUDA device is present but onnxruntime could not use it; on CPU")
+        model = cls(session, item_ids, popularity, info, prefix)
+        _check_integrity(root, model)
         log.info(
             "model %s: %d items, state %d, onnxruntime %s on %s, %s",
             info.model_version,
@@ -174,7 +177,7 @@ class ExportedModel:
             got,
             "prefix graph" if prefix is not None else f"no {PREFIX_FILE}: prefixes step by step",
         )
-        return cls(session, item_ids, popularity, info, prefix)
+        return model
 
     def zero_state(self, batch: int = 1) -> np.ndarray:
         """The state of a session before its first click, (batch, S) float32."""
@@ -276,6 +279,48 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
             f"{path}: onnxruntime {ort.__version__} cannot load it ({err}); "
             "re-export it with this project's `python -m training export`"
         ) from err
+
+
+def _check_integrity(root: Path, model: ExportedModel) -> None:
+    """Refuse an export whose files were not written together: each file's sha256 must be
+    the one metadata.json recorded at export (`files`, and `onnx.sha256` for model.onnx),
+    and the graph must score exactly the items of items.txt. A graph of another size beside
+    the right lists would answer with wrong ids or fail on every call that reaches past it."""
+    recorded = {MODEL_FILE: (model.info.raw.get("onnx") or {}).get("sha256")}
+    recorded.update(model.info.raw.get("files") or {})
+    for name, digest in recorded.items():
+        path = root / name
+        if digest is None or not path.is_file():
+            continue
+        if _sha256(path) != digest:
+            raise ModelLoadError(
+                f"{path}: its sha256 is not the one {METADATA_FILE} recorded at export; the "
+                "directory mixes files of different exports: export the model again into an "
+                "empty directory"
+            )
+    last = np.array([model.n_items - 1], dtype=np.int64)
+    try:
+        scores, state = model.scores(last, model.zero_state(1))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelLoadError(
+            f"{root / MODEL_FILE}: the graph cannot score item {model.n_items - 1}, the last of "
+            f"the {model.n_items} in {ITEMS_FILE} ({err}); the graph and the lists come from "
+            "different exports"
+        ) from err
+    if scores.shape != (1, model.n_items) or state.shape != (1, model.state_size):
+        raise ModelLoadError(
+            f"{root / MODEL_FILE}: the graph scores {scores.shape[-1]} items with a state of "
+            f"{state.shape[-1]}, but {ITEMS_FILE} and {METADATA_FILE} say {model.n_items} items "
+            f"and {model.state_size}; the graph and the lists come from different exports"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_metadata(root: Path) -> ExportInfo:

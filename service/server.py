@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Coroutine
@@ -27,9 +28,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .blend import BlendConfig, OnlineLayer, online_config_for
+from .catalogue import Catalogue, CatalogueConfig, read_catalogue_file
 from .clickbus import ClickBus
 from .config import ServiceConfig
 from .decode import Limits
+from .guard import GuardConfig, LearningGuard
 from .handlers import SERVICE_NAME, Handlers
 from .metrics import MetricsEndpoint, ServerStats
 from .online import OnlineModel
@@ -40,8 +43,16 @@ from .runtime import ExportedModel, ModelLoadError
 from .sessions import SessionCache
 
 log = logging.getLogger(__name__)
-# on shutdown, how long no call may have been in flight before gRPC itself stops
+# on shutdown, once the calls in flight have answered: how long no new call may have come
+# in (every caller that retries then waits on a held refusal) before gRPC itself stops; and
+# how long that is waited for at most (callers with deadlines under a second keep coming)
 REFUSE_QUIET_S = 0.2
+REFUSE_QUIET_WAIT_MAX_S = 1.0
+# how long after gRPC's stop began (GOAWAY sent, listener closed) the held refusals answer:
+# callers hear the GOAWAY first and retry on a new connection, which is refused, UNAVAILABLE
+GOAWAY_S = 0.1
+# gRPC's stop gets at least this long, so that held refusals answer rather than be cancelled
+STOP_GRACE_MIN_S = 1.0
 
 T = TypeVar("T")
 
@@ -56,6 +67,10 @@ class RecommendationServer:
         self.metrics = MetricsEndpoint(self.stats)
         self.source = ModelSource(config.model_dir)
         self.online = make_online_layer(config)  # outlives model reloads
+        self.guard = make_guard(config)  # so do what it learnt and the catalogue
+        self.catalogue = self.guard.catalogue
+        self.stats.learning = self.guard.stats
+        self._catalogue_file_mtime: float | None = None
         self.bus: ClickBus | None = None  # shares self.online's clicks (--redis-url)
         self.port = 0
         self.metrics_port = 0
@@ -119,6 +134,8 @@ class RecommendationServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        self.handlers.catalogue_token = _catalogue_token(cfg)
+        self._refresh_catalogue()  # raises OSError / ValueError for a bad file
         address = _join(cfg.host, cfg.port)
         try:
             if cfg.tls_cert is not None:
@@ -131,7 +148,7 @@ class RecommendationServer:
             raise OSError(f"cannot listen on {address}; is the port in use?")
         await server.start()
         self._server = server
-        self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+        self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         tls = " (TLS)" if cfg.tls_cert else ""
         log.info("gRPC on %s%s, metrics on port %d", _join(cfg.host, self.port), tls,
                  self.metrics_port)  # fmt: skip
@@ -167,6 +184,10 @@ class RecommendationServer:
         }
         self.stats.cache_entries = engine.cache.__len__
         self.stats.cache_bytes = lambda: engine.cache.nbytes
+        if self.online is not None:  # the ranker's weights and hit rates, in /metrics
+            self.stats.online_report = self.online.report
+        catalogue = self.catalogue
+        self.stats.catalogue_sizes = lambda: {"model": model.n_items, **catalogue.sizes()}
         self.handlers.status = pb.StatusResponse(
             model_version=model.model_version,
             model_dir=str(self.source.resolved()),
@@ -195,7 +216,7 @@ class RecommendationServer:
             max_exclude=cfg.max_exclude,
             max_item_id_bytes=cfg.max_item_id_bytes,
         )
-        engine = Recommender(model, cache, limits, online=self.online)
+        engine = Recommender(model, cache, limits, online=self.online, guard=self.guard)
         engine.warm_up()
         return engine
 
@@ -217,6 +238,27 @@ class RecommendationServer:
                 await self._reload(force=False)
             except Exception:  # the watcher must survive anything a bad export does
                 log.exception("model watcher")
+            try:
+                self._refresh_catalogue()
+            except (OSError, ValueError) as err:
+                log.error("catalogue file rejected, the items read before stay: %s", err)
+
+    def _refresh_catalogue(self) -> None:
+        """Drop expired items; re-read --catalogue-file when it changed. Raises OSError or
+        ValueError for a file that cannot be used (nothing is changed then)."""
+        now = time.time()
+        self.catalogue.expire(now)
+        path = self.config.catalogue_file
+        if path is None:
+            return
+        mtime = path.stat().st_mtime
+        if mtime == self._catalogue_file_mtime:
+            return
+        items = read_catalogue_file(path, self.config.max_item_id_bytes)
+        added, removed = self.catalogue.replace_file_items(items, now)
+        self._catalogue_file_mtime = mtime
+        log.info("catalogue file %s: %d items, %d new, %d withdrawn", path, len(items), added,
+                 removed)  # fmt: skip
 
     def _record_reload(self, ok: bool, message: str, signature: object) -> None:
         self.stats.reloads["ok" if ok else "failed"] += 1
@@ -229,20 +271,37 @@ class RecommendationServer:
         status.last_reload_at = self.stats.last_reload_at
         self.handlers.status = status
 
-    async def _refuse_then_wait(self, grace: float) -> None:
+    async def _refuse_then_wait(self, grace: float) -> float:
         """New calls get UNAVAILABLE from the handlers; wait (at most grace) until the calls
-        in flight have answered and callers have had a moment to hear the refusal."""
-        self.handlers.closing = True
+        in flight have answered, then hold refusals until no new call has come in for
+        REFUSE_QUIET_S (at most REFUSE_QUIET_WAIT_MAX_S). Returns the grace for gRPC's own
+        stop: 0 (cancel at once) when the grace ran out with calls still in flight."""
+        handlers = self.handlers
+        handlers.closing = True
         deadline = time.monotonic() + grace
-        quiet_since = None
-        while time.monotonic() < deadline:
-            if self.handlers.in_flight == 0:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= REFUSE_QUIET_S:
-                    return
-            else:
-                quiet_since = None
+        while handlers.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if grace <= 0 or handlers.in_flight > 0:
+            return 0.0
+        handlers.hold_refusals()
+        holding_since = time.monotonic()
+        while time.monotonic() < min(deadline, holding_since + REFUSE_QUIET_WAIT_MAX_S):
+            if time.monotonic() - max(holding_since, handlers.last_refused) >= REFUSE_QUIET_S:
+                break
+            await asyncio.sleep(0.01)
+        return max(deadline - time.monotonic(), STOP_GRACE_MIN_S)
+
+    async def _stop_grpc(self, server: grpc.aio.Server, grace: float) -> None:
+        """gRPC's own stop: listener closed, GOAWAY on every connection, calls that reach it
+        from now on cancelled. The held refusals answer once callers have heard the GOAWAY."""
+        if grace <= 0:
+            self.handlers.release_refusals()
+            await server.stop(0)
+            return
+        stopping = asyncio.ensure_future(server.stop(grace))
+        await asyncio.sleep(GOAWAY_S)
+        self.handlers.release_refusals()
+        await stopping
 
     async def _stop(self, grace: float, drain: float) -> None:
         self.stats.model_loaded = 0.0
@@ -255,8 +314,10 @@ class RecommendationServer:
                 log.info("shutting down: still taking calls for %.1f s", drain)
                 await asyncio.sleep(drain)
             log.info("shutting down: in-flight calls get up to %.1f s", grace)
-            await self._refuse_then_wait(grace)
-            await self._server.stop(grace)
+            t0 = time.monotonic()
+            await self._stop_grpc(self._server, await self._refuse_then_wait(grace))
+            log.info("gRPC stopped %.2f s after new calls were first refused",
+                     time.monotonic() - t0)  # fmt: skip
             self._server = None
         engine = self.handlers.engine
         if engine is not None and engine.batcher is not None:
@@ -275,6 +336,39 @@ def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
     return OnlineLayer(OnlineModel(settings), blend, max_sessions=max(cfg.cache_size, 1))
 
 
+def make_guard(cfg: ServiceConfig) -> LearningGuard:
+    catalogue = Catalogue(
+        CatalogueConfig(
+            max_items=cfg.catalogue_max_items,
+            open=cfg.catalogue_open,
+            open_min_sessions=cfg.catalogue_open_min_sessions,
+            open_min_clients=cfg.catalogue_open_min_clients,
+        )
+    )
+    settings = GuardConfig(
+        session_clicks=cfg.learn_session_clicks,
+        client_clicks=cfg.learn_client_clicks,
+        client_window_s=cfg.learn_client_window_s,
+        max_sessions=max(cfg.cache_size, 1),  # as the online layer's session records
+        max_clients=cfg.learn_max_clients,
+    )
+    return LearningGuard(settings, catalogue)
+
+
+def _catalogue_token(cfg: ServiceConfig) -> str | None:
+    """PutItems' token from --catalogue-token or its file (None: PutItems is off); raises
+    OSError for an unreadable file, ValueError for an empty one."""
+    if cfg.catalogue_token_file is None:
+        return cfg.catalogue_token or None
+    try:
+        token = cfg.catalogue_token_file.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise OSError(f"cannot read the catalogue token file: {err}") from err
+    if not token:
+        raise ValueError(f"the catalogue token file {cfg.catalogue_token_file} is empty")
+    return token
+
+
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop when installed (the serve extras install it), else asyncio's."""
     try:
@@ -291,6 +385,14 @@ def _tls_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials:
         client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
     except OSError as err:
         raise OSError(f"cannot read a TLS file: {err}") from err
+    try:  # grpc would only fail at the port, with a message about the address
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except ssl.SSLError as err:
+        raise ValueError(
+            f"TLS certificate {cfg.tls_cert} and key {cfg.tls_key} cannot be used together "
+            f"({err.reason or err}): give the certificate's own private key, both PEM "
+            "(--tls-cert / --tls-key)"
+        ) from err
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

@@ -1,11 +1,16 @@
-"""Shared fixtures: small synthetic sessions with real sequential structure."""
+"""Shared fixtures: small synthetic sessions with real sequential structure; `tool` for
+external tools (tests/tools.py: skipped locally, failed on CI when missing); and the `gpu`
+marker, which skips without CUDA, on CI too (CI machines have no GPU)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
+from tests.tools import require_tool
 from training.data import Sessions
 
 # The models in the tests are tiny: a second intra-op thread only adds synchronisation, and
@@ -39,3 +44,19 @@ def markov_sessions(n_items: int, n_sessions: int, seed: int, follow: float = 0.
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def tool() -> Callable[[str], str]:
+    """`tool("hadolint")` -> absolute path, or skip (fail on CI); see tests/tools.py."""
+    return require_tool
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip cleanly where CUDA is not available, CI included."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu; CI machines have none)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

@@ -3,9 +3,13 @@
 Commands: generate, split, train, tune, update, evaluate, baselines, report, export, parity.
 
 python -m training generate --out data/demo [--churn --days 10 --new-items-per-day 300]
+python -m training generate --profile news --out data/news [--days 6 --seed 0 --scale 1]
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
 python -m training tune --train data/demo/train.tsv --out runs/tune --trials 20
 python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
+python -m training.users --out data/u   # synthetic users (UserId column), then HRNN:
+python -m training train --train data/u/train.tsv --out runs/hrnn --param architecture=hrnn
+python -m training evaluate --model runs/hrnn --test data/u/test.tsv --history data/u/train.tsv
 python -m training update --model runs/demo --train data/day6.tsv --out runs/demo-day6
 """
 
@@ -17,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DataError
+from .data import USER, DataError
 
 
 def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-key", default="SessionId", help="session id column")
     p.add_argument("--item-key", default="ItemId", help="item id column")
     p.add_argument("--time-key", default="Time", help="time column (Unix seconds)")
+    p.add_argument("--user-key", default="UserId", help="user id column, kept when present")
 
 
 def _add_cutoffs(p: argparse.ArgumentParser) -> None:
@@ -33,7 +38,21 @@ def _add_cutoffs(p: argparse.ArgumentParser) -> None:
 def _read(path: str, args: argparse.Namespace):
     from .data import read_events
 
-    return read_events(path, args.session_key, args.item_key, args.time_key)
+    return read_events(path, args.session_key, args.item_key, args.time_key, args.user_key)
+
+
+def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512, ties=None):
+    """evaluate_users' figures: the test users' history (a frame or None; clicks on unknown
+    items dropped) builds their state first (HRNN); "returning" covers the targets of users
+    who had an earlier session."""
+    from .data import ITEM
+    from .user_batching import UserSessions, with_history
+    from .user_evaluate import evaluate_users, scorer_for
+
+    if history is not None:
+        history = history[history[ITEM].isin(vocab.index)]
+    plan = UserSessions.from_events(with_history(test, history), vocab, unknown, source)
+    return evaluate_users(scorer_for(model), plan, cutoffs, batch, ties or "conservative")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -41,6 +60,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .data import read_events
     from .synthetic import generate_to_dir
 
+    if args.profile is not None:
+        _generate_profile(args)
+        return
+    if args.scale is not None:
+        raise ValueError("--scale goes with --profile")
     extra: dict = {} if args.days is None else {"days": args.days}
     if args.churn:
         defaults = Churn()
@@ -61,6 +85,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.churn:
         share = new_item_share(read_events(paths["events"]))
         print(f"last day: {share:.1%} of next clicks are on items first seen that day")
+
+
+def _generate_profile(args: argparse.Namespace) -> None:
+    from .data import read_events
+    from .profiles import profile_to_dir
+
+    if args.churn or args.items is not None or args.sessions is not None:
+        raise ValueError("--profile sets the sizes and churn itself; use --scale and --days")
+    days = _or(args.days, 6.0)
+    scale = _or(args.scale, 1.0)
+    paths = profile_to_dir(args.out, args.profile, days, args.seed, scale, args.test_days)
+    print(f"wrote {args.out}/events.tsv, items.tsv, train.tsv, test.tsv ({args.profile})")
+    if args.profile == "news":
+        train, test = read_events(paths["train"]), read_events(paths["test"])
+        targets = test[test.groupby("SessionId").cumcount() > 0].ItemId
+        unseen = float((~targets.isin(set(train.ItemId))).mean())
+        print(f"test: {len(test):,} clicks; {unseen:.1%} of next clicks on items unseen before")
 
 
 def _or(value, default):
@@ -99,7 +140,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     train.check_min_length(args.train)
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
-    model, history = fit(train, len(vocab), cfg, progress=not args.quiet)
+    if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions
+        from .hrnn_fit import fit_hrnn
+        from .user_batching import UserSessions
+
+        plan = UserSessions.from_events(events, vocab, source=args.train)
+        model, history = fit_hrnn(plan, len(vocab), cfg, progress=not args.quiet)
+    else:
+        model, history = fit(train, len(vocab), cfg, progress=not args.quiet)
     if rank is not None and not rank.is_main:
         return  # the ranks' models are the same; rank 0 evaluates and writes it
     meta = {
@@ -114,9 +162,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if args.test:
-        test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
-        meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
-        print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
+        if cfg.architecture == "hrnn":  # the training clicks are the users' history
+            test_events = _read(args.test, args)
+            result = _with_users(model, test_events, events, vocab, "drop", args.test, args.cutoffs)
+            meta["evaluation"] = result
+            print(format_table({"hrnn": result, "returning": result["returning"]}, args.cutoffs))
+        else:
+            test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
+            meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
+            print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
     popularity = item_popularity(train, len(vocab))
     save_model(args.out, model, cfg, vocab, popularity, meta, history.optimizer_state)
     print(f"saved {args.out}/model.pt")
@@ -154,12 +208,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     trained = load_model(args.model, device=args.device)
     unknown = "drop" if args.drop_unknown else "error"
-    test = Sessions.from_events(_read(args.test, args), trained.vocab, unknown, args.test)
-    test.check_min_length(args.test)
-    result = evaluate(
-        GRUScorer(trained.model), test, args.cutoffs, args.batch_size, args.tie_mode, True
-    )
-    print(format_table({args.model: result}, args.cutoffs))
+    events = _read(args.test, args)
+    if args.history or (trained.config.architecture == "hrnn" and USER in events.columns):
+        history = _read(args.history, args) if args.history else None
+        result = _with_users(
+            trained.model, events, history, trained.vocab, unknown, args.test, args.cutoffs,
+            args.batch_size, args.tie_mode,
+        )  # fmt: skip
+        print(format_table({args.model: result, "returning": result["returning"]}, args.cutoffs))
+        print(f"{result['returning']['n_events']:,} predictions for returning users")
+    else:
+        test = Sessions.from_events(events, trained.vocab, unknown, args.test)
+        test.check_min_length(args.test)
+        result = evaluate(
+            GRUScorer(trained.model), test, args.cutoffs, args.batch_size, args.tie_mode, True
+        )
+        print(format_table({args.model: result}, args.cutoffs))
     print(f"{result['n_events']:,} predictions, ties counted as: {args.tie_mode}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -245,7 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--items", type=int, default=None, help="catalogue size (with --churn: the stock)"
     )
     p.add_argument("--sessions", type=int, default=None)
-    p.add_argument("--days", type=float, default=None, help="days of clicks (default 14)")
+    p.add_argument(
+        "--profile",
+        choices=["news", "shop"],
+        default=None,
+        help="a real log's shape (training/profiles.py); every test click kept",
+    )
+    p.add_argument("--scale", type=float, default=None, help="with --profile: size, 1 = full")
+    p.add_argument(
+        "--days", type=float, default=None, help="days of clicks (default 14; profiles: 6)"
+    )
     p.add_argument("--test-days", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -302,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-unknown", action="store_true", help="skip clicks on unknown items")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--history", help="earlier clicks with user ids: build users' state (HRNN) first"
+    )
     _add_columns(p)
     p.set_defaults(func=cmd_evaluate)
 

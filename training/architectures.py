@@ -1,9 +1,9 @@
-"""Which network a Config asks for: GRU4Rec, its Bloom-compressed variant, or a p-RNN.
+"""Which network a Config asks for: GRU4Rec, its Bloom-compressed variant, a p-RNN or HRNN.
 
     model = build_model(n_items, cfg)                  # a gru.SessionModel
     model = build_model(n_items, cfg, state_dict)      # rebuilding a saved model
 
-The one module that knows all three, so the model modules need not know each other.
+The one module that knows them all, so the model modules need not know each other.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from .bloom import BloomGRU4Rec
 from .config import Config
 from .gru import SessionModel
+from .hrnn import HRNN
 from .model import GRU4Rec
 from .prnn import PRNN
 
@@ -31,6 +32,8 @@ def build_model(
         )
     if cfg.bloom_bits > 0:
         return BloomGRU4Rec(n_items, cfg)
+    if cfg.architecture == "hrnn":  # its user GRU needs user-parallel batches (hrnn_fit.py)
+        return HRNN(n_items, cfg)
     if cfg.architecture != "id":
         features = state_dict.get("item_features") if state_dict is not None else None
         return PRNN(n_items, cfg, features=features)

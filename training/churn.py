@@ -23,10 +23,13 @@ to items that first appear that day.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from . import libm
 
 DAY = 86_400.0
 HOUR = 3_600.0
@@ -79,7 +82,9 @@ def draw_lifetimes(
     released = start + rng.random(n_new) * days * DAY
     release = np.concatenate([np.full(n_stock, start - DAY), released])
     drawn = (
-        churn.half_life_hours * HOUR * np.exp(churn.half_life_spread * rng.standard_normal(n_new))
+        churn.half_life_hours
+        * HOUR
+        * libm.apply(math.exp, churn.half_life_spread * rng.standard_normal(n_new))
     )
     half_life = np.concatenate(
         [np.full(n_stock, np.inf), np.clip(drawn, MIN_HALF_LIFE, MAX_HALF_LIFE)]
@@ -92,8 +97,11 @@ def interest(
 ) -> np.ndarray:
     """Lifetime curve c(t - release) in [0, 1), (len(times), n_items); exactly 0 before release."""
     age = times[:, None] - release[None, :]
-    grown = -np.expm1(-np.maximum(age, 0.0) / (churn.rise_hours * HOUR))
-    decayed = churn.floor + (1.0 - churn.floor) * np.exp2(-np.maximum(age, 0.0) / half_life)
+    # libm: numpy's SIMD expm1 / exp2 differ in the last bit on AVX-512 CPUs (training.libm)
+    grown = -libm.apply(math.expm1, -np.maximum(age, 0.0) / (churn.rise_hours * HOUR))
+    decayed = churn.floor + (1.0 - churn.floor) * libm.apply(
+        math.exp2, -np.maximum(age, 0.0) / half_life
+    )
     return np.where(age > 0, grown * decayed, 0.0)
 
 

@@ -57,10 +57,17 @@ class Config:
     # (not k rows); False = the paper's plain sum, which loses accuracy (docs/bloom.md)
     bloom_item_step: bool = True
     # --- p-RNN image features (Hidasi et al. 2016); "" = ID-only ---
-    architecture: str = "id"  # "id", "feature", "concat" or "parallel"
+    architecture: str = "id"  # "id", "feature", "concat", "parallel"; "hrnn" (below)
     strategy: str = "simultaneous"  # "simultaneous", "alternating", "residual", "interleaving"
     features: str = ""  # path to a .npy of per-item features in vocabulary order
     feature_layers: tuple[int, ...] = field(default=(100,))
+    # --- HRNN (Quadrana et al. 2017), architecture="hrnn": a user-level GRU over sessions ---
+    user_layer: int = 100  # units of the user GRU, one layer (the paper: 100 like the session's)
+    # "init": the user state initialises the next session; "all": it is also a GRU input at
+    # every step of that session (the paper's HRNN All)
+    user_propagation: str = "init"
+    dropout_p_user: float = 0.0  # on the user GRU's output; the reference's default (tuned per set)
+    dropout_p_init: float = 0.0  # on the session initialisation tanh(W_init c + b_init)
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,7 +81,9 @@ class Config:
             problems.append(f"batch_size={self.batch_size} must be positive")
         if self.n_sample < 0 or self.embedding < 0 or self.n_epochs < 0:
             problems.append("n_sample, embedding and n_epochs must not be negative")
-        for name in ("dropout_p_embed", "dropout_p_hidden"):
+        if self.user_propagation not in ("init", "all") or self.user_layer <= 0:
+            problems.append("user_propagation must be init or all, user_layer positive")
+        for name in ("dropout_p_embed", "dropout_p_hidden", "dropout_p_user", "dropout_p_init"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.learning_rate <= 0:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 SESSION, ITEM, TIME = "SessionId", "ItemId", "Time"
+USER = "UserId"  # optional: whose session it is (training.user_batching, HRNN)
 DAY = 86_400.0
 
 
@@ -26,8 +27,10 @@ def read_events(
     session_key: str = SESSION,
     item_key: str = ITEM,
     time_key: str = TIME,
+    user_key: str | None = None,
 ) -> pd.DataFrame:
-    """Read a click log into columns SessionId (str), ItemId (str), Time (float64)."""
+    """Read a click log into columns SessionId (str), ItemId (str), Time (float64), and
+    UserId (str) when `user_key` names a column the file has (users are optional)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -38,7 +41,8 @@ def read_events(
         df = pd.read_parquet(path)
     else:
         sep = "," if path.suffix == ".csv" else "\t"
-        df = pd.read_csv(path, sep=sep, dtype={session_key: str, item_key: str})
+        dtypes = {session_key: str, item_key: str, **({user_key: str} if user_key else {})}
+        df = pd.read_csv(path, sep=sep, dtype=dtypes)
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise DataError(
@@ -46,13 +50,20 @@ def read_events(
             f"{', '.join(map(str, df.columns))}. Name the columns with "
             "--session-key/--item-key/--time-key."
         )
-    df = df[wanted].rename(columns={session_key: SESSION, item_key: ITEM, time_key: TIME})
+    with_user = user_key is not None and user_key in df.columns
+    renames = {session_key: SESSION, item_key: ITEM, time_key: TIME, user_key: USER}
+    df = df[wanted + ([user_key] if with_user else [])].rename(columns=renames)
     if df.empty:
         raise DataError(f"{path}: the file has a header but no clicks")
     _check_values(df, path)
     df[SESSION] = df[SESSION].astype(str)
     df[ITEM] = df[ITEM].astype(str)
     df[TIME] = pd.to_numeric(df[TIME]).astype("float64")
+    if with_user:
+        if df[USER].isna().any():
+            line = int(np.argmax(df[USER].isna().to_numpy())) + 2
+            raise DataError(f"{path}, line {line}: empty {USER}")
+        df[USER] = df[USER].astype(str)
     return df.reset_index(drop=True)
 
 

@@ -100,6 +100,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
         (out / PREFIX_FILE).write_bytes(prefix.SerializeToString())
     meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest())
     meta["prefix_graph"] = None if prefix is None else PREFIX_FILE
+    # the service refuses a directory whose files were not written together (a graph of
+    # another model beside these lists would serve wrong ids)
+    written = [ITEMS_FILE, POPULARITY_FILE] + ([] if prefix is None else [PREFIX_FILE])
+    meta["files"] = {
+        name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in written
+    }
     if skipped:
         meta["prefix_graph_skipped"] = f"{skipped}; the service feeds clicks one step at a time"
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import libm
 from .churn import Churn, TimedSampler, balance_popularity, draw_lifetimes, successor_order
 from .churn import draw_sessions as draw_churned_sessions
 from .churn import interest as interest_curve
@@ -121,7 +122,7 @@ def generate(
     rng = np.random.default_rng(seed)
     n_total = n_items + (churn.n_new(days) if churn is not None else 0)
     ranks = rng.permutation(n_total) + 1  # which item gets which popularity rank
-    popularity = 1.0 / ranks.astype(np.float64) ** zipf_exponent
+    popularity = 1.0 / libm.power(ranks, zipf_exponent)  # same bits on every CPU
     popularity /= popularity.sum()
     category = rng.integers(0, n_categories, n_total)
     style = rng.random(n_total)

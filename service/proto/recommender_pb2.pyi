@@ -117,3 +117,29 @@ class StatusResponse(_message.Message):
     last_reload_result: str
     last_reload_at: float
     def __init__(self, model_version: _Optional[str] = ..., model_dir: _Optional[str] = ..., n_items: _Optional[int] = ..., provider: _Optional[str] = ..., loaded_at: _Optional[float] = ..., last_reload_result: _Optional[str] = ..., last_reload_at: _Optional[float] = ...) -> None: ...
+
+class CatalogueItem(_message.Message):
+    __slots__ = ("item_id", "expires_at")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    expires_at: float
+    def __init__(self, item_id: _Optional[str] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class PutItemsRequest(_message.Message):
+    __slots__ = ("items", "remove_item_ids")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogueItem]
+    remove_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogueItem, _Mapping]]] = ..., remove_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PutItemsResponse(_message.Message):
+    __slots__ = ("added", "removed", "announced")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    removed: int
+    announced: int
+    def __init__(self, added: _Optional[int] = ..., removed: _Optional[int] = ..., announced: _Optional[int] = ...) -> None: ...

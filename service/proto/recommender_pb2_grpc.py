@@ -50,6 +50,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.StatusRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.PutItems = channel.unary_unary(
+                '/recsys.v1.Recommender/PutItems',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -77,6 +82,17 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutItems(self, request, context):
+        """Announce items newer than the model (or withdraw them), so that the online statistics
+        may learn and recommend them. For the catalogue publisher, not for shop frontends:
+        needs the metadata `authorization: Bearer <token>` with the server's --catalogue-token.
+        UNIMPLEMENTED when the server has no token configured, UNAUTHENTICATED for a missing or
+        wrong token. Reaches the replica that answers; several replicas read a --catalogue-file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +110,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.StatusRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.StatusResponse.SerializeToString,
+            ),
+            'PutItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutItems,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +199,33 @@ class Recommender:
             '/recsys.v1.Recommender/Status',
             recsys_dot_v1_dot_recommender__pb2.StatusRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/PutItems',
+            recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,6 +25,7 @@ from service.config import load_config
 from service.proto import recommender_pb2 as pb
 from service.proto import recommender_pb2_grpc as pb_grpc
 from service.server import SERVICE_NAME, RecommendationServer
+from tests.tools import missing
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -67,13 +68,15 @@ def export_dir(podman, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def image(podman, export_dir) -> Iterator[str]:
+def image(podman, export_dir, tool) -> Iterator[str]:
     """The CPU image with the model baked in, built the way CI builds it (offline)."""
     tag = f"localhost/sessionrec:cpu-test-{uuid.uuid4().hex[:8]}"
     base = os.environ.get("BASE_IMAGE", "localhost/sessionrec-base:bookworm")
     has_base = _run([podman, "image", "exists", base]).returncode == 0
-    if not has_base and (os.geteuid() != 0 or not _have("debootstrap")):
-        pytest.skip(f"no base image {base} and no root debootstrap to make one")
+    if not has_base and os.geteuid() != 0:
+        missing(f"no base image {base}, and making one needs root (sudo scripts/container-base.sh)")
+    if not has_base:
+        tool("debootstrap")  # scripts/container-build.sh makes the base image with it
     _check(_run(["scripts/container-build.sh", "--model", str(export_dir), "--tag", tag]))
     yield tag
     _run([podman, "rmi", "--force", tag])
@@ -93,10 +96,6 @@ def container(podman, image) -> Iterator[tuple[str, int]]:
         yield name, port
     finally:
         _run([podman, "rm", "--force", "--time", "0", name])
-
-
-def _have(name: str) -> bool:
-    return _run(["sh", "-c", f"command -v {name}"]).returncode == 0
 
 
 def _wait_serving(podman: str, name: str, port: int) -> None:

@@ -8,12 +8,11 @@ import subprocess
 from dataclasses import fields
 from pathlib import Path
 
-import pytest
-
 from service.config import ServiceConfig
+from tests.tools import require_module
 
-# PyYAML arrives with kubernetes-validate (scripts/ci-deploy.sh installs both).
-yaml = pytest.importorskip("yaml")
+# PyYAML: a dev extra (kubernetes-validate brings it too)
+yaml = require_module("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -114,4 +113,9 @@ def test_build_context_holds_no_training_code_or_local_artefacts():
     rules = [ln for ln in lines if ln and not ln.startswith("#")]
     assert rules[0] == "*"  # allow-list: only what is named below enters the context
     allowed = {ln[1:].rstrip("/") for ln in rules if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "scripts/container-requirements.py", "service"}
+    assert allowed == {
+        "pyproject.toml",
+        "scripts/container-requirements.py",
+        "constraints",
+        "service",
+    }

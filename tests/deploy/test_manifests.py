@@ -13,9 +13,10 @@ import pytest
 
 from service.config import ServiceConfig
 from service.server import SERVICE_NAME
+from tests.tools import require_module
 
-# PyYAML arrives with kubernetes-validate (scripts/ci-deploy.sh installs both).
-yaml = pytest.importorskip("yaml")
+# PyYAML: a dev extra (kubernetes-validate brings it too)
+yaml = require_module("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.parent.name for p in (ROOT / "k8s/overlays").glob("*/kustomization.yaml"))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.tools import require_module
 
-yaml = pytest.importorskip("yaml")
+yaml = require_module("yaml")
 
 JOB = Path(__file__).resolve().parents[2] / "k8s/training/job.yaml"
 
@@ -17,12 +16,9 @@ def _objects() -> dict[str, dict]:
     return {doc["kind"]: doc for doc in yaml.safe_load_all(JOB.read_text()) if doc}
 
 
-def test_job_passes_strict_schema_validation():
-    tool = shutil.which("kubernetes-validate")
-    if tool is None:
-        pytest.skip("kubernetes-validate is not installed")
+def test_job_passes_strict_schema_validation(tool):
     result = subprocess.run(
-        [tool, "--strict", "--kubernetes-version", "1.37.0", str(JOB)],
+        [tool("kubernetes-validate"), "--strict", "--kubernetes-version", "1.37.0", str(JOB)],
         capture_output=True,
         text=True,
     )

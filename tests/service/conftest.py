@@ -1,10 +1,15 @@
 """Fixtures: a small GRU4Rec with random weights exported to ONNX, and real servers on
-127.0.0.1 with ephemeral ports (gRPC and metrics), stopped after each test."""
+127.0.0.1 with ephemeral ports (gRPC and metrics), stopped after each test.
+
+Servers run the shipped configuration (`start_server`, `served`: online layer on, as
+`python -m service --model DIR` runs), or that with the online layer off
+(`start_model_only_server`, `served_model_only`) for tests that check answers against the
+model's own scores."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,7 @@ import pytest
 import torch
 
 from service.client import RecommenderClient
-from service.config import ServiceConfig
+from service.config import ServiceConfig, load_config
 from service.server import RecommendationServer
 from training.architectures import build_model
 from training.config import Config
@@ -73,19 +78,23 @@ class Running:
         return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
 
+def shipped_config(model_dir: Path, **overrides: object) -> ServiceConfig:
+    """The configuration `python -m service --model DIR --host 127.0.0.1 --port 0
+    --metrics-port 0` runs with in a clean environment (every other setting its shipped
+    default), with `overrides` on top."""
+    argv = ["--model", str(model_dir), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    return replace(load_config(argv, environ={}), **overrides)
+
+
 @pytest.fixture
 def start_server(tiny: TinyModel) -> Iterator[Callable[..., Running]]:
-    """start_server(load=True, **config overrides) -> Running; all stopped at teardown.
-    The online layer is off unless asked for, so answers are the model's alone."""
+    """start_server(load=True, **config overrides) -> Running, in the shipped configuration
+    (online layer on) unless overridden; all stopped at teardown, without the drain."""
     started: list[Running] = []
 
     def start(load: bool = True, **overrides: object) -> Running:
-        settings: dict = dict(
-            model_dir=tiny.export_dir, host="127.0.0.1", port=0, metrics_port=0, drain_s=0.0,
-            online=False,
-        )  # fmt: skip
-        config = ServiceConfig(**{**settings, **overrides})
-        server = RecommendationServer(config)
+        model_dir = overrides.pop("model_dir", tiny.export_dir)
+        server = RecommendationServer(shipped_config(Path(model_dir), **overrides))
         server.start()
         if load:
             server.load_model()
@@ -96,10 +105,27 @@ def start_server(tiny: TinyModel) -> Iterator[Callable[..., Running]]:
     yield start
     for running in started:
         running.client.close()
-        running.server.stop(0)
+        running.server.stop(0, 0)
+
+
+@pytest.fixture
+def start_model_only_server(start_server: Callable[..., Running]) -> Callable[..., Running]:
+    """start_server with the online layer off: Recommend answers are the model's alone, so
+    they can be checked against its scores exactly."""
+
+    def start(load: bool = True, **overrides: object) -> Running:
+        return start_server(load, **{"online": False, **overrides})
+
+    return start
 
 
 @pytest.fixture
 def served(start_server: Callable[..., Running]) -> Running:
-    """A loaded server with the default configuration."""
+    """A loaded server in the shipped configuration (online layer on)."""
     return start_server()
+
+
+@pytest.fixture
+def served_model_only(start_model_only_server: Callable[..., Running]) -> Running:
+    """A loaded server with the online layer off: answers are the model's alone."""
+    return start_model_only_server()

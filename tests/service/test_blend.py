@@ -19,7 +19,9 @@ from service.blend import (
     blend,
     softmax,
 )
+from service.catalogue import Catalogue
 from service.decode import Limits
+from service.guard import GuardConfig, LearningGuard
 from service.online import OnlineModel
 from service.proto import recommender_pb2 as pb
 from service.recommender import Recommender
@@ -107,10 +109,12 @@ def test_a_weight_outside_zero_to_one_is_refused(settings: dict[str, Any]):
 
 
 def test_the_model_weighs_stale_factor_less_when_the_last_click_is_new_to_it(tiny: TinyModel):
-    config = BlendConfig(model_weight=0.8, stale_factor=0.25, candidates=10)
+    config = BlendConfig(model_weight=0.8, stale_factor=0.25, candidates=10, scorer="mixture")
     layer = OnlineLayer(OnlineModel(), config)
     model = ExportedModel.load(tiny.export_dir, "cpu", threads=1)
-    engine = Recommender(model, SessionCache(100, 3600.0), Limits(), online=layer)
+    guard = LearningGuard(GuardConfig(), Catalogue())  # the new items announced, as a site would
+    guard.catalogue.put([(f"new-{i}", 0.0) for i in range(10)], T0)
+    engine = Recommender(model, SessionCache(100, 3600.0), Limits(), online=layer, guard=guard)
     known = tiny.item_ids[3]
     for s, clicks in enumerate([[known, "new-1", "new-2"], ["new-9", known, "new-3"]] * 3):
         for n in range(1, len(clicks) + 1):  # one request per click, as a frontend sends them

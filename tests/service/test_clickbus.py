@@ -1,16 +1,14 @@
 """service/clickbus.py: replicas share learnt clicks through a real redis-server (started
 here on a free port, no persistence), and keep serving when it is gone.
 
-redis-server comes from Debian's redis-server package; without it these tests skip, unless
-DEPLOY_REQUIRE_TOOLS=1 (CI) makes them fail. The message format and LocalBus need no Redis.
+redis-server comes from Debian's redis-server package; without it these tests skip, and
+fail on CI instead (tests/tools.py). The message format and LocalBus need no Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -32,17 +30,9 @@ from service.clickbus import (
     learn_shared,
 )
 from service.online import OnlineModel
+from tests.tools import require_module, require_tool
 
 T0 = 1_700_000_000.0
-
-
-def _require(found: object, what: str) -> None:
-    if found:
-        return
-    reason = f"{what} is not installed (apt-get install redis-server; pip install 'redis>=5')"
-    if os.environ.get("DEPLOY_REQUIRE_TOOLS") == "1":
-        pytest.fail(reason + "; DEPLOY_REQUIRE_TOOLS=1 forbids skipping")
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -85,12 +75,9 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    _require(shutil.which("redis-server"), "redis-server")
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        _require(False, "the redis Python package")
-    server = RedisServer(str(shutil.which("redis-server")), tmp_path)
+    binary = require_tool("redis-server")
+    require_module("redis")  # the client service/clickbus.py talks with
+    server = RedisServer(binary, tmp_path)
     server.start()
     yield server
     server.stop()

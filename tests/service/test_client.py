@@ -5,11 +5,23 @@ from __future__ import annotations
 from service.client import main
 
 
-def test_the_cli_prints_ranked_recommendations_and_skipped_clicks(served, tiny, capsys):
+def test_the_cli_prints_ranked_recommendations_and_skipped_clicks(served_model_only, tiny, capsys):
     clicks = [tiny.item_ids[2], "zzz", tiny.item_ids[9]]
-    code = main(["--target", served.target, "--session", "c1", "--clicks", *clicks, "--top-k", "4"])
+    code = main(
+        [
+            "--target",
+            served_model_only.target,
+            "--session",
+            "c1",
+            "--clicks",
+            *clicks,
+            "--top-k",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
-    expected = served.client.recommend("", clicks, top_k=4)
+    # the same call again: the same answer only without the online layer, which learns
+    expected = served_model_only.client.recommend("", clicks, top_k=4)
     assert code == 0
     assert "(model)" in out[0] and expected.model_version in out[0]
     assert out[1] == "unknown clicks skipped: zzz"

@@ -2,9 +2,10 @@
 
 A tiny GRU4Rec is trained on synthetic sessions and evaluated offline (training.evaluate:
 all items ranked by raw score, ties against the model). The same model is exported and
-served; every test session is replayed click by click through the gRPC client with the
-default request (clicked items may come back, as the offline evaluation ranks them too), and
-the target's position in the returned top-20 gives the rank. Recall and MRR must match.
+served with the online layer off (its answers are the model's alone); every test session is
+replayed click by click through the gRPC client with the default request (clicked items may
+come back, as the offline evaluation ranks them too), and the target's position in the
+returned top-20 gives the rank. Recall and MRR must match.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CUTOFFS = (1, 5, 10, 20)
 
 @pytest.mark.slow
 def test_replaying_test_sessions_through_the_service_gives_the_offline_metrics(
-    tmp_path, start_server
+    tmp_path, start_model_only_server
 ):
     events = generate(n_items=150, n_sessions=1500, days=6, seed=4).events
     train_df, test_df = split_by_time(events, test_days=1.0)
@@ -41,7 +42,7 @@ def test_replaying_test_sessions_through_the_service_gives_the_offline_metrics(
     export_dir = export_model(tmp_path / "model", tmp_path / "export")
     assert check_parity(tmp_path / "model", export_dir)["ok"]
 
-    client = start_server(model_dir=export_dir).client
+    client = start_model_only_server(model_dir=export_dir).client
     ranks = []
     for s in range(test.n_sessions):
         clicks = [str(vocab.ids[i]) for i in test.session(s)]

@@ -24,6 +24,11 @@ def test_killing_one_of_two_services_under_load_loses_no_call():
     assert report["killed_exit_status"] == -9 and report["survivor_alive"]
     assert (report["lost"], report["errors"]) == (0, {})
     assert report["retried"] > 0
-    # the load went on after the kill: the survivor answered in every later second
+    # the load went on after the kill: the survivor answered the calls sent in the seconds
+    # after it, none failed. Counted, not timed per second: a busy machine may stall the
+    # survivor for a second without anything being wrong
     after = [w for w in report["timeline"] if w["t_s"] > report["kill_at_s"]]
-    assert after and all(w["ok"] > 0 and w["failed"] == 0 for w in after)
+    answered = sum(w["ok"] for w in after)
+    print(f"kill at {report['kill_at_s']} s; after it, per second: {[w['ok'] for w in after]}")
+    assert after and sum(w["failed"] for w in after) == 0
+    assert answered >= 8 * len(after)  # at least one round of the 8 callers a second

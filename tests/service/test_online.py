@@ -355,7 +355,7 @@ def test_memory_stays_under_the_bound_of_the_caps():
 
 
 def test_documented_bytes_per_item_and_per_transition():
-    # OnlineConfig's docstring: 131 bytes per item, 158 more with successors, 43 per transition
+    # OnlineConfig's docstring: 152 bytes per item, 158 more with successors, 43 per transition
     rng = np.random.default_rng(6)
     clicks = [([k], T0) for k in range(20_000)]
     pairs = [([i, int(j)], T0) for i in range(20_000) for j in rng.choice(20_000, 5)]
@@ -363,7 +363,7 @@ def test_documented_bytes_per_item_and_per_transition():
     per_item = _traced(model, clicks) / 20_000
     with_successors = _traced(model, pairs) - 158 * model.stats()["sources"]
     per_transition = with_successors / model.stats()["transitions"]
-    assert per_item == pytest.approx(131, rel=0.15)
+    assert per_item == pytest.approx(152, rel=0.15)
     assert per_transition == pytest.approx(43, rel=0.15)
 
 

@@ -4,9 +4,11 @@ to the deadline, message and id limits, undecodable bytes, batching, long sessio
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,21 +20,33 @@ from service.proto import recommender_pb2 as pb
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def slow_model(running, seconds: float) -> None:
-    """Make every model run of the loaded engine take `seconds` longer (a busy model)."""
+def slow_model(running, seconds: float) -> threading.Event:
+    """Make every model run of the loaded engine take `seconds` longer (a busy model); the
+    event is set once a run has begun (its calls have left the queue)."""
     batcher = running.server.handlers.engine.batcher
-    run = batcher.run
+    run, begun = batcher.run, threading.Event()
 
     def slow(jobs):
+        begun.set()
         time.sleep(seconds)
         run(jobs)
 
     batcher.run = slow
+    return begun
 
 
 def sample(running, name: str) -> float:
     value = running.server.metrics.registry.get_sample_value(name)
     return 0.0 if value is None else value
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll until `condition()` holds: what a sleep would hope for, on a machine of any
+    speed."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.005)
 
 
 def test_overload_is_refused_at_once_and_health_checks_still_answer(start_server, tiny):
@@ -59,45 +73,53 @@ def test_overload_is_refused_at_once_and_health_checks_still_answer(start_server
     assert sample(running, "recsys_overload_refusals_total") == codes.count("RESOURCE_EXHAUSTED")
 
 
-def test_a_refused_call_says_so_quickly(start_server, tiny):
+def test_a_refused_call_says_so_at_once_not_after_the_queue_drained(start_server, tiny):
     running = start_server(max_queue=1, max_batch=1)
-    slow_model(running, 0.3)
+    begun = slow_model(running, 1.5)
+    batcher = running.server.handlers.engine.batcher
     request = pb.RecommendRequest(clicks=tiny.item_ids[:2])
-    busy = [running.client.stub.Recommend.future(request, timeout=30) for _ in range(3)]
-    time.sleep(0.1)
+    busy = [running.client.stub.Recommend.future(request, timeout=30)]
+    assert begun.wait(20)  # the first call is in the model for 1.5 s
+    busy.append(running.client.stub.Recommend.future(request, timeout=30))
+    wait_for(lambda: len(batcher) == 1)  # the second fills the queue
     started = time.perf_counter()
     with pytest.raises(grpc.RpcError) as caught:
         running.client.stub.Recommend(request, timeout=30)
+    took = time.perf_counter() - started
+    print(f"refused after {took * 1e3:.1f} ms")
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.perf_counter() - started < 0.25  # not after the queue drained
     assert "another replica" in caught.value.details()
-    for call in busy:
-        call.exception()
+    assert took < 1.0  # well before the model is free again (1.5 s); milliseconds when idle
+    assert [call.exception() for call in busy] == [None, None]
 
 
 def test_a_call_whose_deadline_passed_in_the_queue_is_not_run(start_server, tiny):
     running = start_server(max_batch=1)
-    slow_model(running, 0.3)
+    begun = slow_model(running, 1.5)
     request = pb.RecommendRequest(clicks=tiny.item_ids[:2])
     first = running.client.stub.Recommend.future(request, timeout=30)
-    time.sleep(0.05)
+    assert begun.wait(20)  # the first call is in the model for 1.5 s; the next one queues
     with pytest.raises(grpc.RpcError) as caught:
-        running.client.stub.Recommend(request, timeout=0.1)
+        running.client.stub.Recommend(request, timeout=0.2)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     first.result()
-    time.sleep(0.4)  # the expired call's turn has come and gone
-    assert sample(running, "recsys_batch_expired_total") == 1
+    # the expired call's turn comes once the first has run: dropped, not run
+    wait_for(lambda: sample(running, "recsys_batch_expired_total") == 1)
+    print(f"batched calls run: {sample(running, 'recsys_batched_calls_total'):g}")
     assert sample(running, "recsys_batched_calls_total") == 1
 
 
 def test_a_cold_prefix_is_cut_to_the_latest_clicks_that_fit_the_deadline(start_server, tiny):
     running = start_server()
-    running.server.handlers.engine.prefix_s_per_click = 0.01  # pretend clicks are slow
+    running.server.handlers.engine.prefix_s_per_click = 0.04  # pretend clicks are slow
     clicks = [tiny.item_ids[i % 60] for i in range(200)]
     response = running.client.stub.Recommend(
-        pb.RecommendRequest(session_id="long", clicks=clicks, top_k=5), timeout=0.5
+        pb.RecommendRequest(session_id="long", clicks=clicks, top_k=5), timeout=2.0
     )
-    assert 100 < response.skipped_clicks < 199  # ~0.5 s / 10 ms = ~50 clicks fed
+    print(f"skipped {response.skipped_clicks} of the 199 prefix clicks")
+    # at most 2 s / 40 ms = 50 of the 199 prefix clicks fit, however fast the machine; a
+    # slow one fits fewer, down to none
+    assert 149 <= response.skipped_clicks <= 199
     assert len(response.items) == 5
     assert sample(running, "recsys_prefix_clicks_skipped_total") == response.skipped_clicks
     assert len(running.server.handlers.engine.cache) == 0  # a cut state is not the session's
@@ -107,15 +129,16 @@ def test_a_cold_prefix_is_cut_to_the_latest_clicks_that_fit_the_deadline(start_s
     assert relaxed.skipped_clicks == 0
 
 
-def test_concurrent_calls_are_batched_and_answer_as_they_would_alone(start_server, tiny):
-    running = start_server(max_wait_ms=20, max_batch=16)
+def test_concurrent_calls_are_batched_and_answer_as_they_would_alone(start_model_only_server, tiny):
+    # online layer off: the model's answers, which batching must not change
+    running = start_model_only_server(max_wait_ms=20, max_batch=16)
     requests = [
         pb.RecommendRequest(session_id=f"b{n}", clicks=tiny.item_ids[n : n + 4], top_k=10)
         for n in range(16)
     ]
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda r: running.client.stub.Recommend(r, timeout=30), requests))
-    alone_server = start_server(cache_size=0)
+    alone_server = start_model_only_server(cache_size=0)
     alone = [alone_server.client.stub.Recommend(r, timeout=30) for r in requests]
     for a, b in zip(together, alone, strict=True):
         assert [i.item_id for i in a.items] == [i.item_id for i in b.items]

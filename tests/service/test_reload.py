@@ -98,7 +98,9 @@ def test_a_new_export_is_swapped_in_under_load_without_a_failed_call(
         for caller in callers:
             caller.wait_for_version(version_of(second_export))
         reply = running.client.recommend("after", ["new-1"], top_k=3)  # a new item is known
-        assert reply.source == 1 and list(reply.unknown_clicks) == []
+        # to the model, which takes part: SOURCE_BLEND (the shipped online layer is on), not
+        # the popularity or online ranking that answers clicks the model does not know
+        assert reply.source == 4 and list(reply.unknown_clicks) == []
     finally:
         for caller in callers:
             caller.close()
@@ -162,3 +164,46 @@ def test_reload_on_request_picks_up_files_replaced_in_place(
     assert running.client.status().model_version == version_of(tiny.export_dir)
     assert running.server.reload() is True
     assert running.client.status().model_version == version_of(second_export)
+
+
+def _mixed(tmp_path: Path, lists_from: Path, graph_from: Path, checksums: bool) -> Path:
+    """An export directory with the lists and metadata of one export and the graphs of
+    another; without checksums, as an export older than them would be."""
+    mixed = tmp_path / f"mixed-{graph_from.parent.name}-{checksums}"
+    shutil.copytree(lists_from, mixed)
+    for name in ("model.onnx", "prefix.onnx"):
+        if (graph_from / name).exists():
+            shutil.copy(graph_from / name, mixed / name)
+    if not checksums:
+        meta = json.loads((mixed / "metadata.json").read_text())
+        meta.pop("files")
+        meta["onnx"].pop("sha256")
+        (mixed / "metadata.json").write_text(json.dumps(meta))
+    return mixed
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+@pytest.mark.parametrize("graph", ["larger", "smaller"])
+def test_an_export_whose_graph_and_lists_disagree_is_refused_over_a_live_server(
+    start_server, tiny, second_export, tmp_path, caplog, graph, checksums
+):
+    # the graph of a model with two more (or two fewer) items than items.txt and metadata
+    lists_from, graph_from = (
+        (tiny.export_dir, second_export) if graph == "larger" else (second_export, tiny.export_dir)
+    )
+    link = tmp_path / "current"
+    point(link, tiny.export_dir)
+    running = start_server(model_dir=link, reload_poll_s=0)
+    point(link, _mixed(tmp_path, lists_from, graph_from, checksums))
+    assert running.server.reload() is False
+    status = running.client.status()
+    assert status.model_version == version_of(tiny.export_dir)  # the old model still serves
+    reason = "sha256" if checksums else "different exports"
+    assert "model.onnx" in status.last_reload_result and reason in status.last_reload_result
+    metrics = running.server.metrics.registry
+    assert metrics.get_sample_value("recsys_model_reloads_total", {"result": "failed"}) == 1
+    assert any("model reload rejected" in r.getMessage() for r in caplog.records)
+    last = tiny.item_ids[-1]
+    reply = running.client.recommend("after-mixed", [last], top_k=len(tiny.item_ids))
+    assert reply.model_version == version_of(tiny.export_dir) and len(reply.items) > 0
+    assert {item.item_id for item in reply.items} <= set(tiny.item_ids)

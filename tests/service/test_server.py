@@ -1,9 +1,12 @@
 """The gRPC server over a real connection on 127.0.0.1: answers against PyTorch, health,
-reflection, metrics and every kind of bad input."""
+reflection, metrics and every kind of bad input. Answers compared with the model's own
+ranking come from a server with the online layer off (`served_model_only`); the rest run the
+shipped configuration (`served`)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.request
 import uuid
@@ -30,9 +33,9 @@ def ranked(scores: np.ndarray, exclude: set[int], k: int) -> list[int]:
     return [i for i in order if i not in exclude][:k]
 
 
-def test_recommend_matches_pytorch_and_may_return_clicked_items_by_default(served, tiny):
+def test_recommend_matches_pytorch_and_may_return_clicked_items_by_default(served_model_only, tiny):
     clicks = [tiny.item_ids[i] for i in (3, 17, 3, 42)]
-    response = served.client.recommend("s1", clicks, top_k=len(tiny.item_ids))
+    response = served_model_only.client.recommend("s1", clicks, top_k=len(tiny.item_ids))
     expected_scores = tiny.scores_after(clicks)
     expected = ranked(expected_scores, set(), len(tiny.item_ids))
     assert set(clicks) <= {it.item_id for it in response.items}  # what offline evaluation ranks
@@ -44,34 +47,39 @@ def test_recommend_matches_pytorch_and_may_return_clicked_items_by_default(serve
     assert list(response.unknown_clicks) == []
 
 
-def test_exclude_items_and_exclude_clicked_change_the_candidate_set(served, tiny):
+def test_exclude_items_and_exclude_clicked_change_the_candidate_set(served_model_only, tiny):
     clicks = [tiny.item_ids[i] for i in (5, 6)]
     scores = tiny.scores_after(clicks)
     banned = [tiny.item_ids[i] for i in ranked(scores, {5, 6}, 3)]
     everything = len(tiny.item_ids)
-    response = served.client.recommend(
+    response = served_model_only.client.recommend(
         "", clicks, top_k=everything, exclude_items=banned + ["not-an-item"]
     )
     got = [it.item_id for it in response.items]
     assert set(got) == set(tiny.item_ids) - set(banned)
     assert set(clicks) <= set(got)
-    response = served.client.recommend(
+    response = served_model_only.client.recommend(
         "", clicks, top_k=10, exclude_items=banned, exclude_clicked=True
     )
     got = [it.item_id for it in response.items]
     assert got == [tiny.item_ids[i] for i in ranked(scores, {5, 6, *map(tiny.index, banned)}, 10)]
 
 
-def test_unknown_clicks_are_skipped_and_echoed_in_request_order(served, tiny):
+def test_unknown_clicks_are_skipped_and_echoed_in_request_order(served_model_only, tiny):
     known = [tiny.item_ids[7], tiny.item_ids[8]]
-    response = served.client.recommend("s2", ["x1", known[0], "x2", known[1], "x1"], top_k=5)
+    response = served_model_only.client.recommend(
+        "s2", ["x1", known[0], "x2", known[1], "x1"], top_k=5
+    )
     assert list(response.unknown_clicks) == ["x1", "x2", "x1"]
-    plain = served.client.recommend("", known, top_k=5)
+    plain = served_model_only.client.recommend("", known, top_k=5)
     assert [it.item_id for it in response.items] == [it.item_id for it in plain.items]
 
 
-def test_no_known_click_falls_back_to_popularity_and_says_so(served, tiny):
-    response = served.client.recommend("s3", ["nope"], top_k=8, exclude_items=[tiny.item_ids[0]])
+def test_no_known_click_falls_back_to_popularity_and_says_so(served_model_only, tiny):
+    # with the online layer on, its statistics of the clicks it learnt answer instead
+    response = served_model_only.client.recommend(
+        "s3", ["nope"], top_k=8, exclude_items=[tiny.item_ids[0]]
+    )
     order = sorted(range(len(tiny.popularity)), key=lambda i: (-tiny.popularity[i], i))
     expected = [i for i in order if i != 0][:8]
     assert response.source == pb.SOURCE_POPULARITY
@@ -187,7 +195,7 @@ def test_reflection_lists_the_recommender_and_health_services(served):
     assert {SERVICE, "grpc.health.v1.Health"} <= services
     assert recommender.name == "recsys/v1/recommender.proto"
     methods = {m.name for m in recommender.service[0].method}
-    assert methods == {"Recommend", "ScoreItems", "Status"}
+    assert methods == {"Recommend", "ScoreItems", "Status", "PutItems"}
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -200,15 +208,15 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics_count_calls_by_method_and_code_cache_hits_and_the_model(served, tiny):
-    client = served.client
+def test_metrics_count_calls_by_method_and_code_cache_hits_and_the_model(served_model_only, tiny):
+    client = served_model_only.client  # online layer off: unknown clicks fall back to popularity
     client.recommend("m1", ["item-001"])  # miss
     client.recommend("m1", ["item-001", "item-002"])  # hit: extends the session
     client.score_items("m1", ["item-001", "item-002"], ["item-003"])  # hit: same clicks
     client.recommend("m2", ["unknown-a", "unknown-b"])  # fallback, 2 unknown clicks
     with pytest.raises(grpc.RpcError):
         client.recommend("m1", [])
-    got = scrape(served.metrics_url)
+    got = scrape(served_model_only.metrics_url)
     version = json.loads((tiny.export_dir / "metadata.json").read_text())["model_version"]
     assert got[("recsys_requests_total", (("code", "OK"), ("method", "Recommend")))] == 3
     assert got[("recsys_requests_total", (("code", "OK"), ("method", "ScoreItems")))] == 1
@@ -226,3 +234,25 @@ def test_metrics_count_calls_by_method_and_code_cache_hits_and_the_model(served,
     info = [labels for (name, labels) in got if name == "recsys_model_info"]
     assert dict(info[0])["model_version"] == version
     assert dict(info[0])["provider"] == "CPUExecutionProvider"
+
+
+def test_an_idle_or_half_sent_metrics_connection_does_not_block_other_scrapes(served):
+    port = served.server.metrics_port
+    idle = socket.create_connection(("127.0.0.1", port))  # connects, sends nothing
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(b"GET /metr")  # half a request line, then silence
+    try:
+        with urllib.request.urlopen(served.metrics_url, timeout=3) as reply:
+            assert reply.status == 200 and b"recsys_model_loaded" in reply.read()
+    finally:
+        idle.close()
+        half.close()
+
+
+def test_metrics_listen_on_their_own_address_when_given(start_server):
+    running = start_server(host="127.0.0.1", metrics_host="127.0.0.2")
+    port = running.server.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=3) as reply:
+        assert reply.status == 200
+    with pytest.raises(OSError):  # not on the gRPC address
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -106,3 +108,18 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(start_server, pki, ti
 def test_a_missing_certificate_file_is_named(start_server, pki, tmp_path):
     with pytest.raises(OSError, match="cannot read a TLS file"):
         start_server(tls_cert=tmp_path / "nope.pem", tls_key=pki["server_key"])
+
+
+def test_a_certificate_with_another_certificates_key_is_named_not_the_port(start_server, pki, tiny):
+    with pytest.raises(ValueError, match="cannot be used together") as caught:
+        start_server(tls_cert=pki["server"], tls_key=pki["client_key"])
+    assert str(pki["server"]) in str(caught.value) and "port" not in str(caught.value)
+    # the command line says the same and exits 2
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(tiny.export_dir), "--host", "127.0.0.1",
+         "--port", "0", "--metrics-port", "0", "--tls-cert", str(pki["server"]),
+         "--tls-key", str(pki["client_key"])],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert str(pki["server"]) in done.stderr and "cannot be used together" in done.stderr

@@ -2,7 +2,7 @@
 Selenium): click three items, see the recommendations change, mark one, find it in the
 export; stop the gRPC service, see the message; start it again and go on.
 
-Skipped when chromium or chromedriver is missing, unless DEPLOY_REQUIRE_TOOLS is set (CI).
+Skipped when chromium or chromedriver is missing, failed instead on CI (tests/tools.py).
 WEB_SCREENSHOT=docs/web.png refreshes the README's screenshot (default: a temporary file).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,34 +23,22 @@ from service.web.app import create_app
 from service.web.config import WebConfig
 from service.web.feedback import FeedbackStore, StoreFull, Verdict
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_S = 15  # any one step; a healthy page takes well under a second
 FILLER = "filler"  # model version of the verdicts that fill a database up
 
 
-def _require_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
-    if os.environ.get("DEPLOY_REQUIRE_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture
-def browser() -> Iterator[object]:
-    _require_browser()
+def browser(tool) -> Iterator[object]:
+    chromium, chromedriver = tool("chromium"), tool("chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                  "--window-size=1280,900", "--disable-gpu"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
     driver.set_page_load_timeout(WAIT_S)
     yield driver
     driver.quit()

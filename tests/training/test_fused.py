@@ -82,8 +82,11 @@ def test_fused_step_matches_autograd(mode, loss):
     # another order): weights of size ~0.1 agree to a few 1e-7
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=3e-6, rtol=1e-5), name
-    for a, b in zip(hidden_a, hidden_b, strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+    # hidden states of size ~1 after several steps of those weights: a few 1e-6 on CPUs whose
+    # vector units (AVX-512) round MKL's products differently
+    worst = max(float((a - b).abs().max()) for a, b in zip(hidden_a, hidden_b, strict=True))
+    print(f"largest hidden-state difference: {worst:.2e}")
+    assert worst < 1e-5
 
 
 def test_rows_outside_the_step_stay_and_bias_rows_of_inputs_only_stay():
@@ -98,8 +101,7 @@ def test_rows_outside_the_step_stay_and_bias_rows_of_inputs_only_stay():
     assert changed_wy.tolist() == [3, 4, 5, 6, 7] and changed_by.tolist() == [5, 6, 7]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_step_on_the_gpu_matches_the_cpu(mode):
     """Everything a step touches (tables, optimiser state, indices) stays on the device."""

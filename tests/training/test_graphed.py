@@ -48,8 +48,7 @@ def test_static_step_equals_the_fused_step(mode):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
 def test_cuda_graph_replays_equal_eager_steps(loss):
     cfg = Config(layers=(16,), batch_size=5, loss=loss, learning_rate=0.1, momentum=0.3)

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from tests.tools import require_module
 from training import kernels
 from training.optim import IndexedAdagrad
 
-pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+require_module("numba")  # a train extra; training.kernels falls back without it
 
 
 def tensor_update(w, acc, mom, rows, grad, lr, momentum, eps):

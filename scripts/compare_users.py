@@ -1,0 +1,131 @@
+"""What personalisation adds: GRU4Rec, HRNN (init and all) and the user baselines on
+synthetic users who return with lasting tastes, overall and over returning users' targets.
+
+    .venv/bin/python scripts/compare_users.py                  # docs/results/users.json
+    .venv/bin/python scripts/compare_users.py --users 300 --epochs 1 --results ""   # smoke
+
+Steps: training.users writes a log of users with several sessions over `--days` days and
+splits off the sessions ending in the last `--test-days`; every model is trained on the
+training clicks; then each test user's training sessions (the history) and test sessions
+run in time order through user_evaluate.evaluate_users: full ranking, ties against the
+model. GRU4Rec and the item2vec baseline ignore the history; HRNN builds the user's state
+from it; BPR-MF, FM and NCF read the user id. Prints a markdown table and, with --results
+NAME, writes docs/results/NAME.json with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import Config  # noqa: E402
+from training.data import USER, ItemVocab, Sessions, read_events  # noqa: E402
+from training.hrnn_fit import fit_hrnn  # noqa: E402
+from training.train import fit  # noqa: E402
+from training.user_baselines import BPRMF, Item2Vec  # noqa: E402
+from training.user_batching import UserSessions, with_history  # noqa: E402
+from training.user_evaluate import evaluate_users, scorer_for  # noqa: E402
+from training.user_neural import FMScorer, NCFScorer  # noqa: E402
+from training.users import users_to_dir  # noqa: E402
+
+CUTOFFS = (20,)
+
+
+def model_makers(args, train_events, train_plan, n_items):
+    """{row name: () -> a user_evaluate scorer}, each trained on the training clicks."""
+    base = dict(
+        n_epochs=args.epochs, n_sample=args.n_sample, loss=args.loss, layers=(args.layers,),
+        user_layer=args.layers, threads=args.threads, device="cpu",
+    )  # fmt: skip
+    vocab = ItemVocab.from_events(train_events)
+    sessions = Sessions.from_events(train_events, vocab)
+
+    def gru4rec():
+        return scorer_for(fit(sessions, n_items, Config(**base), progress=False)[0])
+
+    def hrnn(propagation):
+        cfg = Config(architecture="hrnn", user_propagation=propagation, **base)
+        return scorer_for(fit_hrnn(train_plan, n_items, cfg, progress=False)[0])
+
+    return {
+        "gru4rec": gru4rec,
+        "hrnn-init": lambda: hrnn("init"),
+        "hrnn-all": lambda: hrnn("all"),
+        "bpr-mf": lambda: BPRMF.fit(train_plan, n_items),
+        "item2vec": lambda: Item2Vec.fit(train_plan.items, train_plan.offsets, n_items),
+        "fm": lambda: FMScorer.fit(train_plan, n_items),
+        "ncf": lambda: NCFScorer.fit(train_plan, n_items),
+    }
+
+
+def table(rows) -> str:
+    lines = ["| method | Recall@20 | MRR@20 | returning Recall@20 | returning MRR@20 | train s |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        o, b = r["overall"], r["returning"]
+        lines.append(
+            f"| {r['method']} | {o['recall@20']:.4f} | {o['mrr@20']:.4f} | "
+            f"{b['recall@20']:.4f} | {b['mrr@20']:.4f} | {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--days", type=float, default=14.0)
+    ap.add_argument("--test-days", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=5, help="GRU4Rec and HRNN")
+    ap.add_argument("--layers", type=int, default=100, help="session and user GRU units")
+    ap.add_argument("--n-sample", type=int, default=512)
+    ap.add_argument("--loss", default="cross-entropy")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", nargs="*", help="only these rows")
+    ap.add_argument("--work", type=Path, default=Path("runs/compare_users"))
+    ap.add_argument("--results", default="users", help='docs/results/NAME.json; "" = none')
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = users_to_dir(args.work / "data", args.test_days, n_users=args.users,
+                         n_items=args.items, days=args.days, seed=args.seed)  # fmt: skip
+    train_events = read_events(paths["train"], user_key=USER)
+    test_events = read_events(paths["test"], user_key=USER)
+    vocab = ItemVocab.from_events(train_events)
+    train_plan = UserSessions.from_events(train_events, vocab)
+    test_plan = UserSessions.from_events(with_history(test_events, train_events), vocab, "drop")
+    info = {
+        "users": args.users, "train_clicks": len(train_events), "test_clicks": len(test_events),
+        "items": len(vocab), "test_users": int(test_events[USER].nunique()),
+    }  # fmt: skip
+    print(f"# data: {info}", flush=True)
+    rows = []
+    for name, make in model_makers(args, train_events, train_plan, len(vocab)).items():
+        if args.methods and name not in args.methods:
+            continue
+        started = time.perf_counter()
+        scorer = make()
+        seconds = time.perf_counter() - started
+        result = evaluate_users(scorer, test_plan, CUTOFFS)
+        returning = result.pop("returning")
+        rows.append({"method": name, "overall": result, "returning": returning,
+                     "train_seconds": round(seconds, 1)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    if args.results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from provenance import write_results
+
+        write_results(args.results, {"data": info, "settings": settings, "rows": rows})
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

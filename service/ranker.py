@@ -1,0 +1,376 @@
+"""Stage 4 (default scorer): a linear ranker over per-candidate features, its weights learnt
+online from each session's next click.
+
+    ranker = OnlineRanker(layer_statistics, RankerConfig())
+    ranker.learn(clicks, now)                                   # the second clock's counts
+    ids, scores, sources = ranker.rank(model_part, clicks, now, k, exclude, stale, "s1")
+    ranker.feedback("s1", n_clicks, clicked)                    # when s1's next click comes
+    ranker.report()     # {"weights": {...}, "hit_rate": {...}, "updates": ..., ...}
+
+Why. An additive mixture of probability estimates (the old blend) lets popularity, whose
+estimate is spread over every item, drown the transitions of the last click on news traffic,
+and a fixed model weight cannot suit both a news site (a third of next clicks on items the
+model cannot know, no repeats) and a shop (the model knows nearly everything, a quarter of
+next clicks repeat the last one). Every answer is followed by the session's next click, so
+the service can learn which evidence predicts it, per deployment, continuously.
+
+Candidates: the model's top `BlendConfig.candidates` items, the successors of the last and
+second-last click on both clocks, the `popular` most popular on both, and the session's own
+last clicks. Features, one row per candidate, all in about [0, 1] (FEATURES):
+
+    model_logp, model_logp_stale  (log p + 10) / 10 clipped to [0, 1], p the model's softmax
+                                  over its candidates; the _stale column instead when the
+                                  session's last click is unknown to the model; 0 if unranked
+    model_p                       that p
+    transition_fast/_slow         T(c1, j) / (out(c1) + smoothing) on the 1 h / 12 h clock
+    transition2_fast/_slow        the same from the click before last
+    popularity_fast/_slow         P(j) / P(most popular) on the 1 h / 24 h clock
+    trend                         log2 of j's fast over slow popularity share, clipped to
+                                  [-4, 4] / 4: rising or fading
+    freshness                     2^-(age / 6 h), age since the item's first click seen
+    clicked, last_click           j is one of the session's clicks / is the last one
+
+Score = features @ weights. The weights start at PRIOR (a back-off: the model, then the
+last click's transitions, then popularity) and move by pairwise logistic SGD (BPR): on the
+next click x of a session, x's row against the rows ranked above it in the answer that
+session was given (or the next ones below when x came first), w += lr * mean(sigmoid(-(f_x
+- f_n) . w) * (f_x - f_n)) - lr * l2 * (w - PRIOR). Skipping already-clicked items is thus a
+learnt weight (news: strongly negative; shops: the last click comes back often), not a flag.
+
+Each answer keeps, until its session's next click, the rows of its top `keep` candidates,
+of every source's top 20, of the session's clicks and `samples` random others (float16).
+Sources' running hit rates (share of next clicks a source had in its top 20: an exponential
+average over about `hit_window` next clicks) come from the same rows.
+
+Gaming: only clicks that OnlineLayer.learn() receives give feedback (the service's guard
+decides which), each answer teaches at most once, and a session teaches at most
+`max_updates_per_session` updates, so one client cannot steer the weights far.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+
+from .online import OnlineConfig, OnlineModel
+
+FEATURES = (
+    "model_logp",
+    "model_logp_stale",
+    "model_p",
+    "transition_fast",
+    "transition_slow",
+    "transition2_fast",
+    "transition2_slow",
+    "popularity_fast",
+    "popularity_slow",
+    "trend",
+    "freshness",
+    "clicked",
+    "last_click",
+)
+_F = {name: i for i, name in enumerate(FEATURES)}
+# start weights: the model first, then the last click's transitions, then popularity
+PRIOR = {
+    "model_logp": 2.0,
+    "model_logp_stale": 1.0,
+    "model_p": 1.0,
+    "transition_fast": 1.0,
+    "transition_slow": 1.0,
+    "transition2_fast": 0.3,
+    "transition2_slow": 0.3,
+    "popularity_fast": 0.3,
+    "popularity_slow": 0.1,
+}
+# sources whose hit rate is tracked: the candidates' top 20 by these columns (summed), and
+# the ranker's own answer
+SOURCES = {
+    "model": ("model_logp", "model_logp_stale"),
+    "transition": ("transition_fast", "transition_slow"),
+    "transition2": ("transition2_fast", "transition2_slow"),
+    "popularity_fast": ("popularity_fast",),
+    "popularity_slow": ("popularity_slow",),
+}
+RANKER = "ranker"
+LOGP_RANGE = 10.0  # log p below -10 (p < 4.5e-5) counts as unranked
+FRESH_S = 6 * 3600.0  # freshness halves every 6 h of an item's age
+TOP = 20  # a source "has" the next click when it is in its top 20
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Knobs of OnlineRanker. Memory: at most pending_answers answers of about
+    (keep + 20 x sources + samples) rows of 13 float16 features, ~2-3 KB each."""
+
+    # the second clock's statistics (the layer's OnlineModel has 1 h popularity, 12 h
+    # transitions): transitions of this hour, popularity of this day
+    fast_transition_half_life_s: float = 3600.0
+    slow_popularity_half_life_s: float = 86400.0
+    fast_smoothing: float = 1.0  # decayed clicks added to out(c1) on the fast clock
+    # the model's best items among the candidates (of BlendConfig.candidates): beyond
+    # 50 its softmax holds little mass, and each candidate costs lookups
+    model_candidates: int = 50
+    popular: int = 30  # most popular items per clock added to the candidates
+    session_clicks: int = 5  # the session's last clicks added to the candidates
+    learning_rate: float = 0.05
+    l2: float = 1e-4  # pull towards PRIOR per update
+    negatives: int = 8  # rows ranked above the click that it is compared with
+    keep: int = 24  # top rows of an answer kept for its feedback
+    samples: int = 8  # random other rows kept, so low-ranked evidence learns too
+    pending_answers: int = 20_000  # answers awaiting their next click (LRU)
+    max_updates_per_session: int = 50
+    hit_window: int = 1000  # next clicks the running hit rates average over
+    prior: dict[str, float] = field(default_factory=lambda: dict(PRIOR))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.prior) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features in prior: {sorted(unknown)}; known: {FEATURES}")
+        if self.learning_rate < 0 or self.l2 < 0:
+            raise ValueError("learning_rate and l2 must be >= 0")
+        sizes = ("popular", "negatives", "keep", "pending_answers", "hit_window")
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    def second_clock(self, first: OnlineConfig) -> OnlineConfig:
+        """The fast-transition, slow-popularity statistics beside `first` (same caps)."""
+        return OnlineConfig(
+            half_life_s=self.slow_popularity_half_life_s,
+            transition_half_life_s=self.fast_transition_half_life_s,
+            smoothing=self.fast_smoothing,
+            max_items=first.max_items,
+            max_transitions=first.max_transitions,
+            max_successors=first.max_successors,
+            popular_candidates=max(first.popular_candidates, self.popular),
+        )
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What an answer keeps for its feedback: rows' ids, features (r, F) float16, ranker
+    order (r,) (0 = best), source bitmask (r,) (bit s: in source s's top 20; the last bit:
+    in the answer's top 20), and the session length it answered."""
+
+    ids: list[str]
+    x: np.ndarray
+    rank: np.ndarray
+    mask: np.ndarray
+    n_clicks: int
+    updates: int = 0
+
+
+def _softmax_logp(logits: np.ndarray) -> np.ndarray:
+    """(n,) logits -> (n,) float64 log-probabilities over those n."""
+    z = logits.astype(np.float64)
+    z = z - z.max()
+    return z - math.log(np.exp(z).sum())
+
+
+class OnlineRanker:
+    """The linear ranker: features of the candidates, scores, and online weight updates.
+    `first` is the online layer's OnlineModel (1 h popularity, 12 h transitions: its
+    learning is the layer's); the ranker owns a second one (24 h, 1 h) fed by learn()."""
+
+    def __init__(self, first: OnlineModel, config: RankerConfig | None = None, seed: int = 0):
+        self.config = c = config or RankerConfig()
+        self.first = first
+        self.second = OnlineModel(c.second_clock(first.config))
+        self.prior = np.array([c.prior.get(f, 0.0) for f in FEATURES])
+        self.weights = self.prior.copy()
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng(seed)
+        self._pending: OrderedDict[str, _Answer] = OrderedDict()
+        # (features, sources) 0/1: a source's ranking value is the sum of its columns
+        self._source_matrix = np.zeros((len(FEATURES), len(SOURCES)))
+        for s, cols in enumerate(SOURCES.values()):
+            self._source_matrix[[_F[f] for f in cols], s] = 1.0
+        names = (*SOURCES, RANKER)
+        self._hits = dict.fromkeys(names, 0.0)  # running hit rates
+        self._feedback = 0  # next clicks seen for a kept answer
+        self._updates = 0  # of those, the ones whose row was kept (weights moved)
+
+    def learn(self, items: Sequence[str], t: float) -> None:
+        """The second clock learns the click items[-1] (the first is the layer's)."""
+        self.second.learn(items, t)
+
+    # --- features ---
+
+    def candidates(self, model_ids: Sequence[str], clicks: Sequence[str]) -> list[str]:
+        """Distinct candidate ids: the model's, the statistics', the session's last clicks."""
+        c = self.config
+        ids = dict.fromkeys(model_ids[: c.model_candidates])
+        ids.update(dict.fromkeys(self.first.candidate_ids(clicks, c.popular)))
+        ids.update(dict.fromkeys(self.second.candidate_ids(clicks, c.popular)))
+        ids.update(dict.fromkeys(clicks[-c.session_clicks :]))
+        return list(ids)
+
+    def features(
+        self,
+        ids: list[str],
+        clicks: Sequence[str],
+        t: float,
+        model_ids: Sequence[str] = (),
+        model_logits: np.ndarray | None = None,
+        stale: bool = False,
+    ) -> np.ndarray:
+        """(len(ids), len(FEATURES)) float64 feature rows (module docstring); model_ids
+        with their logits (best first) are the model's candidates, the softmax's support."""
+        n = len(ids)
+        pos = dict(zip(ids, range(n), strict=True))
+        x = np.zeros((n, len(FEATURES)))
+        if len(model_ids) and model_logits is not None:
+            logp = _softmax_logp(model_logits)
+            at = np.fromiter(map(pos.get, model_ids, repeat(-1)), np.int64, len(model_ids))
+            ranked = at >= 0
+            lp = logp[ranked]
+            col = "model_logp_stale" if stale else "model_logp"
+            x[at[ranked], _F[col]] = np.clip((lp + LOGP_RANGE) / LOGP_RANGE, 0.0, 1.0)
+            x[at[ranked], _F["model_p"]] = np.exp(lp)
+        a = self.first.lookup(clicks, t, ids, pos)  # rows: t1, t2, pop, born (1 h / 12 h)
+        b = self.second.lookup(clicks, t, ids, pos)  # 24 h popularity, 1 h transitions
+        x[:, _F["transition_fast"]] = b[0]
+        x[:, _F["transition_slow"]] = a[0]
+        x[:, _F["transition2_fast"]] = b[1]
+        x[:, _F["transition2_slow"]] = a[1]
+        x[:, _F["popularity_fast"]] = a[2]
+        x[:, _F["popularity_slow"]] = b[2]
+        x[:, _F["trend"]] = np.clip(np.log2((a[2] + 1e-3) / (b[2] + 1e-3)), -4.0, 4.0) / 4.0
+        born = np.fmin(a[3], b[3])  # NaN only where neither clock tracks the item
+        age = np.maximum(t - born, 0.0)
+        x[:, _F["freshness"]] = np.where(np.isnan(born), 0.0, np.exp2(-age / FRESH_S))
+        clicked = [pos[j] for j in set(clicks) if j in pos]
+        x[clicked, _F["clicked"]] = 1.0
+        if clicks and clicks[-1] in pos:
+            x[pos[clicks[-1]], _F["last_click"]] = 1.0
+        return x
+
+    # --- score ---
+
+    def rank(
+        self,
+        model_ids: Sequence[str],
+        model_logits: np.ndarray | None,
+        clicks: Sequence[str],
+        t: float,
+        k: int,
+        exclude: Collection[str] = (),
+        stale: bool = False,
+        session_id: str = "",
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The k best candidates (never one in `exclude`) best first, their scores (k,) and
+        each one's largest contribution's feature index (k,) int. With a session_id the
+        answer is kept for feedback() on that session's next click."""
+        ids = self.candidates(model_ids, clicks)
+        if exclude:
+            ids = [j for j in ids if j not in exclude]
+        if not ids or k <= 0:
+            return [], np.zeros(0), np.zeros(0, np.int64)
+        x = self.features(ids, clicks, t, model_ids, model_logits, stale)
+        w = self.weights  # read once: an update replaces the array, never edits it
+        scores = x @ w
+        order = np.argsort(-scores, kind="stable")
+        top = order[:k]
+        if session_id:
+            self._keep(session_id, ids, x, order, len(clicks))
+        contrib = x[top] * w
+        return [ids[i] for i in top], scores[top], contrib.argmax(axis=1)
+
+    def _keep(
+        self, session_id: str, ids: list[str], x: np.ndarray, order: np.ndarray, n_clicks: int
+    ) -> None:
+        c = self.config
+        n = len(ids)
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        mask = np.zeros(n, np.uint8)
+        mask[order[:TOP]] = 1 << len(SOURCES)
+        values = x @ self._source_matrix  # (n, sources)
+        if n > TOP:
+            best = np.argpartition(-values, TOP - 1, axis=0)[:TOP]  # (TOP, sources)
+        else:
+            best = np.broadcast_to(np.arange(n)[:, None], values.shape)
+        for s in range(values.shape[1]):
+            rows = best[:, s]
+            mask[rows[values[rows, s] > 0]] |= 1 << s
+        keep = (rank < c.keep) | (mask > 0) | (x[:, _F["clicked"]] > 0)
+        rest = np.flatnonzero(~keep)
+        if len(rest):
+            keep[rest[self._rng.integers(0, len(rest), c.samples)]] = True
+        kept = np.flatnonzero(keep)
+        answer = _Answer([ids[i] for i in kept], x[kept].astype(np.float16), rank[kept],
+                         mask[kept], n_clicks)  # fmt: skip
+        with self._lock:
+            old = self._pending.pop(session_id, None)
+            if old is not None:
+                answer.updates = old.updates
+            self._pending[session_id] = answer
+            if len(self._pending) > c.pending_answers:
+                self._pending.popitem(last=False)
+
+    # --- learn the weights ---
+
+    def feedback(self, session_id: str, n_clicks: int, clicked: str) -> bool:
+        """The session's click number n_clicks (1 = its first) was `clicked`: if the
+        session's kept answer was for the n_clicks - 1 before it, update the hit rates and
+        (when the click's row was kept) the weights. True if the weights moved."""
+        c = self.config
+        with self._lock:
+            answer = self._pending.get(session_id)
+            if answer is None or answer.n_clicks != n_clicks - 1:
+                return False
+            answer.n_clicks = -1  # an answer teaches once
+            self._feedback += 1
+            try:
+                i = answer.ids.index(clicked)
+            except ValueError:
+                i = -1
+            mask = int(answer.mask[i]) if i >= 0 else 0
+            rate = 1.0 / min(self._feedback, c.hit_window)
+            for s, name in enumerate(self._hits):
+                self._hits[name] += rate * (((mask >> s) & 1) - self._hits[name])
+            if i < 0 or answer.updates >= c.max_updates_per_session:
+                return False
+            answer.updates += 1
+            self._update(answer, i)
+            self._updates += 1
+            return True
+
+    def _update(self, answer: _Answer, i: int) -> None:
+        """One pairwise logistic step: the clicked row i against the rows ranked above it
+        (the nearest `negatives`), or the `negatives` below it when it came first."""
+        c = self.config
+        others = np.flatnonzero(np.arange(len(answer.ids)) != i)
+        above = others[answer.rank[others] < answer.rank[i]]
+        if len(above):
+            negatives = above[np.argsort(-answer.rank[above])[: c.negatives]]
+        else:
+            negatives = others[np.argsort(answer.rank[others])[: c.negatives]]
+        if len(negatives) == 0:
+            return
+        x = answer.x.astype(np.float64)
+        diff = x[i] - x[negatives]  # (m, F)
+        w = self.weights
+        g = 1.0 / (1.0 + np.exp(diff @ w))  # sigmoid(-margin)
+        step = (g[:, None] * diff).mean(axis=0) - c.l2 * (w - self.prior)
+        self.weights = w + c.learning_rate * step
+
+    # --- report ---
+
+    def report(self) -> dict:
+        """Learnt weights by feature, running hit rates by source (and "ranker": the answer's
+        own top 20), how many next clicks gave feedback and how many moved the weights."""
+        with self._lock:
+            return {
+                "weights": dict(zip(FEATURES, map(float, self.weights), strict=True)),
+                "hit_rate": dict(self._hits),
+                "feedback": self._feedback,
+                "updates": self._updates,
+                "pending_answers": len(self._pending),
+            }
