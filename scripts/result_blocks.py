@@ -41,6 +41,8 @@ def bold_best(rows: list[list[str]], columns: list[int]) -> list[list[str]]:
 def machine_text(machine: Any) -> str:
     if not isinstance(machine, dict):
         return str(machine)
+    if "cpu" not in machine:  # another layout (not scripts/provenance.py's): its own words
+        return ", ".join(f"{key} {value}" for key, value in machine.items())
     gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
     memory = machine.get("memory_gib")
     memory_text = f", {memory:.0f} GiB" if isinstance(memory, int | float) else ""
@@ -434,6 +436,25 @@ def render_replay(rec: Record) -> str:
     return f"{body}\n\n{note}{run_line(rec)}\n"
 
 
+def render_users(rec: Record) -> str:
+    """Session and user models on synthetic returning users (compare_users.py)."""
+    rows = [
+        [
+            r["method"],
+            f4(r["overall"]["recall@20"]),
+            f4(r["overall"]["mrr@20"]),
+            f4(r["returning"]["recall@20"]),
+            f4(r["returning"]["mrr@20"]),
+        ]
+        for r in rec["rows"]
+    ]
+    header = ["method", "Recall@20", "MRR@20", "returning, Recall@20", "returning, MRR@20"]
+    data = rec.get("data", {})
+    sizes = ", ".join(f"{num(v)} {k.replace('_', ' ')}" for k, v in data.items())
+    lead = f"Data: {sizes}.\n\n" if sizes else ""
+    return f"{lead}{table(header, bold_best(rows, [1, 2, 3, 4]))}\n\n{run_line(rec)}\n"
+
+
 RENDERERS: dict[str, Callable[[Record], str]] = {
     "baselines": render_baselines,
     "tuned": render_tuned,
@@ -446,4 +467,5 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "freshness": render_freshness,
     "profiles": render_profiles,
     "replay": render_replay,
+    "users": render_users,
 }

@@ -21,7 +21,9 @@ announce it when it goes on sale; the learning guard (guard.py) applies as in th
 (walk(): each call learns its click, then answers), no model needed.
 
 JSON keys: recall@K and mrr@K for each cutoff, n_predictions, unknown_target_share (targets
-the model's vocabulary lacks: what a frozen model could never get), seconds, settings, and
+the model's vocabulary lacks: what a frozen model could never get), seconds,
+seconds_per_call (the test walk's time per click: a call, or a baseline's learn and
+recommend), settings, and
 with the online layer "online": the ranker's learnt weights by feature, each source's
 running hit rate (share of next clicks in its top 20), feedback and update counts.
 """
@@ -132,6 +134,7 @@ def walk(
             clicks.append(click.item)
             learn(click.session, clicks[-max_clicks:], click.time)
     sessions.clear()
+    calls_started = time.perf_counter()
     k = max(cutoffs)
     pending: dict[str, list[str]] = {}  # session -> its last answer, awaiting the next click
     ranks: list[float] = []
@@ -158,6 +161,8 @@ def walk(
         out[f"mrr@{cutoff}"] = float(reciprocal.mean()) if len(ranks) else 0.0
     out["unknown_target_share"] = unknown_targets / len(ranks) if ranks else 0.0
     out["seconds"] = round(time.perf_counter() - started, 2)
+    # the test walk alone (one call per click; history learning excluded)
+    out["seconds_per_call"] = (time.perf_counter() - calls_started) / max(len(test), 1)
     return out
 
 

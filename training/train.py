@@ -135,6 +135,11 @@ def fit(
     an earlier run, or Trained.optimizer_state) continues its optimiser too. `on_epoch(stats,
     model)` runs after each epoch (training.tune evaluates and prunes there); it may raise to
     stop training."""
+    if cfg.architecture == "hrnn":  # session-parallel batches would never set the user state
+        raise ValueError(
+            "architecture=hrnn trains on user-parallel batches: use training.hrnn_fit.fit_hrnn "
+            "(`python -m training train` picks it when the log has a UserId column)"
+        )
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cpu":  # the quota and affinity, not the host's cores (threads.py)

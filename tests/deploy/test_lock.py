@@ -39,4 +39,3 @@ def test_the_lock_pins_one_version_of_every_package_for_this_python():
     names = {p["name"] for p in lock["package"]}
     for wanted in ("numpy", "pandas", "torch", "onnxruntime-gpu", "grpcio", "protobuf"):
         assert wanted in names
-

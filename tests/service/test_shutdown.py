@@ -26,7 +26,7 @@ CALLERS = 6  # threads, each with a channel of its own
 
 def _retrying_caller(
     target: str, clicks: list[str], deadline_s: float, done: threading.Event,
-    codes: Counter[str],
+    codes: Counter[str], lock: threading.Lock,
 ) -> None:  # fmt: skip
     """Recommend in a loop until `done`, every failure retried at once, as a client whose
     retry policy covers UNAVAILABLE (refusals and connection errors alike)."""
@@ -34,9 +34,11 @@ def _retrying_caller(
         while not done.is_set():
             try:
                 client.recommend("", clicks, 5)
-                codes["OK"] += 1
+                code = "OK"
             except grpc.RpcError as err:
-                codes[err.code().name] += 1
+                code = err.code().name
+            with lock:
+                codes[code] += 1
 
 
 def _stop_under_retries(
@@ -44,11 +46,9 @@ def _stop_under_retries(
 ) -> tuple[float, Counter[str]]:
     """Run CALLERS retrying callers, call stop() once they are answered, keep them calling
     for a moment after it returns. (Seconds stop() took, status code counts.)"""
-    done, codes = threading.Event(), Counter[str]()
-    threads = [
-        threading.Thread(target=_retrying_caller, args=(target, clicks, deadline_s, done, codes))
-        for _ in range(CALLERS)
-    ]
+    done, codes, lock = threading.Event(), Counter[str](), threading.Lock()
+    args = (target, clicks, deadline_s, done, codes, lock)
+    threads = [threading.Thread(target=_retrying_caller, args=args) for _ in range(CALLERS)]
     for thread in threads:
         thread.start()
     try:

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import markov_sessions
 from training.__main__ import main
 from training.config import Config
 from training.data import ItemVocab, Sessions
 from training.evaluate import GRUScorer, collect_ranks
 from training.hrnn import HRNN
 from training.hrnn_fit import fit_hrnn
-from training.train import load_model, save_model
+from training.train import fit, load_model, save_model
 from training.user_batching import UserSessions, user_parallel, with_history
 from training.user_evaluate import HRNNScorer, collect_user_ranks
 from training.users import users_to_dir
@@ -170,3 +171,8 @@ def test_evaluate_with_history_reports_returning_users_for_hrnn_and_gru4rec(tmp_
     assert results["hrnn"]["returning"]["n_events"] == results["gru"]["returning"]["n_events"]
     # GRU4Rec ignores the history: its overall figures are the plain evaluation's
     assert results["gru"]["recall@20"] == pytest.approx(json.loads(plain.read_text())["recall@20"])
+
+
+def test_the_session_parallel_fit_refuses_an_hrnn_config():
+    with pytest.raises(ValueError, match="user-parallel"):
+        fit(markov_sessions(10, 20, seed=0), 10, Config(architecture="hrnn", n_epochs=1))
