@@ -1,12 +1,18 @@
 """Online baselines, the frozen model, the online layer and the shipped defaults, replayed on a
-news-profile and a shop-profile log; writes docs/results/freshness.json.
+news-profile log, a shop-profile log and the stable demo data; writes
+docs/results/freshness.json.
 
-    .venv/bin/python scripts/bench_freshness.py                  # both profiles (~10 min, 2 cores)
-    .venv/bin/python scripts/bench_freshness.py --scale 0.05 --profiles news    # quick
+    .venv/bin/python scripts/bench_freshness.py           # all three (~12 min, 2 shared cores)
+    .venv/bin/python scripts/bench_freshness.py --profiles stable    # quick (~1 min)
     .venv/bin/python scripts/bench_freshness.py --work /tmp/fresh   # keep data and models
 
 Data: `python -m training generate --profile NAME`'s generator (training.profiles; 5 days of
-history and a test day, every click kept). GRU4Rec is trained on the history (GRU4Rec
+history and a test day, every click kept) at --scale 0.5 (news: ~90,000 clicks a day; below
+about 0.5 popularity is far more concentrated than on the real log and the figures mean
+little), and "stable": data/demo (`python -m training generate`, the e-commerce-like data
+without churn where the frozen GRU4Rec is strong; only the model, the online layer and the
+blends are replayed there). Every test click is replayed (no subsample: the whole news test
+day takes about a minute per method). GRU4Rec is trained on the history (GRU4Rec
 preprocessing, the synthetic_demo preset shortened to 3 epochs) and exported. Every method
 is scored by service.replay's walk: the history learnt first, then every test click
 predicted and then learnt, every next click counted (items the model cannot know included).
@@ -15,6 +21,12 @@ holds every item of the log; clicks still go through the learning guard). Method
 service.online_baselines' four, the frozen model (online layer off), the online layer alone
 (no model), the shipped defaults (the online ranker over the model and the online
 statistics) and the previous default (the fixed mixture blend, --scorer mixture).
+
+Checks, printed (and stored under "checks"): on news the baselines' order of the real log
+(last-hour popularity < co-occurrence < decayed co-occurrence, the frozen model far below);
+the shipped defaults above every baseline on news on Recall@20 and MRR@20; on shop and
+stable within 1% of the frozen model (or above) on both. Seconds per call: the test walk's
+time per click, the defaults against the model alone.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -62,12 +75,28 @@ ENGINES = {  # method -> build_engine arguments
 }
 
 
+STABLE = "stable"  # data/demo: no churn, the frozen model strong
+STABLE_METHODS = ("frozen model", "online layer alone")  # besides the defaults and mixture
+BASELINE_NAMES = {
+    "last-hour-popularity": "last-hour popularity",
+    "cooccurrence": "co-occurrence, then popularity",
+    "decayed-cooccurrence": "decayed co-occurrence (1 h)",
+    "session-knn": "session-KNN",
+}
+WITHIN = 0.01  # shop and stable: the defaults at most 1% below the frozen model
+
+
 def data(work: Path, name: str, scale: float, seed: int) -> Path:
-    """The profile's directory under work, generated unless already there."""
+    """The profile's directory under work, generated (or copied from data/demo for
+    "stable") unless already there."""
     out = work / name
     if not (out / "test.tsv").exists():
         out.mkdir(parents=True, exist_ok=True)
-        profile_to_dir(out, name, days=6.0, seed=seed, scale=scale)
+        if name == STABLE:
+            for f in ("train.tsv", "test.tsv"):
+                shutil.copy(ROOT / "data" / "demo" / f, out / f)
+        else:
+            profile_to_dir(out, name, days=6.0, seed=seed, scale=scale)
     return out
 
 
@@ -92,18 +121,20 @@ def row(method: str, figures: dict) -> dict:
         f"recall@{K}": round(figures[f"recall@{K}"], 4),
         f"mrr@{K}": round(figures[f"mrr@{K}"], 4),
         "seconds": figures["seconds"],
+        "ms_per_call": round(1000 * figures["seconds_per_call"], 3),
     }
-    print(f"| {method} | {out[f'recall@{K}']:.4f} | {out[f'mrr@{K}']:.4f} | {out['seconds']} |",
-          flush=True)  # fmt: skip
+    print(f"| {method} | {out[f'recall@{K}']:.4f} | {out[f'mrr@{K}']:.4f} | {out['seconds']} "
+          f"| {out['ms_per_call']} |", flush=True)  # fmt: skip
     return out
 
 
-def profile(out: Path, history: list[Click], test: list[Click]) -> dict:
+def profile(name: str, out: Path, history: list[Click], test: list[Click]) -> dict:
     """Every method's row on one profile, and the ranker's learnt weights and hit rates."""
-    print(f"\n| method | Recall@{K} | MRR@{K} | seconds |\n|---|---:|---:|---:|")
-    rows = [
-        row(name, replay_baseline(make(), history, test, (K,))) for name, make in BASELINES.items()
-    ]
+    print(f"\n| method | Recall@{K} | MRR@{K} | seconds | ms per call |\n|---|---:|---:|---:|---:|")
+    rows = []
+    if name != STABLE:
+        for key, make in BASELINES.items():
+            rows.append(row(BASELINE_NAMES[key], replay_baseline(make(), history, test, (K,))))
     online: dict = {}
     items = log_items(history, test)
     for method, settings in ENGINES.items():
@@ -112,13 +143,45 @@ def profile(out: Path, history: list[Click], test: list[Click]) -> dict:
         rows.append(row(method, figures))
         if method.startswith("shipped"):
             online = figures["online"]
-    return {"rows": rows, "online": online}
+    return {"rows": rows, "online": online, "checks": checks(name, rows)}
+
+
+def checks(name: str, rows: list[dict]) -> dict[str, bool]:
+    """The order and margins the module docstring lists, each printed PASS or FAIL."""
+    r = {x["method"]: (x[f"recall@{K}"], x[f"mrr@{K}"]) for x in rows}
+    defaults, frozen = r[next(m for m in r if m.startswith("shipped"))], r["frozen model"]
+    out: dict[str, bool] = {}
+    if name == "news":
+        pop, co, dec = (r[BASELINE_NAMES[b]] for b in list(BASELINE_NAMES)[:3])
+        out["baseline order (Recall@20): popularity < co-occurrence < decayed"] = (
+            pop[0] < co[0] < dec[0]
+        )
+        out["frozen model far below the baselines (Recall@20, by 0.05+)"] = (
+            frozen[0] < min(pop[0], co[0], dec[0]) - 0.05
+        )
+        best = [r[BASELINE_NAMES[b]] for b in BASELINE_NAMES]
+        out["defaults above every baseline on Recall@20 and MRR@20"] = all(
+            defaults[0] > b[0] and defaults[1] > b[1] for b in best
+        )
+    else:
+        out["defaults within 1% of the frozen model (or above) on both"] = all(
+            d >= (1 - WITHIN) * f for d, f in zip(defaults, frozen, strict=True)
+        )
+    for what, ok in out.items():
+        print(f"{'PASS' if ok else 'FAIL'} {name}: {what}")
+    ms = {m: x["ms_per_call"] for x in rows for m in [x["method"]]}
+    print(
+        f"ms per call: defaults {ms[next(m for m in ms if m.startswith('shipped'))]}, "
+        f"frozen model {ms['frozen model']}"
+    )
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profiles", nargs="+", choices=PROFILES, default=list(PROFILES))
-    parser.add_argument("--scale", type=float, default=0.1, help="training.profiles' size")
+    names = [*PROFILES, STABLE]
+    parser.add_argument("--profiles", nargs="+", choices=names, default=names)
+    parser.add_argument("--scale", type=float, default=0.5, help="training.profiles' size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep data and models here (reused)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "freshness.json")
@@ -133,7 +196,7 @@ def main() -> None:
             history, test = read_clicks(out / "train.tsv"), read_clicks(out / "test.tsv")
             print(f"\n{name}: {len(history):,} history clicks, {len(test):,} test clicks; "
                   f"training + export {train_s:.0f} s", flush=True)  # fmt: skip
-            results[name] = profile(out, history, test)
+            results[name] = profile(name, out, history, test)
             results[name].update(history_clicks=len(history), test_clicks=len(test))
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 thread",

@@ -199,8 +199,10 @@ class OnlineLayer:
             self.ranker.learn(recent, now)
         return True
 
-    def propose(self, clicks: list[str], now: float, exclude: Collection[str]) -> Ranked:
-        n = self.config.candidates
+    def propose(
+        self, clicks: list[str], now: float, exclude: Collection[str], k: int = 0
+    ) -> Ranked:
+        n = max(self.config.candidates, k)  # top_k beyond the pool widens it
         ids, scores, _ = self.model.score(clicks, now, n, exclude, with_sources=False)
         return Ranked(ids, scores)
 
@@ -221,7 +223,7 @@ class OnlineLayer:
         the model. The ranker keeps the answer for the session's next click; the mixture
         scorer blends as blend() with model_weight (times stale_factor when stale)."""
         if self.ranker is None:
-            online = self.propose(clicks, now, exclude)
+            online = self.propose(clicks, now, exclude, k)
             if model_part is None:
                 ids, scores = online.ids[:k], online.scores[:k].tolist()
                 return ids, scores, [SOURCE_ONLINE] * len(ids)
@@ -237,7 +239,20 @@ class OnlineLayer:
         sources = [SOURCE_MODEL if f in model_features else SOURCE_ONLINE for f in top.tolist()]
         return ids, scores.tolist(), sources
 
+    def size(self) -> dict[str, int]:
+        """Items tracked, transitions over both clocks, and estimated bytes (OnlineModel's
+        memory_bytes(): the statistics, not the ranker's kept answers)."""
+        models = [self.model] + ([self.ranker.second] if self.ranker is not None else [])
+        stats = [m.stats() for m in models]
+        return {
+            "items": stats[0]["items"],
+            "transitions": sum(s["transitions"] for s in stats),
+            "bytes": sum(m.memory_bytes() for m in models),
+        }
+
     def report(self) -> dict:
-        """The ranker's weights by feature and sources' running hit rates (ranker.report());
-        {} for the mixture scorer."""
-        return self.ranker.report() if self.ranker is not None else {}
+        """The layer's size() under "size"; with the ranker, its weights by feature and the
+        sources' running hit rates (ranker.report())."""
+        out = self.ranker.report() if self.ranker is not None else {}
+        out["size"] = self.size()
+        return out

@@ -36,6 +36,12 @@ class ServiceConfig:
     cache_size: int = 100_000  # sessions; 0 turns the cache off
     cache_mb: float = 256.0
     cache_ttl_s: float = 1800.0  # a session idle for 30 minutes is forgotten
+    # user states (users.py), for models with a user graph (HRNN) and calls with a user_id:
+    # an entry holds the user state and two session states, about 2 KB at 100 units
+    user_store_size: int = 100_000  # users; 0 remembers none (every session from zero)
+    user_ttl_s: float = 30 * 86400.0  # a user without a call for 30 days is forgotten
+    # a user's session ends after this long without a call, as training splits sessions
+    user_session_idle_s: float = 1800.0
     # on SIGTERM: health turns NOT_SERVING at once, new calls are still taken for drain_s
     # (load balancers need a moment to stop sending), then calls in flight get grace_s
     drain_s: float = 2.0
@@ -89,9 +95,12 @@ class ServiceConfig:
                 problems.append(f"{name}={getattr(self, name)} is not a TCP port (0-65535)")
         if self.device not in DEVICES:
             problems.append(f"device={self.device!r} must be one of {', '.join(DEVICES)}")
+        if self.user_store_size < 0:
+            problems.append(f"user_store_size={self.user_store_size} must be >= 0")
         if self.cache_size < 0:
             problems.append(f"cache_size={self.cache_size} must be >= 0 (0 turns it off)")
         positive: tuple[str, ...] = ("cache_mb", "cache_ttl_s", "max_clicks", "max_item_id_bytes")
+        positive += ("user_ttl_s", "user_session_idle_s")
         positive += ("max_batch",)
         positive += ("max_queue", "max_exclude", "max_candidates", "catalogue_max_items")
         positive += ("catalogue_open_min_sessions", "catalogue_open_min_clients")
@@ -156,6 +165,19 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
     "cache_size": ("--cache-size", "RECSYS_CACHE_SIZE", int, "sessions kept; 0 = no cache"),
     "cache_mb": ("--cache-mb", "RECSYS_CACHE_MB", float, "memory the session cache may use"),
     "cache_ttl_s": ("--cache-ttl-s", "RECSYS_CACHE_TTL_S", float, "idle seconds a session is kept"),
+    "user_store_size": (
+        "--user-store-size",
+        "RECSYS_USER_STORE_SIZE",
+        int,
+        "user states kept (HRNN models, calls with user_id); 0 = none",
+    ),
+    "user_ttl_s": ("--user-ttl-s", "RECSYS_USER_TTL_S", float, "idle seconds a user is kept"),
+    "user_session_idle_s": (
+        "--user-session-idle-s",
+        "RECSYS_USER_SESSION_IDLE_S",
+        float,
+        "idle seconds after which a user's session ends",
+    ),
     "drain_s": ("--drain-s", "RECSYS_DRAIN_S", float, "seconds calls are still taken on SIGTERM"),
     "grace_s": ("--grace-s", "RECSYS_GRACE_S", float, "seconds in-flight calls get on SIGTERM"),
     "max_clicks": ("--max-clicks", "RECSYS_MAX_CLICKS", int, "most clicks a request may carry"),

@@ -43,6 +43,7 @@ class Limits:
     max_candidates: int = 1000
     max_exclude: int = 1000
     max_session_id_bytes: int = 256
+    max_user_id_bytes: int = 256
     max_item_id_bytes: int = 128
     max_client_id_bytes: int = 128  # x-client-id: a hash of a device or address
     max_put_items: int = 1000  # PutItems items (and removals) per call: ~150 KB
@@ -65,6 +66,7 @@ class Query:
     unknown_candidates: list[str] | None = None
     bottom_k: int = 0  # least likely items to return too (Recommend only)
     client_id: str = ""  # gRPC metadata x-client-id: whose learning is capped (guard.py)
+    user_id: str = ""  # whose state a new session starts from (users.py); never logged
 
 
 def quote(ids: Sequence[str]) -> str:
@@ -83,6 +85,7 @@ def decode_recommend(
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
     _check_client(client_id, limits)
+    _check_user(request.user_id, limits)
     k = request.top_k or limits.default_top_k
     if not 1 <= k <= limits.max_top_k:
         raise InvalidRequest(
@@ -115,6 +118,7 @@ def decode_recommend(
         request.strict,
         bottom_k=request.bottom_k,
         client_id=client_id,
+        user_id=request.user_id,
     )
 
 
@@ -180,6 +184,14 @@ def decode_put_items(
     return items, remove
 
 
+def decode_forget_user(request: pb.ForgetUserRequest, limits: Limits) -> str:
+    """The user id of a ForgetUser request; raises InvalidRequest."""
+    if not request.user_id:
+        raise InvalidRequest("user_id is empty; send the user id to forget")
+    _check_user(request.user_id, limits)
+    return request.user_id
+
+
 def lookup(ids: Sequence[str], index: Mapping[str, int]) -> np.ndarray:
     """Indices (int64) of ids, -1 where unknown."""
     if not ids:
@@ -223,6 +235,15 @@ def _check_client(client_id: str, limits: Limits) -> None:
         raise InvalidRequest(
             f"the x-client-id metadata is {size} bytes long; send at most "
             f"{limits.max_client_id_bytes} (a hash of the device or address)"
+        )
+
+
+def _check_user(user_id: str, limits: Limits) -> None:
+    size = len(user_id.encode())  # the id itself is never quoted: it names a person
+    if size > limits.max_user_id_bytes:
+        raise InvalidRequest(
+            f"user_id is {size} bytes long; use at most {limits.max_user_id_bytes} (a keyed "
+            "hash of the account id)"
         )
 
 

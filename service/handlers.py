@@ -8,6 +8,7 @@ Each call is timed per pipeline stage into ServerStats. Requests that are not va
 are answered INVALID_ARGUMENT by the handler, not failed inside gRPC's deserializer (which
 would log a traceback per call and answer INTERNAL). The metadata `x-client-id` names the
 client whose learning is capped (guard.py); PutItems needs `authorization: Bearer TOKEN`.
+ForgetUser drops a user's state (users.py); user ids are never logged.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import grpc
 
 from .batching import DeadlineExpired, Overloaded
 from .catalogue import CatalogueFull
-from .decode import InvalidRequest, NoKnownClicks, decode_put_items
+from .decode import InvalidRequest, NoKnownClicks, decode_forget_user, decode_put_items
 from .metrics import ServerStats
 from .proto import recommender_pb2 as pb
 from .recommender import SOURCE_POPULARITY, Recommender, Result
@@ -112,6 +113,7 @@ class Handlers:
                 "ScoreItems": unary(self.score_items, pb.ScoreItemsRequest, pb.ScoreItemsResponse),
                 "Status": unary(self.get_status, pb.StatusRequest, pb.StatusResponse),
                 "PutItems": unary(self.put_items, pb.PutItemsRequest, pb.PutItemsResponse),
+                "ForgetUser": unary(self.forget_user, pb.ForgetUserRequest, pb.ForgetUserResponse),
             },
         )
 
@@ -151,6 +153,28 @@ class Handlers:
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return response
+
+    async def forget_user(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Drop what this replica holds of a user; the same answer whether it held any."""
+        t0 = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            engine = self.engine
+            if request is UNDECODABLE:
+                raise InvalidRequest("the request is not a valid recsys.v1.ForgetUserRequest")
+            if engine is None:
+                code, message = grpc.StatusCode.UNAVAILABLE, "model is loading; retry shortly"
+            else:
+                engine.forget_user(decode_forget_user(request, engine.limits))
+        except _EXPECTED as err:
+            code, message = _STATUS_OF[type(err)], str(err)
+        except Exception:
+            log.exception("ForgetUser failed")
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        self.stats.record_call("ForgetUser", code.name, time.perf_counter() - t0)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return pb.ForgetUserResponse()
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         expected = self.catalogue_token

@@ -8,6 +8,7 @@ recsys_batch_queue_seconds_total / recsys_batch_run_seconds_total
 recsys_batch_expired_total / recsys_overload_refusals_total
 recsys_undecodable_requests_total{method}    requests that were not valid protobuf/UTF-8
 recsys_session_cache_hits_total / _misses_total / _entries / _bytes
+recsys_user_states                           users in the user store (HRNN); no user ids
 recsys_prefix_clicks_skipped_total           cold-session clicks cut to meet a deadline
 recsys_unknown_clicks_total                  request clicks the model does not know
 recsys_popularity_fallbacks_total            answers from the popularity ranking
@@ -25,6 +26,7 @@ recsys_catalogue_items{source}               items that may be recommended: mode
 recsys_online_weight{feature}                the online ranker's learnt weights (ranker.py)
 recsys_online_source_hit_rate{source}        share of recent next clicks in a source's top 20
 recsys_online_feedback_total / _updates_total  next clicks seen for an answer / that taught
+recsys_online_size{what}                     the online layer's size: items, transitions, bytes
 
 The hot path only adds to plain Python numbers (ServerStats); a collector turns them into
 metric families when Prometheus scrapes, so a call pays no metric-library locks. The HTTP
@@ -102,6 +104,7 @@ class ServerStats:
         self.model_info: dict[str, str] = {}
         self.cache_entries: Callable[[], int] = lambda: 0
         self.cache_bytes: Callable[[], int] = lambda: 0
+        self.user_entries: Callable[[], int] = lambda: 0  # users.py; never per user
         self.clickbus: BusStats | None = None  # the server sets it when the bus is on
         self.learning: LearnStats | None = None  # the learning guard's counts (server)
         self.catalogue_sizes: Callable[[], dict[str, int]] = dict  # items by source
@@ -156,6 +159,8 @@ _GAUGES: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
      lambda s: s.cache_entries()),
     ("recsys_session_cache_bytes", "Bytes the state cache holds (estimate)",
      lambda s: s.cache_bytes()),
+    ("recsys_user_states", "Users whose state the store holds (models with a user graph)",
+     lambda s: s.user_entries()),
     ("recsys_model_loaded", "1 while a model is loaded and serving", lambda s: s.model_loaded),
     ("recsys_model_last_reload_ok", "1 if the last load attempt succeeded",
      lambda s: s.last_reload_ok),
@@ -215,8 +220,16 @@ class _Collector(Collector):
 
 
 def _online(report: dict) -> Iterator[Metric]:
-    """The ranker's weights and the sources' running hit rates (ranker.py), when it runs."""
-    if not report:
+    """The online layer's size; the ranker's weights and the sources' running hit rates
+    (ranker.py), when it runs."""
+    if "size" in report:
+        size = GaugeMetricFamily("recsys_online_size",
+                                 "The online layer's tracked items, transitions and bytes",
+                                 labels=["what"])  # fmt: skip
+        for what, value in report["size"].items():
+            size.add_metric([what], float(value))
+        yield size
+    if "weights" not in report:
         return
     weights = GaugeMetricFamily("recsys_online_weight",
                                 "The online ranker's learnt weight of each feature",

@@ -14,28 +14,37 @@ model cannot know, no repeats) and a shop (the model knows nearly everything, a 
 next clicks repeat the last one). Every answer is followed by the session's next click, so
 the service can learn which evidence predicts it, per deployment, continuously.
 
-Candidates: the model's top `BlendConfig.candidates` items, the successors of the last and
-second-last click on both clocks, the `popular` most popular on both, and the session's own
-last clicks. Features, one row per candidate, all in about [0, 1] (FEATURES):
+Candidates: the model's top max(`model_candidates`, k) items (so a top_k of 1,000 gets
+1,000), the successors of the last and second-last click on both clocks, the `popular` most
+popular on both, and the session's own last clicks. Features, one row per candidate, all in
+[0, 1] (FEATURES); evidence on a log scale (log_scale(): ln(1 + v / floor) / ln(1 + 1 /
+floor)), so a linear score is a product of evidence, as a back-off's ratios are:
 
     model_logp, model_logp_stale  (log p + 10) / 10 clipped to [0, 1], p the model's softmax
                                   over its candidates; the _stale column instead when the
                                   session's last click is unknown to the model; 0 if unranked
     model_p                       that p
-    transition_fast/_slow         T(c1, j) / (out(c1) + smoothing) on the 1 h / 12 h clock
+    transition_fast/_slow         T(c1, j) / (out(c1) + smoothing) on the 1 h / 12 h clock,
+                                  log scale with floor 0.01
     transition2_fast/_slow        the same from the click before last
-    popularity_fast/_slow         P(j) / P(most popular) on the 1 h / 24 h clock
+    popularity_fast/_slow         P(j) / P(most popular) on the 30 min / 1 h clock, log
+                                  scale with floor 0.001
     trend                         log2 of j's fast over slow popularity share, clipped to
                                   [-4, 4] / 4: rising or fading
     freshness                     2^-(age / 6 h), age since the item's first click seen
     clicked, last_click           j is one of the session's clicks / is the last one
 
 Score = features @ weights. The weights start at PRIOR (a back-off: the model, then the
-last click's transitions, then popularity) and move by pairwise logistic SGD (BPR): on the
-next click x of a session, x's row against the rows ranked above it in the answer that
-session was given (or the next ones below when x came first), w += lr * mean(sigmoid(-(f_x
-- f_n) . w) * (f_x - f_n)) - lr * l2 * (w - PRIOR). Skipping already-clicked items is thus a
-learnt weight (news: strongly negative; shops: the last click comes back often), not a flag.
+last click's transitions, then popularity) and move by listwise SGD: on the next click x of
+a session, with p the softmax of the scores over the rows kept of the answer that session
+was given, w += lr * (f_x - sum_n p_n f_n) - lr * l2 * (w - PRIOR), the gradient of log
+p_x. Pairwise (BPR) steps against the rows ranked above x, tried first, flattened every
+weight towards 0 on news, where many next clicks have no evidence at all (the weights of a
+pairwise loss only ever shrink on those); the softmax's likelihood stops at a calibrated
+sharpness (news scale 0.5, the first 12 test hours: Recall@20 / MRR@20 0.725 / 0.274
+against 0.700 / 0.250 with pairwise steps over the same features). Skipping
+already-clicked items is thus a learnt weight (news: strongly negative; shops: the last
+click comes back often), not a flag.
 
 Each answer keeps, until its session's next click, the rows of its top `keep` candidates,
 of every source's top 20, of the session's clicks and `samples` random others (float16).
@@ -213,9 +222,7 @@ class OnlineRanker:
 
     # --- features ---
 
-    def candidates(
-        self, model_ids: Sequence[str], clicks: Sequence[str], k: int = 0
-    ) -> list[str]:
+    def candidates(self, model_ids: Sequence[str], clicks: Sequence[str], k: int = 0) -> list[str]:
         """Distinct candidate ids: the model's best max(model_candidates, k), the
         statistics', the session's last clicks."""
         c = self.config

@@ -7,6 +7,7 @@
 A call goes through the stages in one direction:
     decode.py     decode and validate            -> Query
     sessions.py   session state (cache resume)   -> Job
+    users.py      with a user graph (HRNN): the state a user's new session starts from
     inference.py  batched model run (batching.py gathers the jobs)
     guard.py      the online layer learns the new clicks the guard lets through; only now,
                   once the call will be answered: a refused call teaches nothing
@@ -40,6 +41,7 @@ from .inference import Job, run_jobs
 from .proto import recommender_pb2 as pb
 from .runtime import ExportedModel
 from .sessions import SessionCache, make_entry
+from .users import UserSessions
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
@@ -86,8 +88,10 @@ class Recommender:
         online: OnlineLayer | None = None,
         use_model: bool = True,
         guard: LearningGuard | None = None,
+        users: UserSessions | None = None,
     ):
         self.model = model
+        self.users = users  # models with a user graph: where a user's sessions start
         self.cache = cache
         self.limits = limits
         self.online = online
@@ -184,9 +188,12 @@ class Recommender:
                     "popularity ranking"
                 )
             return None
+        user_start = self._user_start(query)  # (1, S) or None, the zero state
         resume = self.cache.resume(query.session_id, known, self._fills_window(query))
         start = resume.start
-        state = resume.state if resume.state is not None else self.model.zero_state(1)
+        state = resume.state if resume.state is not None else user_start
+        if state is None:
+            state = self.model.zero_state(1)
         skipped = 0
         if resume.state is None and deadline != float("inf"):
             budget = deadline - time.monotonic() - DEADLINE_MARGIN_S
@@ -232,13 +239,15 @@ class Recommender:
             assert job.before_last is not None and job.after is not None
             entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
             self.cache.put(query.session_id, entry)
+            if self.users is not None and query.user_id:
+                self.users.seen(query.user_id, query.session_id, job.after)
         cache = ("hit" if job.cache_hit else "miss") if query.session_id else ""
         if query.candidates is not None:
             assert job.scores is not None
             items, scores = order_candidates(query.candidates, job.scores[query.candidates])
         elif self.online is not None:
             assert job.top_items is not None and job.top_scores is not None
-            n = self.online.config.candidates
+            n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
             items, logits = top_k_excluding(job.top_items, job.top_scores, query.excluded, n)
             ids = self.model.item_ids
             model_part = Ranked([ids[i] for i in items], np.asarray(logits))
@@ -254,6 +263,17 @@ class Recommender:
                 job.top_items, job.top_scores, query.excluded, query.top_k
             )
         return self._result(query, items, scores, SOURCE_MODEL, cache, job.skipped)
+
+    def _user_start(self, query: Query) -> np.ndarray | None:
+        """The state the call's session starts from when its user's is known (users.py)."""
+        if self.users is None or not query.user_id or not query.session_id:
+            return None
+        return self.users.start(query.user_id, query.session_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """ForgetUser: drop what is remembered of the user (nothing without a user graph)."""
+        if self.users is not None:
+            self.users.forget(user_id)
 
     def _excluded_ids(self, query: Query) -> set[str]:
         excluded = set(query.exclude_ids)

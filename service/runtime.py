@@ -14,6 +14,9 @@ The export directory (written by `python -m training export`) holds
                   output  new_state (B, S) float32: column b's clicks at the rows where
                           mask is true, fed in time order (false rows leave it unchanged).
                   Optional: older exports, and models it cannot express, lack it.
+  user.onnx       HRNN exports only (metadata.json "user_graph"): inputs user_state (B, U),
+                  state (B, S) float32; outputs new_user_state (B, U) and start_state (B, S),
+                  the state the user's next session starts from (training/export_user.py).
   items.txt       the N item ids, one a line, in index order.
   popularity.npy  (N,) int64 training click counts, for the popularity fallback.
   metadata.json   format_version, model_version, config, training data and evaluation.
@@ -48,6 +51,9 @@ INPUT_ITEMS, INPUT_STATE, INPUT_K = "items", "state", "k"
 INPUT_MASK = "mask"  # prefix.onnx only
 OUTPUT_SCORES, OUTPUT_STATE = "scores", "new_state"
 OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS = "top_scores", "top_items"
+USER_FILE = "user.onnx"  # and its names, shared with training/export_user.py
+INPUT_USER_STATE, INPUT_FINAL_STATE = "user_state", "state"
+OUTPUT_USER_STATE, OUTPUT_START_STATE = "new_user_state", "start_state"
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -113,9 +119,11 @@ class ExportedModel:
         popularity: np.ndarray,
         info: ExportInfo,
         prefix: ort.InferenceSession | None = None,
+        user: ort.InferenceSession | None = None,
     ):
         self.session = session
         self.prefix = prefix  # prefix.onnx, None for exports without it
+        self.user = user  # user.onnx (HRNN), None for session models
         self.item_ids = item_ids
         self.index = {item: i for i, item in enumerate(item_ids)}
         self.popularity = popularity
@@ -141,6 +149,16 @@ class ExportedModel:
         """Whether advance_many runs prefix.onnx (else one step graph run per click)."""
         return self.prefix is not None
 
+    @property
+    def has_user_graph(self) -> bool:
+        """Whether the model carries a user state across a user's sessions (HRNN)."""
+        return self.user is not None
+
+    @property
+    def user_size(self) -> int:
+        """U, the user state's width; 0 without a user graph."""
+        return int((self.info.raw.get("user_graph") or {}).get("user_size", 0))
+
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "auto", threads: int = 0) -> ExportedModel:
         """Read an export directory; threads: onnxruntime intra-op threads (0 = its default).
@@ -158,6 +176,7 @@ class ExportedModel:
         prefix = None
         if (root / PREFIX_FILE).is_file():
             prefix = _session(root / PREFIX_FILE, options, providers)
+        user = _user_session(root, info, options, providers)
         got = session.get_providers()[0]
         if device == "cuda" and got != CUDA:
             raise ModelLoadError(
@@ -166,7 +185,7 @@ class ExportedModel:
             )
         if providers[0] == CUDA and got != CUDA:
             log.warning("a CUDA device is present but onnxruntime could not use it; on CPU")
-        model = cls(session, item_ids, popularity, info, prefix)
+        model = cls(session, item_ids, popularity, info, prefix, user)
         _check_integrity(root, model)
         log.info(
             "model %s: %d items, state %d, onnxruntime %s on %s, %s",
@@ -214,6 +233,20 @@ class ExportedModel:
             outputs.append(OUTPUT_SCORES)
         got = self._run(outputs, items, state, k)
         return got[0], got[1], got[2], (got[3] if with_scores else None)
+
+    def end_session(
+        self, user_state: np.ndarray, final_state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A user's session ended: user_state (B, U) and the session's last state (B, S) ->
+        (the new user state (B, U), the state the user's next session starts from (B, S)).
+        Only for models with a user graph (has_user_graph)."""
+        assert self.user is not None, "no user graph: check has_user_graph"
+        feeds = {
+            INPUT_USER_STATE: np.ascontiguousarray(user_state, dtype=np.float32),
+            INPUT_FINAL_STATE: np.ascontiguousarray(final_state, dtype=np.float32),
+        }
+        new_user, start = self.user.run([OUTPUT_USER_STATE, OUTPUT_START_STATE], feeds)
+        return new_user, start
 
     def advance_many(self, sequences: Sequence[np.ndarray], state: np.ndarray) -> np.ndarray:
         """Feed each row its own clicks: sequences[b] (L_b,) int64 item indices in [0, N),
@@ -281,6 +314,35 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
         ) from err
 
 
+def _user_session(
+    root: Path, info: ExportInfo, options: ort.SessionOptions, providers: list[str]
+) -> ort.InferenceSession | None:
+    """user.onnx when metadata.json names one (HRNN); ModelLoadError when it is missing."""
+    entry = info.raw.get("user_graph")
+    if not entry:
+        return None
+    path = root / str(entry.get("file", USER_FILE))
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; {METADATA_FILE} says the model has a user graph")
+    return _session(path, options, providers)
+
+
+def _check_user_graph(root: Path, model: ExportedModel) -> None:
+    """The user graph must map (1, U), (1, S) to (1, U), (1, S)."""
+    if model.user is None:
+        return
+    u, s = model.user_size, model.state_size
+    try:
+        user, start = model.end_session(np.zeros((1, u), np.float32), model.zero_state(1))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"{root / USER_FILE}: cannot run it on a user of {u} ({err})") from err
+    if user.shape != (1, u) or start.shape != (1, s):
+        raise ModelLoadError(
+            f"{root / USER_FILE}: it returns states {user.shape} and {start.shape}, but "
+            f"{METADATA_FILE} says a user state of {u} and a session state of {s}"
+        )
+
+
 def _check_integrity(root: Path, model: ExportedModel) -> None:
     """Refuse an export whose files were not written together: each file's sha256 must be
     the one metadata.json recorded at export (`files`, and `onnx.sha256` for model.onnx),
@@ -313,6 +375,7 @@ def _check_integrity(root: Path, model: ExportedModel) -> None:
             f"{state.shape[-1]}, but {ITEMS_FILE} and {METADATA_FILE} say {model.n_items} items "
             f"and {model.state_size}; the graph and the lists come from different exports"
         )
+    _check_user_graph(root, model)
 
 
 def _sha256(path: Path) -> str:

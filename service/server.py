@@ -41,6 +41,7 @@ from .recommender import Recommender
 from .reload import ModelSource
 from .runtime import ExportedModel, ModelLoadError
 from .sessions import SessionCache
+from .users import UserSessions, UserStore
 
 log = logging.getLogger(__name__)
 # on shutdown, once the calls in flight have answered: how long no new call may have come
@@ -184,6 +185,8 @@ class RecommendationServer:
         }
         self.stats.cache_entries = engine.cache.__len__
         self.stats.cache_bytes = lambda: engine.cache.nbytes
+        users = engine.users
+        self.stats.user_entries = (lambda: 0) if users is None else users.store.__len__
         if self.online is not None:  # the ranker's weights and hit rates, in /metrics
             self.stats.online_report = self.online.report
         catalogue = self.catalogue
@@ -216,7 +219,12 @@ class RecommendationServer:
             max_exclude=cfg.max_exclude,
             max_item_id_bytes=cfg.max_item_id_bytes,
         )
-        engine = Recommender(model, cache, limits, online=self.online, guard=self.guard)
+        users = None
+        if model.has_user_graph:  # user states belong to the model's weights: one store each
+            store = UserStore(cfg.user_store_size, cfg.user_ttl_s)
+            users = UserSessions(model, store, cfg.user_session_idle_s, cache)
+        engine = Recommender(model, cache, limits, online=self.online, guard=self.guard,
+                             users=users)  # fmt: skip
         engine.warm_up()
         return engine
 

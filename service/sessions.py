@@ -108,6 +108,11 @@ class SessionCache:
         self.nbytes += state.nbytes + _key_bytes(session_id)
         self._evict(now)
 
+    def forget(self, session_id: str) -> None:
+        """Drop the session's entry, if any (ForgetUser)."""
+        if session_id in self._entries:
+            self._drop(session_id)
+
     def _drop(self, session_id: str) -> None:
         _, state = self._entries.pop(session_id)
         self.nbytes -= state.nbytes + _key_bytes(session_id)

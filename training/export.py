@@ -18,6 +18,9 @@ Beside it, prefix.onnx advances many sessions through whole click prefixes in on
     items (T, B) int64, mask (T, B) bool, state (B, S) float32 -> new_state (B, S)
 It is the step graph pruned to the nodes new_state depends on (no scores, no TopK), made
 the body of an ONNX Scan over T; a Where keeps the state of rows whose mask is false.
+
+An HRNN export adds user.onnx, the step between a user's sessions (export_user.py):
+    user_state (B, U), state (B, S) -> new_user_state (B, U), start_state (B, S)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from .export_user import USER_FILE, user_graph, user_metadata
 from .train import load_model
 
 # --- the export format: file, input and output names (service/runtime.py reads them) ---
@@ -75,7 +79,7 @@ class StepGraph(nn.Module):
 def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | None = None) -> Path:
     """Write model.onnx, prefix.onnx, items.txt, popularity.npy and metadata.json to
     out_dir; returns it. prefix.onnx is left out (metadata.json says why) for a step graph
-    it cannot be built from.
+    it cannot be built from. An HRNN also gets user.onnx, its user step (export_user.py).
 
     Raises ValueError for item ids that cannot go one a line, FileNotFoundError for a
     missing model."""
@@ -98,11 +102,18 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
         (out / PREFIX_FILE).unlink(missing_ok=True)
     else:
         (out / PREFIX_FILE).write_bytes(prefix.SerializeToString())
+    user = user_graph(trained.model, opset or DEFAULT_OPSET, MAX_IR_VERSION)  # HRNN only
+    if user is None:
+        (out / USER_FILE).unlink(missing_ok=True)  # one left from an earlier export
+    else:
+        (out / USER_FILE).write_bytes(user.SerializeToString())
     meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest())
     meta["prefix_graph"] = None if prefix is None else PREFIX_FILE
+    meta["user_graph"] = user_metadata(trained.model)
     # the service refuses a directory whose files were not written together (a graph of
     # another model beside these lists would serve wrong ids)
     written = [ITEMS_FILE, POPULARITY_FILE] + ([] if prefix is None else [PREFIX_FILE])
+    written += [] if user is None else [USER_FILE]
     meta["files"] = {
         name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in written
     }

@@ -21,7 +21,7 @@ SOURCE_ONLINE: Source
 SOURCE_BLEND: Source
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "exclude_clicked", "strict", "bottom_k")
+    __slots__ = ("session_id", "clicks", "top_k", "exclude_items", "exclude_clicked", "strict", "bottom_k", "user_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_CLICKED_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     BOTTOM_K_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     clicks: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
@@ -36,7 +37,8 @@ class RecommendRequest(_message.Message):
     exclude_clicked: bool
     strict: bool
     bottom_k: int
-    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., exclude_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ..., bottom_k: _Optional[int] = ...) -> None: ...
+    user_id: str
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ..., exclude_clicked: _Optional[bool] = ..., strict: _Optional[bool] = ..., bottom_k: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "source")
@@ -133,6 +135,16 @@ class PutItemsRequest(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[CatalogueItem]
     remove_item_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, items: _Optional[_Iterable[_Union[CatalogueItem, _Mapping]]] = ..., remove_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PutItemsResponse(_message.Message):
     __slots__ = ("added", "removed", "announced")

@@ -55,6 +55,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.FromString,
                 _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsys.v1.Recommender/ForgetUser',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -93,6 +98,15 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetUser(self, request, context):
+        """Delete what this replica remembers of a user (RecommendRequest.user_id): the user state
+        and the state of the user's current session. For privacy requests; send it to every
+        replica. The answer is the same whether or not anything was remembered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +129,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.PutItems,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +245,33 @@ class Recommender:
             '/recsys.v1.Recommender/PutItems',
             recsys_dot_v1_dot_recommender__pb2.PutItemsRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.PutItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/ForgetUser',
+            recsys_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,18 +1,25 @@
-"""The online ranker: features against the statistics they read, the pairwise update moving
-weight toward the evidence that predicts the next click, the report, and the layer's state
-outliving a model reload."""
+"""The online ranker: features against the statistics they read, the listwise update moving
+weight toward the evidence that predicts the next click, the report, the layer's state
+outliving a model reload, and top_k beyond the candidate pool over a real server."""
 
 from __future__ import annotations
 
+import math
 import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from service.blend import BlendConfig, OnlineLayer
 from service.online import OnlineModel
 from service.ranker import _F, FEATURES, PRIOR, OnlineRanker, RankerConfig
 from service.replay import Click, build_engine, replay
+from training.architectures import build_model
+from training.config import Config
+from training.data import ItemVocab
+from training.export import export_model
+from training.train import save_model
 
 T0 = 1_700_000_000.0
 
@@ -29,11 +36,15 @@ def test_features_read_the_statistics_of_both_clocks_and_the_session():
     ids = ["b", "c", "z"]
     x = ranker.features(ids, ["x", "a"], T0, ["z", "b"], np.array([1.0, 0.0]), stale=False)
     assert x.shape == (3, len(FEATURES))
+
     # a -> b once, a -> c at the skip weight 0.5: out(a) = 1.5, plus smoothing (4 on the
-    # 12 h clock, 1 on the 1 h one)
-    assert x[0, _F["transition_slow"]] == pytest.approx(1 / 5.5)
-    assert x[0, _F["transition_fast"]] == pytest.approx(1 / 2.5)
-    assert x[1, _F["transition_slow"]] == pytest.approx(0.5 / 5.5)
+    # 12 h clock, 1 on the 1 h one); on the log scale with floor 0.01: ln(1 + 100 v) / ln 101
+    def log_share(v: float) -> float:
+        return math.log(1 + 100 * v) / math.log(101)
+
+    assert x[0, _F["transition_slow"]] == pytest.approx(log_share(1 / 5.5))
+    assert x[0, _F["transition_fast"]] == pytest.approx(log_share(1 / 2.5))
+    assert x[1, _F["transition_slow"]] == pytest.approx(log_share(0.5 / 5.5))
     assert x[2, _F["transition_slow"]] == 0.0
     # the model's softmax over its two candidates: z e / (e + 1), b 1 / (e + 1)
     p_b = 1 / (np.e + 1)
@@ -138,7 +149,7 @@ def test_a_session_moves_the_weights_a_bounded_number_of_times():
 
 def test_the_mixture_scorer_is_still_there_behind_the_switch():
     lay = OnlineLayer(OnlineModel(), BlendConfig(scorer="mixture"))
-    assert lay.ranker is None and lay.report() == {}
+    assert lay.ranker is None and set(lay.report()) == {"size"}
     lay.learn("s", ["a"], T0)
     lay.learn("s", ["a", "b"], T0 + 1)
     assert lay.answer("q", ["a"], None, T0 + 2, (), 5)[0][0] == "b"
@@ -191,3 +202,50 @@ def test_metrics_export_the_learnt_weights_and_hit_rates(served, tiny):
     assert line in text
     assert 'recsys_online_source_hit_rate{source="ranker"}' in text
     assert "recsys_online_feedback_total 5.0" in text
+
+
+def test_metrics_gauge_the_online_layers_size(served, tiny):
+    for s in range(3):
+        served.client.recommend(f"s{s}", [tiny.item_ids[s], tiny.item_ids[s + 10]], top_k=5)
+    size = served.server.online.size()
+    assert size["items"] == 3 and size["transitions"] == 0  # new sessions: last clicks only
+    assert size["bytes"] > 0
+    text = urllib.request.urlopen(served.metrics_url, timeout=5).read().decode()
+    assert 'recsys_online_size{what="items"} 3.0' in text
+    assert 'recsys_online_size{what="transitions"} 0.0' in text
+    assert f'recsys_online_size{{what="bytes"}} {float(size["bytes"])!r}' in text
+
+
+def test_the_ranker_widens_its_pool_to_k():
+    ranker = OnlineRanker(OnlineModel(), RankerConfig(model_candidates=50))
+    model_ids = [f"m{i}" for i in range(400)]
+    logits = -np.arange(400, dtype=np.float64) / 100
+    ids, _, _ = ranker.rank(model_ids, logits, ["m0"], T0, 300)
+    assert len(ids) == 300 and len(set(ids)) == 300
+
+
+@pytest.fixture(scope="module")
+def wide_export(tmp_path_factory: pytest.TempPathFactory):
+    """A random GRU4Rec over 1,200 items: more than the candidate pool (100) and than the
+    contract's largest top_k (1,000)."""
+    root = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    cfg = Config(layers=(8,), n_epochs=0)
+    item_ids = [f"w{i:04d}" for i in range(1200)]
+    model = build_model(len(item_ids), cfg).eval()
+    popularity = np.ones(len(item_ids), np.int64)
+    save_model(root / "model", model, cfg, ItemVocab(item_ids), popularity, {})
+    export_model(root / "model", root / "export")
+    return root / "export", item_ids
+
+
+@pytest.mark.parametrize("top_k", [300, 1000])
+def test_top_k_beyond_the_candidate_pool_is_honoured_with_the_online_layer_on(
+    start_server, wide_export, top_k
+):
+    export, item_ids = wide_export
+    running = start_server(model_dir=export)  # the shipped configuration: online layer on
+    assert running.server.online is not None
+    reply = running.client.recommend("s", item_ids[:3], top_k=top_k)
+    ids = [it.item_id for it in reply.items]
+    assert len(ids) == top_k and len(set(ids)) == top_k

@@ -195,7 +195,7 @@ def test_reflection_lists_the_recommender_and_health_services(served):
     assert {SERVICE, "grpc.health.v1.Health"} <= services
     assert recommender.name == "recsys/v1/recommender.proto"
     methods = {m.name for m in recommender.service[0].method}
-    assert methods == {"Recommend", "ScoreItems", "Status", "PutItems"}
+    assert methods == {"Recommend", "ScoreItems", "Status", "PutItems", "ForgetUser"}
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
