@@ -41,7 +41,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .export_user import USER_FILE, user_graph, user_metadata
+from .export_user import (
+    INPUT_FINAL_STATE,
+    INPUT_USER_STATE,
+    USER_FILE,
+    UserStepGraph,
+    user_graph,
+    user_metadata,
+)
 from .train import load_model
 
 # --- the export format: file, input and output names (service/runtime.py reads them) ---
@@ -316,7 +323,8 @@ def check_parity(
     ok when at every step the scores agree within rtol=PARITY_RTOL, atol=PARITY_ATOL, the
     states likewise, and each row's top-20 items are the same in the same order, both from
     the scores and from the graph's TopK; and when the states after ragged prefixes of the
-    sessions (0 to n_steps clicks), all in one `advance_many`, agree likewise."""
+    sessions (0 to n_steps clicks), all in one `advance_many`, agree likewise; and for an
+    HRNN when user.onnx agrees likewise with UserStepGraph on n_sessions random states."""
     trained = load_model(model_dir, device="cpu")
     exported = _OnnxRunner(Path(export_dir))
     if exported.item_ids != [str(i) for i in trained.vocab.ids]:
@@ -349,7 +357,9 @@ def check_parity(
     after = exported.advance_many(prefixes, exported.zero_state(n_sessions))
     expected = np.stack([states[n][b] for b, n in enumerate(lengths)])
     worst["prefix"] = _excess(after, expected)
+    worst["user"] = _user_step_excess(trained.model, exported, rng, n_sessions)
     ok = worst["scores"] <= 1.0 and worst["state"] <= 1.0 and worst["prefix"] <= 1.0
+    ok = ok and worst["user"] <= 1.0
     ok = ok and top_mismatches == 0
     return {
         "ok": bool(ok and graph_top_mismatches == 0),
@@ -362,6 +372,8 @@ def check_parity(
         "worst_state_error_vs_tolerance": worst["state"],
         "worst_prefix_state_error_vs_tolerance": worst["prefix"],
         "prefix_graph": exported.prefix is not None,
+        "user_graph": exported.user is not None,
+        "worst_user_step_error_vs_tolerance": worst["user"],
         f"top{top}_mismatched_rows": top_mismatches,
         f"graph_top{top}_mismatched_rows": graph_top_mismatches,
         "provider": exported.provider,
@@ -390,6 +402,12 @@ class _OnnxRunner:
         self.prefix = (
             ort.InferenceSession(str(prefix), options, ["CPUExecutionProvider"])
             if prefix.is_file()
+            else None
+        )
+        user = root / USER_FILE
+        self.user = (
+            ort.InferenceSession(str(user), options, ["CPUExecutionProvider"])
+            if user.is_file()
             else None
         )
         self.provider = self.session.get_providers()[0]
@@ -434,6 +452,21 @@ class _OnnxRunner:
             stepped = self._run([OUTPUT_STATE], items[t], state, 1)[0]
             state = np.where(mask[t][:, None], stepped, state)
         return state
+
+
+def _user_step_excess(model: nn.Module, exported: _OnnxRunner, rng: Any, n: int) -> float:
+    """user.onnx against UserStepGraph on n random (user, state) rows, as _excess; 0 when
+    neither side has a user graph, inf when only one has."""
+    if (exported.user is None) != (user_metadata(model) is None):
+        return float("inf")
+    if exported.user is None:
+        return 0.0
+    step = UserStepGraph(model).eval()  # type: ignore[arg-type]  # an HRNN: checked above
+    user = rng.normal(size=(n, step.sizes[-1])).astype(np.float32)
+    state = rng.normal(size=(n, sum(step.sizes))).astype(np.float32)
+    got = exported.user.run(None, {INPUT_USER_STATE: user, INPUT_FINAL_STATE: state})
+    expected = step(torch.from_numpy(user), torch.from_numpy(state))
+    return max(_excess(g, e.numpy()) for g, e in zip(got, expected, strict=True))
 
 
 def _excess(actual: np.ndarray, expected: np.ndarray) -> float:

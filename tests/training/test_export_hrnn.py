@@ -113,7 +113,9 @@ def test_the_session_graph_keeps_its_interface_and_parity(exported):
     assert [o.name for o in graph.get_outputs()] == [
         "scores", "new_state", "top_scores", "top_items",
     ]  # fmt: skip
-    assert check_parity(model_dir, export_dir, n_sessions=8)["ok"]
+    report = check_parity(model_dir, export_dir, n_sessions=8)
+    assert report["ok"] and report["user_graph"], report
+    assert report["worst_user_step_error_vs_tolerance"] <= 1.0
 
 
 def test_a_user_graph_from_another_export_is_refused_at_load(exported, tmp_path):
@@ -126,6 +128,8 @@ def test_a_user_graph_from_another_export_is_refused_at_load(exported, tmp_path)
     (mixed / "user.onnx").write_bytes((other / "user.onnx").read_bytes())
     with pytest.raises(ModelLoadError, match="sha256"):
         ExportedModel.load(mixed, "cpu")
+    report = check_parity(exported[0], mixed, n_sessions=4)  # other weights: caught here too
+    assert not report["ok"] and report["worst_user_step_error_vs_tolerance"] > 1.0
 
 
 def test_a_session_model_export_has_no_user_graph_and_drops_a_stale_one(tmp_path):
