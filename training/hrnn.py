@@ -40,7 +40,7 @@ from .gru import (
     run_cells,
     stack_shapes,
 )
-from .model import gather_rows
+from .model import gather_rows, output_scores
 
 
 class HRNN(SessionModel):
@@ -167,8 +167,4 @@ class HRNN(SessionModel):
         out_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h: (B, layers[-1]) -> scores (B, M) for `targets`, or (B, n_items)."""
-        if targets is None:
-            return torch.addmm(self.By.weight.T, h, self.Wy.weight.T)
-        if out_vectors is None:
-            out_vectors = gather_rows(self.Wy, targets)
-        return torch.addmm(gather_rows(self.By, targets).T, h, out_vectors.T)
+        return output_scores(self.Wy, self.By, h, targets, out_vectors)

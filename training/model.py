@@ -62,6 +62,22 @@ def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(table.weight, unique, inverse)
 
 
+def output_scores(
+    Wy: nn.Embedding,
+    By: nn.Embedding,
+    h: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    out_vectors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """h @ Wy.T + By of the `targets` rows: (B, layers[-1]) -> (B, M), or (B, n_items) for
+    every item; out_vectors: the targets' Wy rows when already gathered."""
+    if targets is None:
+        return torch.addmm(By.weight.T, h, Wy.weight.T)
+    if out_vectors is None:
+        out_vectors = gather_rows(Wy, targets)
+    return torch.addmm(gather_rows(By, targets).T, h, out_vectors.T)
+
+
 class OneHotGRUCell(TableInputGRUCell):
     """First GRU layer for one-hot input: input gate pre-activations are a table row."""
 
@@ -131,8 +147,4 @@ class GRU4Rec(SessionModel):
         out_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h: (B, layers[-1]) -> scores (B, M) for `targets`, or (B, n_items)."""
-        if targets is None:
-            return torch.addmm(self.By.weight.T, h, self.Wy.weight.T)
-        if out_vectors is None:
-            out_vectors = gather_rows(self.Wy, targets)
-        return torch.addmm(gather_rows(self.By, targets).T, h, out_vectors.T)
+        return output_scores(self.Wy, self.By, h, targets, out_vectors)
