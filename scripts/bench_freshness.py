@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-import onnxruntime
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -198,17 +194,11 @@ def main() -> None:
                   f"training + export {train_s:.0f} s", flush=True)  # fmt: skip
             results[name] = profile(name, out, history, test)
             results[name].update(history_clicks=len(history), test_clicks=len(test))
-    report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 thread",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "numpy": version("numpy"),
-        },
-        "settings": {"scale": args.scale, "seed": args.seed, "days": 6, "test_days": 1},
-        "profiles": results,
-    }
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from provenance import record
+
+    settings = {"scale": args.scale, "seed": args.seed, "days": 6, "test_days": 1}
+    report = record("freshness", {"settings": settings, "profiles": results})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,21 +61,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs/results/profiles.json"))
     args = parser.parse_args()
     rows, seconds = run(args.days, args.seed, args.scale)
-    result = {
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "uname": " ".join(platform.uname()),
-            "cpu_count": os.cpu_count(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-        },
-        "settings": {"days": args.days, "seed": args.seed, "scale": args.scale},
-        "seconds": seconds,
-        "profiles": rows,
-    }
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from provenance import record
+
+    payload = {"settings": {"days": args.days, "seed": args.seed, "scale": args.scale}}
+    result = record("profiles", {**payload, "seconds": seconds, "profiles": rows})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

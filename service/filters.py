@@ -21,6 +21,17 @@ def top_k_excluding(
     return [i for i, _ in kept], [s for _, s in kept]
 
 
+def top_k_excluding_arrays(
+    items: np.ndarray, scores: np.ndarray, excluded: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """top_k_excluding() as arrays (views when nothing is excluded): for callers that go on
+    in numpy, such as the online layer's softmax over the model's candidates."""
+    if len(excluded) == 0:
+        return items[:k], scores[:k]
+    allowed = ~np.isin(items, excluded)
+    return items[allowed][:k], scores[allowed][:k]
+
+
 def order_candidates(candidates: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
     """Candidates best first; equal scores keep the request order."""
     order = np.argsort(-scores, kind="stable")

@@ -56,6 +56,7 @@ from __future__ import annotations
 import heapq
 import sys
 import threading
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -276,13 +277,16 @@ class OnlineModel:
                 self._top_floor = self._top[self._top_order[-1]]
 
     def _promote(self, x: str, v: float, i: int) -> None:
-        """Move x, at position i of _top_order, up to its place: popularity only grows, by
-        a click at a time, so it rarely moves more than a few places."""
+        """Move x, at position i of _top_order, up to its place after every item above it
+        at least as popular (order[:i] stays sorted: popularity only grows, and rescaling
+        keeps the order). A binary search, not a walk: with a large catalogue clicked
+        evenly, an item's first click outranks every single-click item in the list, up to
+        2 x popular_candidates places (a walk took ~20 us per click in bench_service)."""
         order, top = self._top_order, self._top
-        while i > 0 and top[order[i - 1]] < v:
-            order[i] = order[i - 1]
-            i -= 1
-        order[i] = x
+        j = bisect_right(order, -v, 0, i, key=lambda item: -top[item])
+        if j < i:
+            del order[i]
+            order.insert(j, x)
 
     def _add_transition(self, a: str, b: str, w: float) -> None:
         succ = self._succ.get(a)
@@ -549,7 +553,7 @@ class OnlineModel:
         the Unix time j was first clicked (NaN when untracked). pos: {id: its index in
         ids}, so that successor lists are read, not looked up id by id. Changes nothing."""
         n = len(ids)
-        out = np.zeros((4, n))
+        out = np.zeros((4, n + 1))  # column n: where successors outside ids are written
         with self._lock:
             idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
             mu = self.config.smoothing * 2.0 ** min(idle, 1000.0)
@@ -558,16 +562,16 @@ class OnlineModel:
                     continue
                 succ = self._succ.get(items[-back])
                 if succ and self._out[items[-back]] + mu > 0:
-                    at = [(pos[j], v) for j, v in succ.items() if j in pos]
-                    if at:
-                        where, values = zip(*at, strict=True)
-                        out[row, list(where)] = values
-                        out[row] /= self._out[items[-back]] + mu
+                    m = len(succ)
+                    values = np.fromiter(succ.values(), np.float64, m)
+                    values /= self._out[items[-back]] + mu
+                    out[row, np.fromiter(map(pos.get, succ, repeat(n)), np.intp, m)] = values
             top = self._pop[self._top_order[0]] if self._top_order else 0.0
             if top > 0:
-                out[2] = np.fromiter(map(self._pop.get, ids, repeat(0.0)), np.float64, n) / top
-            out[3] = np.fromiter(map(self._born.get, ids, repeat(np.nan)), np.float64, n)
-        return out
+                out[2, :n] = np.fromiter(map(self._pop.get, ids, repeat(0.0)), np.float64, n)
+                out[2] /= top
+            out[3, :n] = np.fromiter(map(self._born.get, ids, repeat(np.nan)), np.float64, n)
+        return out[:, :n]
 
     # --- size ---
 

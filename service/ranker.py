@@ -63,7 +63,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -114,6 +114,15 @@ TOP = 20  # a source "has" the next click when it is in its top 20
 # log-scale floors: a share below them counts as no evidence (feature 0), 1 is feature 1
 SHARE_FLOOR = 1e-2  # transitions: T(c, j) / (out(c) + smoothing)
 POPULARITY_FLOOR = 1e-3  # popularity: P(j) / P(most popular)
+# the six log-scale columns are adjacent (four transition shares, two popularity shares):
+# features() scales them with one log1p over the block (log_scale() row by row: the
+# features are built feature-major, one row per feature)
+_EVIDENCE = slice(_F["transition_fast"], _F["popularity_slow"] + 1)
+_FLOORS = np.array([SHARE_FLOOR] * 4 + [POPULARITY_FLOOR] * 2)[:, None]  # (6, 1)
+_LOG_NORM = np.log1p(1.0 / _FLOORS)  # (6, 1)
+# trend is log2 of (fast + floor) / (slow + floor) popularity, read off the log-scale columns:
+# with the floor at POPULARITY_FLOOR it is their difference times ln(1 + 1 / floor) / ln 2
+_TREND = math.log1p(1.0 / POPULARITY_FLOOR) / math.log(2.0) / 4.0  # then clipped to [-1, 1]
 
 
 def log_scale(v: np.ndarray, floor: float) -> np.ndarray:
@@ -174,13 +183,12 @@ class RankerConfig:
 
 @dataclass(slots=True)
 class _Answer:
-    """What an answer keeps for its feedback: rows' ids, features (r, F) float16, ranker
-    order (r,) (0 = best), source bitmask (r,) (bit s: in source s's top 20; the last bit:
-    in the answer's top 20), and the session length it answered."""
+    """What an answer keeps for its feedback: rows' ids, features (r, F) float16, source
+    bitmask (r,) (bit s: in source s's top 20; the last bit: in the answer's top 20), and
+    the session length it answered."""
 
     ids: list[str]
     x: np.ndarray
-    rank: np.ndarray
     mask: np.ndarray
     n_clicks: int
     updates: int = 0
@@ -211,6 +219,9 @@ class OnlineRanker:
         self._source_matrix = np.zeros((len(FEATURES), len(SOURCES)))
         for s, cols in enumerate(SOURCES.values()):
             self._source_matrix[[_F[f] for f in cols], s] = 1.0
+        # _keep(): row indices of the sources for fancy indexing, and each row's mask bit
+        self._source_rows = np.broadcast_to(np.arange(len(SOURCES))[:, None], (len(SOURCES), TOP))
+        self._bits = (1 << np.arange(len(SOURCES) + 1)).astype(np.uint8)
         names = (*SOURCES, RANKER)
         self._hits = dict.fromkeys(names, 0.0)  # running hit rates
         self._feedback = 0  # next clicks seen for a kept answer
@@ -225,12 +236,16 @@ class OnlineRanker:
     def candidates(self, model_ids: Sequence[str], clicks: Sequence[str], k: int = 0) -> list[str]:
         """Distinct candidate ids: the model's best max(model_candidates, k), the
         statistics', the session's last clicks."""
+        return list(self._pool(model_ids, clicks, k))
+
+    def _pool(self, model_ids: Sequence[str], clicks: Sequence[str], k: int) -> dict[str, None]:
         c = self.config
-        ids = dict.fromkeys(model_ids[: max(c.model_candidates, k)])
-        ids.update(dict.fromkeys(self.first.candidate_ids(clicks, c.popular)))
-        ids.update(dict.fromkeys(self.second.candidate_ids(clicks, c.popular)))
-        ids.update(dict.fromkeys(clicks[-c.session_clicks :]))
-        return list(ids)
+        return dict.fromkeys(chain(
+            model_ids[: max(c.model_candidates, k)],
+            self.first.candidate_ids(clicks, c.popular),
+            self.second.candidate_ids(clicks, c.popular),
+            clicks[-c.session_clicks :],
+        ))  # fmt: skip
 
     def features(
         self,
@@ -243,33 +258,53 @@ class OnlineRanker:
     ) -> np.ndarray:
         """(len(ids), len(FEATURES)) float64 feature rows (module docstring); model_ids
         with their logits (best first) are the model's candidates, the softmax's support."""
+        return self._columns(ids, clicks, t, model_ids, model_logits, stale).T
+
+    def _columns(
+        self,
+        ids: list[str],
+        clicks: Sequence[str],
+        t: float,
+        model_ids: Sequence[str],
+        model_logits: np.ndarray | None,
+        stale: bool,
+    ) -> np.ndarray:
+        """features() transposed: (len(FEATURES), len(ids)), one contiguous row per feature,
+        so that blocks of features take one numpy call each."""
         n = len(ids)
         pos = dict(zip(ids, range(n), strict=True))
-        x = np.zeros((n, len(FEATURES)))
+        x = np.zeros((len(FEATURES), n))
         if len(model_ids) and model_logits is not None:
             logp = _softmax_logp(model_logits)
-            at = np.fromiter(map(pos.get, model_ids, repeat(-1)), np.int64, len(model_ids))
+            at = np.fromiter(map(pos.get, model_ids, repeat(-1)), np.intp, len(model_ids))
             ranked = at >= 0
-            lp = logp[ranked]
-            col = "model_logp_stale" if stale else "model_logp"
-            x[at[ranked], _F[col]] = np.clip((lp + LOGP_RANGE) / LOGP_RANGE, 0.0, 1.0)
-            x[at[ranked], _F["model_p"]] = np.exp(lp)
+            at, lp = at[ranked], logp[ranked]
+            x[_F["model_p"], at] = np.exp(lp)
+            lp += LOGP_RANGE
+            lp /= LOGP_RANGE
+            x[_F["model_logp_stale" if stale else "model_logp"], at] = np.clip(lp, 0.0, 1.0)
         a = self.first.lookup(clicks, t, ids, pos)  # rows: t1, t2, pop, born (1 h / 12 h)
         b = self.second.lookup(clicks, t, ids, pos)  # 30 min popularity, 1 h transitions
-        x[:, _F["transition_fast"]] = log_scale(b[0], SHARE_FLOOR)
-        x[:, _F["transition_slow"]] = log_scale(a[0], SHARE_FLOOR)
-        x[:, _F["transition2_fast"]] = log_scale(b[1], SHARE_FLOOR)
-        x[:, _F["transition2_slow"]] = log_scale(a[1], SHARE_FLOOR)
-        x[:, _F["popularity_fast"]] = log_scale(b[2], POPULARITY_FLOOR)
-        x[:, _F["popularity_slow"]] = log_scale(a[2], POPULARITY_FLOOR)
-        x[:, _F["trend"]] = np.clip(np.log2((b[2] + 1e-3) / (a[2] + 1e-3)), -4.0, 4.0) / 4.0
+        evidence = x[_EVIDENCE]  # (6, n): t1 fast, t1 slow, t2 fast, t2 slow, pop fast, slow
+        evidence[0::2] = b[:3]
+        evidence[1::2] = a[:3]
+        evidence /= _FLOORS
+        np.log1p(evidence, out=evidence)
+        evidence /= _LOG_NORM
+        trend = x[_F["trend"]]
+        np.subtract(evidence[4], evidence[5], out=trend)
+        trend *= _TREND
+        np.clip(trend, -1.0, 1.0, out=trend)
         born = np.fmin(a[3], b[3])  # NaN only where neither clock tracks the item
-        age = np.maximum(t - born, 0.0)
-        x[:, _F["freshness"]] = np.where(np.isnan(born), 0.0, np.exp2(-age / FRESH_S))
+        born -= t
+        born /= FRESH_S
+        np.minimum(born, 0.0, out=born)  # -age / FRESH_S (NaN stays NaN)
+        np.exp2(born, out=born)
+        np.copyto(x[_F["freshness"]], born, where=born >= 0.0)  # not NaN; untracked: 0
         clicked = [pos[j] for j in set(clicks) if j in pos]
-        x[clicked, _F["clicked"]] = 1.0
+        x[_F["clicked"], clicked] = 1.0
         if clicks and clicks[-1] in pos:
-            x[pos[clicks[-1]], _F["last_click"]] = 1.0
+            x[_F["last_click"], pos[clicks[-1]]] = 1.0
         return x
 
     # --- score ---
@@ -288,45 +323,49 @@ class OnlineRanker:
         """The k best candidates (never one in `exclude`) best first, their scores (k,) and
         each one's largest contribution's feature index (k,) int. With a session_id the
         answer is kept for feedback() on that session's next click."""
-        ids = self.candidates(model_ids, clicks, k)
-        if exclude:
-            ids = [j for j in ids if j not in exclude]
+        pool = self._pool(model_ids, clicks, k)
+        for j in exclude:
+            pool.pop(j, None)
+        ids = list(pool)
         if not ids or k <= 0:
             return [], np.zeros(0), np.zeros(0, np.int64)
-        x = self.features(ids, clicks, t, model_ids, model_logits, stale)
+        x = self._columns(ids, clicks, t, model_ids, model_logits, stale)  # (F, n)
         w = self.weights  # read once: an update replaces the array, never edits it
-        scores = x @ w
+        scores = w @ x
         order = np.argsort(-scores, kind="stable")
         top = order[:k]
         if session_id:
             self._keep(session_id, ids, x, order, len(clicks))
-        contrib = x[top] * w
-        return [ids[i] for i in top], scores[top], contrib.argmax(axis=1)
+        contrib = x[:, top] * w[:, None]  # (F, k)
+        return [ids[i] for i in top.tolist()], scores[top], contrib.argmax(axis=0)
 
     def _keep(
         self, session_id: str, ids: list[str], x: np.ndarray, order: np.ndarray, n_clicks: int
     ) -> None:
+        """Keep the rows the session's next click will learn from: the top `keep`, every
+        source's top TOP (their bits in the mask), the clicked items, `samples` others.
+        x: (F, n) as _columns() gives it; order: the ranking, best first."""
         c = self.config
         n = len(ids)
-        rank = np.empty(n, np.int64)
-        rank[order] = np.arange(n)
-        mask = np.zeros(n, np.uint8)
-        mask[order[:TOP]] = 1 << len(SOURCES)
-        values = x @ self._source_matrix  # (n, sources)
+        values = self._source_matrix.T @ x  # (sources, n)
         if n > TOP:
-            best = np.argpartition(-values, TOP - 1, axis=0)[:TOP]  # (TOP, sources)
+            best = np.argpartition(-values, TOP - 1, axis=1)[:, :TOP]  # (sources, TOP)
         else:
-            best = np.broadcast_to(np.arange(n)[:, None], values.shape)
-        for s in range(values.shape[1]):
-            rows = best[:, s]
-            mask[rows[values[rows, s] > 0]] |= 1 << s
-        keep = (rank < c.keep) | (mask > 0) | (x[:, _F["clicked"]] > 0)
+            best = np.broadcast_to(np.arange(n), values.shape)
+        sources = self._source_rows[:, : best.shape[1]]
+        chosen = np.zeros((len(SOURCES) + 1, n), np.uint8)  # a source's top rows, then ours
+        chosen[sources, best] = values[sources, best] > 0
+        chosen[-1, order[:TOP]] = 1
+        mask = self._bits @ chosen  # (n,) bit s: in source s's top TOP
+        keep = mask > 0
+        keep[order[: c.keep]] = True
+        keep |= x[_F["clicked"]] > 0
         rest = np.flatnonzero(~keep)
         if len(rest):
             keep[rest[self._rng.integers(0, len(rest), c.samples)]] = True
         kept = np.flatnonzero(keep)
-        answer = _Answer([ids[i] for i in kept], x[kept].astype(np.float16), rank[kept],
-                         mask[kept], n_clicks)  # fmt: skip
+        rows = x[:, kept].T.astype(np.float16, order="C")  # (r, F)
+        answer = _Answer([ids[i] for i in kept.tolist()], rows, mask[kept], n_clicks)
         with self._lock:
             old = self._pending.pop(session_id, None)
             if old is not None:

@@ -35,7 +35,12 @@ from .decode import (
     decode_score_items,
     quote,
 )
-from .filters import bottom_k_excluding, order_candidates, top_k_excluding
+from .filters import (
+    bottom_k_excluding,
+    order_candidates,
+    top_k_excluding,
+    top_k_excluding_arrays,
+)
 from .guard import LearningGuard
 from .inference import Job, run_jobs
 from .proto import recommender_pb2 as pb
@@ -248,9 +253,11 @@ class Recommender:
         elif self.online is not None:
             assert job.top_items is not None and job.top_scores is not None
             n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
-            items, logits = top_k_excluding(job.top_items, job.top_scores, query.excluded, n)
+            top_items, logits = top_k_excluding_arrays(
+                job.top_items, job.top_scores, query.excluded, n
+            )
             ids = self.model.item_ids
-            model_part = Ranked([ids[i] for i in items], np.asarray(logits))
+            model_part = Ranked([ids[i] for i in top_items.tolist()], logits)  # (n,) float32
             now = time.time() if now is None else now
             stale = bool(query.unknown) and query.clicks[-1] not in self.model.index
             top, blended, sources = self._online_answer(query, model_part, now, stale)
