@@ -22,14 +22,14 @@ were chosen by `scripts/bench_churn.py --sweep` on churn and stable data (docs/o
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .online import OnlineConfig, OnlineModel
-from .ranker import FEATURES, OnlineRanker, RankerConfig
+from .ranker import FEATURES, OnlineRanker, RankerConfig, RankQuery
 
 SOURCE_MODEL, SOURCE_ONLINE = "model", "online"
 SCORERS = ("ranker", "mixture")
@@ -222,22 +222,34 @@ class OnlineLayer:
         excluded), None when the model does not answer; stale: the last click is unknown to
         the model. The ranker keeps the answer for the session's next click; the mixture
         scorer blends as blend() with model_weight (times stale_factor when stale)."""
-        if self.ranker is None:
-            online = self.propose(clicks, now, exclude, k)
-            if model_part is None:
-                ids, scores = online.ids[:k], online.scores[:k].tolist()
-                return ids, scores, [SOURCE_ONLINE] * len(ids)
-            weight = self.config.model_weight
-            weight *= self.config.stale_factor if stale else 1.0
-            return blend(model_part, online, k, weight)
         model_ids = model_part.ids if model_part is not None else []
         logits = model_part.scores if model_part is not None else None
-        ids, scores, top = self.ranker.rank(
-            model_ids, logits, clicks, now, k, exclude, stale, session_id
-        )
+        query = RankQuery(model_ids, logits, clicks, now, k, exclude, stale, session_id)
+        return self.answer_many([query])[0]
+
+    def answer_many(
+        self, queries: Sequence[RankQuery]
+    ) -> list[tuple[list[str], list[float], list[str]]]:
+        """answer() for every call of a batch (its fields in a ranker.RankQuery: t is the
+        call's time, model_ids and model_logits its model part, empty and None without one),
+        ranked together by OnlineRanker.rank_many(); the mixture scorer answers one by one."""
+        if self.ranker is None:
+            return [self._mixture(q) for q in queries]
         model_features = _MODEL_FEATURES
-        sources = [SOURCE_MODEL if f in model_features else SOURCE_ONLINE for f in top.tolist()]
-        return ids, scores.tolist(), sources
+        out = []
+        for ids, scores, top in self.ranker.rank_many(queries):
+            sources = [SOURCE_MODEL if f in model_features else SOURCE_ONLINE for f in top.tolist()]
+            out.append((ids, scores.tolist(), sources))
+        return out
+
+    def _mixture(self, q: RankQuery) -> tuple[list[str], list[float], list[str]]:
+        online = self.propose(q.clicks, q.t, q.exclude, q.k)
+        if q.model_logits is None:
+            ids, scores = online.ids[: q.k], online.scores[: q.k].tolist()
+            return ids, scores, [SOURCE_ONLINE] * len(ids)
+        weight = self.config.model_weight
+        weight *= self.config.stale_factor if q.stale else 1.0
+        return blend(Ranked(list(q.model_ids), q.model_logits), online, q.k, weight)
 
     def size(self) -> dict[str, int]:
         """Items tracked, transitions over both clocks, and estimated bytes (OnlineModel's

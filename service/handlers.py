@@ -255,18 +255,19 @@ class Handlers:
                 remaining = context.time_remaining()
                 deadline = time.monotonic() + remaining if remaining is not None else float("inf")
                 job = engine.prepare(query, deadline)
-                t1 = t2 = time.perf_counter()
-                if job is not None:
-                    assert engine.batcher is not None
-                    await engine.batcher.submit(job)
-                    t2 = time.perf_counter()
-                engine.learn(query, now)  # answered from here on: a refused call never gets here
-                t3 = time.perf_counter()
+                t1 = time.perf_counter()
                 if job is None:
+                    engine.learn(query, now)  # answered from here on: a refused call is not
+                    t3 = time.perf_counter()
                     result = engine.popularity(query, now)
-                else:
-                    result = engine.finish(query, job, now)
-                t4 = time.perf_counter()
+                    t2, t4 = t1, time.perf_counter()
+                else:  # the model, then learning and answering with the whole batch
+                    call = await engine.submit(query, job, now)
+                    assert call.result is not None
+                    result = call.result
+                    t4 = time.perf_counter()
+                    t3 = t4 - call.finish_s
+                    t2 = t3 - call.learn_s
                 response = _response(method, result, engine.model.model_version)
                 stats.record_outcome(
                     result.cache,

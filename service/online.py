@@ -552,20 +552,41 @@ class OnlineModel:
         terms without their weights; 0 where none), P(j) / P(most popular) in [0, 1], and
         the Unix time j was first clicked (NaN when untracked). pos: {id: its index in
         ids}, so that successor lists are read, not looked up id by id. Changes nothing."""
+        return self.lookup_many([items], [t], ids, [pos])
+
+    def lookup_many(
+        self,
+        sessions: Sequence[Sequence[str]],
+        ts: Sequence[float],
+        ids: Sequence[str],
+        poses: Sequence[dict[str, int]],
+    ) -> np.ndarray:
+        """lookup() for a batch of calls whose candidates lie side by side in `ids`:
+        (4, len(ids)), call i's columns the values of poses[i] ({id: its column}); its
+        session sessions[i] at Unix time ts[i]. Popularity and first-click times take one
+        pass over all ids; successor lists are scattered in one numpy call."""
         n = len(ids)
-        out = np.zeros((4, n + 1))  # column n: where successors outside ids are written
+        out = np.zeros((4, n + 1))  # column n: where successors outside a pool are written
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        shares: list[float] = []  # each value's out(c) + smoothing
         with self._lock:
-            idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
-            mu = self.config.smoothing * 2.0 ** min(idle, 1000.0)
-            for row, back in ((0, 1), (1, 2)):
-                if len(items) < back or (back == 2 and items[-2] == items[-1]):
-                    continue
-                succ = self._succ.get(items[-back])
-                if succ and self._out[items[-back]] + mu > 0:
-                    m = len(succ)
-                    values = np.fromiter(succ.values(), np.float64, m)
-                    values /= self._out[items[-back]] + mu
-                    out[row, np.fromiter(map(pos.get, succ, repeat(n)), np.intp, m)] = values
+            for items, t, pos in zip(sessions, ts, poses, strict=True):
+                idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
+                mu = self.config.smoothing * 2.0 ** min(idle, 1000.0)
+                for row, back in ((0, 1), (1, 2)):
+                    if len(items) < back or (back == 2 and items[-2] == items[-1]):
+                        continue
+                    succ = self._succ.get(items[-back])
+                    if succ and self._out[items[-back]] + mu > 0:
+                        m = len(succ)
+                        rows.extend(repeat(row, m))
+                        cols.extend(map(pos.get, succ, repeat(n)))
+                        values.extend(succ.values())
+                        shares.extend(repeat(self._out[items[-back]] + mu, m))
+            if rows:
+                out[rows, cols] = np.array(values) / np.array(shares)
             top = self._pop[self._top_order[0]] if self._top_order else 0.0
             if top > 0:
                 out[2, :n] = np.fromiter(map(self._pop.get, ids, repeat(0.0)), np.float64, n)

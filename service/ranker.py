@@ -63,7 +63,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import accumulate, chain, pairwise, repeat
 
 import numpy as np
 
@@ -194,11 +194,49 @@ class _Answer:
     updates: int = 0
 
 
-def _softmax_logp(logits: np.ndarray) -> np.ndarray:
-    """(n,) logits -> (n,) float64 log-probabilities over those n."""
+@dataclass(frozen=True, slots=True)
+class RankQuery:
+    """One call for rank_many(): the model's candidates best first with their logits (empty
+    / None without the model), the session's clicks, the call's Unix time t, k, the ids it
+    must not get, whether the last click is unknown to the model, and the session id (""
+    keeps nothing for feedback)."""
+
+    model_ids: Sequence[str]
+    model_logits: np.ndarray | None
+    clicks: Sequence[str]
+    t: float
+    k: int
+    exclude: Collection[str] = ()
+    stale: bool = False
+    session_id: str = ""
+
+
+class _Segments:
+    """Rows of a batch grouped by call: call i owns rows starts[i] to starts[i + 1]."""
+
+    def __init__(self, sizes: np.ndarray):
+        self.n = int(sizes.sum())
+        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # (B,)
+        self.call = np.repeat(np.arange(len(sizes)), sizes)  # (N,) each row's call
+        self._first = np.repeat(self.starts, sizes)  # (N,) each row's call's first row
+
+    def rank(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(order, rank): the rows by call, then by value, largest first (a stable sort:
+        equal values keep row order, as np.argsort(-v, kind="stable") per call), and each
+        row's place in its call's order (0 = largest)."""
+        order = np.lexsort((-values, self.call))
+        rank = np.empty(self.n, np.intp)
+        rank[order] = np.arange(self.n) - self._first  # sorted by call: same first rows
+        return order, rank
+
+
+def _segment_logp(logits: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """(M,) logits of consecutive segments of the given sizes (each >= 1) -> (M,) float64
+    log-probabilities of a softmax within each segment."""
     z = logits.astype(np.float64)
-    z = z - z.max()
-    return z - math.log(np.exp(z).sum())
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    z -= np.repeat(np.maximum.reduceat(z, starts), sizes)
+    return z - np.repeat(np.log(np.add.reduceat(np.exp(z), starts)), sizes)
 
 
 class OnlineRanker:
@@ -258,33 +296,28 @@ class OnlineRanker:
     ) -> np.ndarray:
         """(len(ids), len(FEATURES)) float64 feature rows (module docstring); model_ids
         with their logits (best first) are the model's candidates, the softmax's support."""
-        return self._columns(ids, clicks, t, model_ids, model_logits, stale).T
+        query = RankQuery(model_ids, model_logits, clicks, t, 0, (), stale)
+        return self._columns([ids], [query]).T
 
-    def _columns(
-        self,
-        ids: list[str],
-        clicks: Sequence[str],
-        t: float,
-        model_ids: Sequence[str],
-        model_logits: np.ndarray | None,
-        stale: bool,
-    ) -> np.ndarray:
-        """features() transposed: (len(FEATURES), len(ids)), one contiguous row per feature,
-        so that blocks of features take one numpy call each."""
-        n = len(ids)
-        pos = dict(zip(ids, range(n), strict=True))
+    def _columns(self, pools: list[list[str]], queries: Sequence[RankQuery]) -> np.ndarray:
+        """The feature columns of every call's pool side by side: (len(FEATURES), N), N the
+        pools' total length, call i's rows at offsets i..i+1 of the concatenation; one
+        contiguous row per feature, so that blocks of features take one numpy call each
+        for the whole batch."""
+        starts = list(accumulate(map(len, pools), initial=0))
+        n = starts[-1]
+        ids = list(chain.from_iterable(pools))
+        # {id: its column} per call: pools repeat ids across calls, so one map per call
+        poses = [
+            dict(zip(p, range(o, o + len(p)), strict=True))
+            for p, o in zip(pools, starts[:-1], strict=True)
+        ]
         x = np.zeros((len(FEATURES), n))
-        if len(model_ids) and model_logits is not None:
-            logp = _softmax_logp(model_logits)
-            at = np.fromiter(map(pos.get, model_ids, repeat(-1)), np.intp, len(model_ids))
-            ranked = at >= 0
-            at, lp = at[ranked], logp[ranked]
-            x[_F["model_p"], at] = np.exp(lp)
-            lp += LOGP_RANGE
-            lp /= LOGP_RANGE
-            x[_F["model_logp_stale" if stale else "model_logp"], at] = np.clip(lp, 0.0, 1.0)
-        a = self.first.lookup(clicks, t, ids, pos)  # rows: t1, t2, pop, born (1 h / 12 h)
-        b = self.second.lookup(clicks, t, ids, pos)  # 30 min popularity, 1 h transitions
+        self._model_columns(x, queries, poses)
+        sessions = [q.clicks for q in queries]
+        ts = [q.t for q in queries]
+        a = self.first.lookup_many(sessions, ts, ids, poses)  # t1, t2, pop, born (1 h / 12 h)
+        b = self.second.lookup_many(sessions, ts, ids, poses)  # 30 min popularity, 1 h trans.
         evidence = x[_EVIDENCE]  # (6, n): t1 fast, t1 slow, t2 fast, t2 slow, pop fast, slow
         evidence[0::2] = b[:3]
         evidence[1::2] = a[:3]
@@ -296,16 +329,46 @@ class OnlineRanker:
         trend *= _TREND
         np.clip(trend, -1.0, 1.0, out=trend)
         born = np.fmin(a[3], b[3])  # NaN only where neither clock tracks the item
-        born -= t
+        born -= np.repeat(ts, np.diff(starts))  # each call's own time
         born /= FRESH_S
         np.minimum(born, 0.0, out=born)  # -age / FRESH_S (NaN stays NaN)
         np.exp2(born, out=born)
         np.copyto(x[_F["freshness"]], born, where=born >= 0.0)  # not NaN; untracked: 0
-        clicked = [pos[j] for j in set(clicks) if j in pos]
+        clicked: list[int] = []
+        last: list[int] = []
+        for clicks, pos in zip(sessions, poses, strict=True):
+            clicked.extend(pos[j] for j in set(clicks) if j in pos)
+            if clicks and clicks[-1] in pos:
+                last.append(pos[clicks[-1]])
         x[_F["clicked"], clicked] = 1.0
-        if clicks and clicks[-1] in pos:
-            x[_F["last_click"], pos[clicks[-1]]] = 1.0
+        x[_F["last_click"], last] = 1.0
         return x
+
+    @staticmethod
+    def _model_columns(
+        x: np.ndarray, queries: Sequence[RankQuery], poses: list[dict[str, int]]
+    ) -> None:
+        """Fill model_p and model_logp (model_logp_stale for a stale call) of x (F, N): each
+        call's softmax over its model candidates, for every call of the batch at once."""
+        cols: list[int] = []
+        logits, sizes, stale = [], [], []
+        for q, pos in zip(queries, poses, strict=True):
+            if len(q.model_ids) and q.model_logits is not None:
+                cols.extend(map(pos.get, q.model_ids, repeat(-1)))
+                logits.append(q.model_logits)
+                sizes.append(len(q.model_ids))
+                stale.append(q.stale)
+        if not logits:
+            return
+        logp = _segment_logp(np.concatenate(logits), sizes)  # (M,)
+        at = np.array(cols, np.intp)
+        rows = np.repeat(np.where(stale, _F["model_logp_stale"], _F["model_logp"]), sizes)
+        ranked = at >= 0
+        at, lp, rows = at[ranked], logp[ranked], rows[ranked]
+        x[_F["model_p"], at] = np.exp(lp)
+        lp += LOGP_RANGE
+        lp /= LOGP_RANGE
+        x[rows, at] = np.clip(lp, 0.0, 1.0)
 
     # --- score ---
 
@@ -322,57 +385,95 @@ class OnlineRanker:
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The k best candidates (never one in `exclude`) best first, their scores (k,) and
         each one's largest contribution's feature index (k,) int. With a session_id the
-        answer is kept for feedback() on that session's next click."""
-        pool = self._pool(model_ids, clicks, k)
-        for j in exclude:
-            pool.pop(j, None)
-        ids = list(pool)
-        if not ids or k <= 0:
-            return [], np.zeros(0), np.zeros(0, np.int64)
-        x = self._columns(ids, clicks, t, model_ids, model_logits, stale)  # (F, n)
+        answer is kept for feedback() on that session's next click. rank_many() of one."""
+        query = RankQuery(model_ids, model_logits, clicks, t, k, exclude, stale, session_id)
+        return self.rank_many([query])[0]
+
+    def rank_many(
+        self, queries: Sequence[RankQuery]
+    ) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+        """rank() for every query of a batch, with one feature matrix, one product with the
+        weights and one segmented sort for them all: the same answers as one rank() per
+        query under the same statistics and weights (equal scores keep the pool order)."""
+        empty = ([], np.zeros(0), np.zeros(0, np.int64))
+        out: list[tuple[list[str], np.ndarray, np.ndarray]] = [empty] * len(queries)
+        live, pools = [], []
+        for i, q in enumerate(queries):
+            pool = self._pool(q.model_ids, q.clicks, q.k)
+            for j in q.exclude:
+                pool.pop(j, None)
+            if pool and q.k > 0:
+                live.append(i)
+                pools.append(list(pool))
+        if not live:
+            return out
+        qs = [queries[i] for i in live]
+        x = self._columns(pools, qs)  # (F, N)
         w = self.weights  # read once: an update replaces the array, never edits it
-        scores = w @ x
-        order = np.argsort(-scores, kind="stable")
-        top = order[:k]
-        if session_id:
-            self._keep(session_id, ids, x, order, len(clicks))
-        contrib = x[:, top] * w[:, None]  # (F, k)
-        return [ids[i] for i in top.tolist()], scores[top], contrib.argmax(axis=0)
+        scores = w @ x  # (N,)
+        sizes = np.fromiter(map(len, pools), np.intp, len(pools))
+        batch = _Segments(sizes)
+        order, rank = batch.rank(scores)
+        top = order[rank[order] < np.repeat(np.minimum([q.k for q in qs], sizes), sizes)]
+        best = (x[:, top] * w[:, None]).argmax(axis=0)  # largest contribution per answer row
+        ids = list(chain.from_iterable(pools))
+        top_ids = [ids[i] for i in top.tolist()]
+        cuts = np.searchsorted(batch.call[top], np.arange(len(qs) + 1)).tolist()
+        for i, (a, b) in zip(live, pairwise(cuts), strict=True):
+            out[i] = top_ids[a:b], scores[top[a:b]], best[a:b]
+        if any(q.session_id for q in qs):
+            self._keep(qs, ids, x, batch, order, rank)
+        return out
 
     def _keep(
-        self, session_id: str, ids: list[str], x: np.ndarray, order: np.ndarray, n_clicks: int
+        self,
+        queries: Sequence[RankQuery],
+        ids: list[str],
+        x: np.ndarray,
+        batch: _Segments,
+        order: np.ndarray,
+        rank: np.ndarray,
     ) -> None:
-        """Keep the rows the session's next click will learn from: the top `keep`, every
-        source's top TOP (their bits in the mask), the clicked items, `samples` others.
-        x: (F, n) as _columns() gives it; order: the ranking, best first."""
+        """Keep, per query with a session id, the rows its session's next click will learn
+        from: the top `keep`, every source's top TOP (their bits in the mask), the clicked
+        items, `samples` others. x: (F, N) as _columns() gives it; rank: each row's place in
+        its call's ranking (0 = best), order: the rows by call, then rank."""
         c = self.config
-        n = len(ids)
-        values = self._source_matrix.T @ x  # (sources, n)
-        if n > TOP:
-            best = np.argpartition(-values, TOP - 1, axis=1)[:, :TOP]  # (sources, TOP)
-        else:
-            best = np.broadcast_to(np.arange(n), values.shape)
-        sources = self._source_rows[:, : best.shape[1]]
-        chosen = np.zeros((len(SOURCES) + 1, n), np.uint8)  # a source's top rows, then ours
-        chosen[sources, best] = values[sources, best] > 0
-        chosen[-1, order[:TOP]] = 1
-        mask = self._bits @ chosen  # (n,) bit s: in source s's top TOP
+        values = self._source_matrix.T @ x  # (sources, N)
+        chosen = np.empty((len(SOURCES) + 1, batch.n), np.uint8)  # sources' top rows, ours
+        for s in range(len(SOURCES)):
+            chosen[s] = (batch.rank(values[s])[1] < TOP) & (values[s] > 0)
+        chosen[-1] = rank < TOP
+        mask = self._bits @ chosen  # (N,) bit s: in source s's top TOP
         keep = mask > 0
-        keep[order[: c.keep]] = True
+        keep |= rank < c.keep
         keep |= x[_F["clicked"]] > 0
         rest = np.flatnonzero(~keep)
-        if len(rest):
-            keep[rest[self._rng.integers(0, len(rest), c.samples)]] = True
+        counts = np.bincount(batch.call[rest], minlength=len(queries))
+        wanted = np.fromiter((bool(q.session_id) for q in queries), bool, len(queries))
+        draw = np.flatnonzero(wanted & (counts > 0))
+        if len(draw):  # the same draws, in the same order, as one call at a time
+            first = np.searchsorted(rest, batch.starts[draw])
+            picks = self._rng.integers(0, counts[draw][:, None], (len(draw), c.samples))
+            keep[rest[first[:, None] + picks]] = True
         kept = np.flatnonzero(keep)
         rows = x[:, kept].T.astype(np.float16, order="C")  # (r, F)
-        answer = _Answer([ids[i] for i in kept.tolist()], rows, mask[kept], n_clicks)
+        kept_ids = [ids[i] for i in kept.tolist()]
+        kept_mask = mask[kept]
+        cuts = np.searchsorted(kept, batch.starts).tolist() + [len(kept)]
+        answers = [
+            (q.session_id, _Answer(kept_ids[a:b], rows[a:b].copy(), kept_mask[a:b], len(q.clicks)))
+            for q, (a, b) in zip(queries, pairwise(cuts), strict=True)
+            if q.session_id
+        ]
         with self._lock:
-            old = self._pending.pop(session_id, None)
-            if old is not None:
-                answer.updates = old.updates
-            self._pending[session_id] = answer
-            if len(self._pending) > c.pending_answers:
-                self._pending.popitem(last=False)
+            for session_id, answer in answers:
+                old = self._pending.pop(session_id, None)
+                if old is not None:
+                    answer.updates = old.updates
+                self._pending[session_id] = answer
+                if len(self._pending) > c.pending_answers:
+                    self._pending.popitem(last=False)
 
     # --- learn the weights ---
 

@@ -3,6 +3,7 @@
     engine = Recommender(ExportedModel.load(dir), SessionCache(100_000, 1800), Limits())
     result = engine.recommend_now(engine.decode(request))          # one call, no batching
     result = await engine.recommend(engine.decode(request), deadline)   # batched (server)
+    results = engine.finish_many(queries, jobs, nows)  # a batch whose model work has run
 
 A call goes through the stages in one direction:
     decode.py     decode and validate            -> Query
@@ -44,6 +45,7 @@ from .filters import (
 from .guard import LearningGuard
 from .inference import Job, run_jobs
 from .proto import recommender_pb2 as pb
+from .ranker import RankQuery
 from .runtime import ExportedModel
 from .sessions import SessionCache, make_entry
 from .users import UserSessions
@@ -78,6 +80,21 @@ class Result:
     bottom_source: str = ""
 
 
+@dataclass(slots=True)
+class Call:
+    """A call in the batcher: its query, model work and Unix time; `result` is filled in by
+    finish_batch() together with the rest of its batch, with the seconds of the batch's
+    learning and answering shared out per call (learn_s, finish_s)."""
+
+    query: Query
+    job: Job
+    now: float
+    deadline: float  # the job's: what the batcher checks
+    result: Result | None = None
+    learn_s: float = 0.0
+    finish_s: float = 0.0
+
+
 class Recommender:
     """One model with its session cache, and the server's online layer if it has one with
     the guard of what it learns (default: GuardConfig's rules over a closed catalogue);
@@ -107,7 +124,7 @@ class Recommender:
         # cost of one prefix click, to cut a cold prefix that would miss its deadline;
         # measured by warm_up()
         self.prefix_s_per_click = prefix_s_per_click
-        self.batcher: Batcher[Job] | None = None
+        self.batcher: Batcher[Call] | None = None
 
     # --- stage 1: decode ---
 
@@ -122,20 +139,50 @@ class Recommender:
     def start_batching(
         self, max_batch: int, max_wait_s: float, max_queue: int, stats: BatchStats
     ) -> None:
-        """Create the batcher (inside the running event loop)."""
+        """Create the batcher (inside the running event loop): the model runs a batch of
+        calls in its thread, then finish_batch() answers them together on the loop."""
         self.batcher = Batcher(
-            lambda jobs: run_jobs(self.model, jobs), max_batch, max_wait_s, max_queue, stats
+            lambda calls: run_jobs(self.model, [c.job for c in calls]),
+            max_batch,
+            max_wait_s,
+            max_queue,
+            stats,
+            finish=self.finish_batch,
         )
+
+    async def submit(self, query: Query, job: Job, now: float) -> Call:
+        """The call through the batcher, learnt and answered with its batch (call.result);
+        raises batching.Overloaded / DeadlineExpired, and then nothing is learnt."""
+        assert self.batcher is not None, "start_batching() first"
+        call = Call(query, job, now, job.deadline)
+        await self.batcher.submit(call)
+        return call
+
+    def finish_batch(self, calls: list[Call]) -> None:
+        """Once a batch's model work has run: the layer learns every call's new clicks, in
+        arrival order, then all the calls are answered together (finish_many). So a call
+        is ranked with the clicks of its whole batch learnt, not only those before it."""
+        started = time.perf_counter()
+        for call in calls:
+            self.learn(call.query, call.now)
+        learnt = time.perf_counter()
+        results = self.finish_many([c.query for c in calls], [c.job for c in calls],
+                                   [c.now for c in calls])  # fmt: skip
+        share = 1.0 / len(calls)
+        learn_s, finish_s = (learnt - started) * share, (time.perf_counter() - learnt) * share
+        for call, result in zip(calls, results, strict=True):
+            call.result, call.learn_s, call.finish_s = result, learn_s, finish_s
 
     async def recommend(self, query: Query, deadline: float = float("inf")) -> Result:
         """The call through the batcher; raises batching.Overloaded / DeadlineExpired."""
         now = time.time()
         job = self.prepare(query, deadline)
-        if job is not None:
-            assert self.batcher is not None, "start_batching() first"
-            await self.batcher.submit(job)
-        self.learn(query, now)
-        return self.popularity(query, now) if job is None else self.finish(query, job, now)
+        if job is None:
+            self.learn(query, now)
+            return self.popularity(query, now)
+        call = await self.submit(query, job, now)
+        assert call.result is not None
+        return call.result
 
     def recommend_now(self, query: Query, now: float | None = None) -> Result:
         """The call run on its own, in this thread (replay, tools, tests). now: Unix seconds
@@ -161,24 +208,53 @@ class Recommender:
             self.online.learn(session_id, clicks[: i + 1], now)  # teaches click i alone
         return len(chosen)
 
-    def _online_answer(
-        self, query: Query, model_part: Ranked | None, now: float, stale: bool = False
-    ) -> tuple[list[str], list[float], list[str]]:
-        """OnlineLayer.answer without items outside the catalogue (learnt from another
-        replica, expired or withdrawn since): asked again without those it returned."""
+    def _online_answers(
+        self,
+        queries: list[Query],
+        parts: list[Ranked | None],
+        nows: list[float],
+        stales: list[bool],
+    ) -> list[tuple[list[str], list[float], list[str]]]:
+        """OnlineLayer.answer_many for a batch of calls, without items outside the catalogue
+        (learnt from another replica, expired or withdrawn since): the calls that got some
+        are asked again without them."""  # fmt: skip
         assert self.online is not None
         index, admits = self.model.index, self.catalogue.admits
-        exclude = self._excluded_ids(query)
-        for _ in range(ADMIT_RETRIES):
-            ids, scores, sources = self.online.answer(
-                query.session_id, query.clicks, model_part, now, exclude, query.top_k, stale
+        asks = []
+        for q, part, now, stale in zip(queries, parts, nows, stales, strict=True):
+            ids = part.ids if part is not None else []
+            logits = part.scores if part is not None else None
+            exclude = self._excluded_ids(q)
+            asks.append(RankQuery(ids, logits, q.clicks, now, q.top_k, exclude, stale,
+                                  q.session_id))  # fmt: skip
+        answers = self.online.answer_many(asks)
+        todo = list(range(len(asks)))
+        for attempt in range(ADMIT_RETRIES):
+            again = []
+            for i in todo:
+                now = asks[i].t
+                outside = [item for item in answers[i][0]
+                           if item not in index and not admits(item, now)]  # fmt: skip
+                if outside:
+                    assert isinstance(asks[i].exclude, set)
+                    asks[i].exclude.update(outside)
+                    again.append(i)
+            todo = again
+            if not todo or attempt == ADMIT_RETRIES - 1:
+                break
+            for i, answer in zip(todo, self.online.answer_many([asks[i] for i in todo]),
+                                 strict=True):  # fmt: skip
+                answers[i] = answer
+        for i in todo:  # still some outside after the last try: drop them
+            ids, scores, sources = answers[i]
+            now = asks[i].t
+            keep = [j for j, item in enumerate(ids) if item in index or admits(item, now)]
+            answers[i] = (
+                [ids[j] for j in keep],
+                [scores[j] for j in keep],
+                [sources[j] for j in keep],
             )
-            outside = [item for item in ids if item not in index and not admits(item, now)]
-            if not outside:
-                return ids, scores, sources
-            exclude.update(outside)
-        keep = [i for i, item in enumerate(ids) if item in index or admits(item, now)]
-        return [ids[i] for i in keep], [scores[i] for i in keep], [sources[i] for i in keep]
+        return answers
 
     # --- stage 2: session state ---
 
@@ -223,14 +299,42 @@ class Recommender:
             skipped=skipped,
         )
 
-    # --- stages 4-5: filters, result ---
+    # --- stages 4-5: online scores, filters, result ---
 
     def finish(self, query: Query, job: Job, now: float | None = None) -> Result:
-        result = self._ranked(query, job, now)
-        if query.bottom_k:
-            assert job.scores is not None
-            self._add_bottom(result, query, job.scores, SOURCE_MODEL)
-        return result
+        """The answer to one call whose model work has run: finish_many() of one."""
+        return self.finish_many([query], [job], [time.time() if now is None else now])[0]
+
+    def finish_many(self, queries: list[Query], jobs: list[Job], nows: list[float]) -> list[Result]:
+        """The answers to a batch of calls whose model work has run (nows: each call's Unix
+        time): session state kept, the online layer's answers ranked for the whole batch
+        at once (OnlineLayer.answer_many), exclusions, the cut to k, the least likely."""
+        results: list[Result | None] = []
+        online: list[int] = []  # calls the online layer answers
+        parts: list[Ranked | None] = []
+        for i, (query, job) in enumerate(zip(queries, jobs, strict=True)):
+            cache = self._remember(query, job)
+            if query.candidates is None and self.online is not None:
+                online.append(i)
+                parts.append(self._model_part(query, job))
+                results.append(None)
+            else:
+                results.append(self._model_result(query, job, cache))
+        if online:
+            qs = [queries[i] for i in online]
+            stales = [bool(q.unknown) and q.clicks[-1] not in self.model.index for q in qs]
+            answers = self._online_answers(qs, parts, [nows[i] for i in online], stales)
+            for i, (top, scores, sources) in zip(online, answers, strict=True):
+                query, job = queries[i], jobs[i]
+                cache = ("hit" if job.cache_hit else "miss") if query.session_id else ""
+                results[i] = Result(top, scores, SOURCE_BLEND, sources, query.unknown, [],
+                                    cache, job.skipped)  # fmt: skip
+        done = [r for r in results if r is not None]
+        for query, job, result in zip(queries, jobs, done, strict=True):
+            if query.bottom_k:
+                assert job.scores is not None
+                self._add_bottom(result, query, job.scores, SOURCE_MODEL)
+        return done
 
     def _add_bottom(self, result: Result, query: Query, scores: np.ndarray, source: str) -> None:
         items, worst = bottom_k_excluding(scores, query.excluded, query.bottom_k)
@@ -239,31 +343,31 @@ class Recommender:
         result.bottom_scores = worst
         result.bottom_source = source
 
-    def _ranked(self, query: Query, job: Job, now: float | None) -> Result:
+    def _remember(self, query: Query, job: Job) -> str:
+        """Keep the session's new state in the cache; the call's cache outcome."""
         if query.session_id and not job.skipped:  # a cut-short state is not the session's
             assert job.before_last is not None and job.after is not None
             entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
             self.cache.put(query.session_id, entry)
             if self.users is not None and query.user_id:
                 self.users.seen(query.user_id, query.session_id, job.after)
-        cache = ("hit" if job.cache_hit else "miss") if query.session_id else ""
+        return ("hit" if job.cache_hit else "miss") if query.session_id else ""
+
+    def _model_part(self, query: Query, job: Job) -> Ranked:
+        """The model's candidates for the online layer, without the excluded: (n,) logits."""
+        assert self.online is not None
+        assert job.top_items is not None and job.top_scores is not None
+        n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
+        top_items, logits = top_k_excluding_arrays(job.top_items, job.top_scores,
+                                                   query.excluded, n)  # fmt: skip
+        ids = self.model.item_ids
+        return Ranked([ids[i] for i in top_items.tolist()], logits)  # (n,) float32
+
+    def _model_result(self, query: Query, job: Job, cache: str) -> Result:
+        """The answer from the model alone: the candidates asked for, or its top k."""
         if query.candidates is not None:
             assert job.scores is not None
             items, scores = order_candidates(query.candidates, job.scores[query.candidates])
-        elif self.online is not None:
-            assert job.top_items is not None and job.top_scores is not None
-            n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
-            top_items, logits = top_k_excluding_arrays(
-                job.top_items, job.top_scores, query.excluded, n
-            )
-            ids = self.model.item_ids
-            model_part = Ranked([ids[i] for i in top_items.tolist()], logits)  # (n,) float32
-            now = time.time() if now is None else now
-            stale = bool(query.unknown) and query.clicks[-1] not in self.model.index
-            top, blended, sources = self._online_answer(query, model_part, now, stale)
-            return Result(
-                top, blended, SOURCE_BLEND, sources, query.unknown, [], cache, job.skipped
-            )
         else:
             assert job.top_items is not None and job.top_scores is not None
             items, scores = top_k_excluding(
@@ -305,7 +409,7 @@ class Recommender:
         model = self.model
         if self.online is not None and query.candidates is None:
             now = time.time() if now is None else now
-            ids, scores, _ = self._online_answer(query, None, now)
+            ids, scores, _ = self._online_answers([query], [None], [now], [False])[0]
             if ids:
                 return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
         if query.candidates is not None:
