@@ -72,7 +72,7 @@ EXPOSE 50051 9090
 # The server sets SERVING only after the model is loaded and warmed up; start-period covers
 # that. Kubernetes ignores this and uses its own grpc probes (k8s/base/deployment.yaml).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-m", "service.healthcheck", "--timeout", "3"]
+  CMD ["python", "-m", "service.tools.healthcheck", "--timeout", "3"]
 # Exec form: python is PID 1 and receives SIGTERM itself; the server drains for
 # RECSYS_DRAIN_S, lets calls in flight finish for at most RECSYS_GRACE_S seconds and exits
 # 0, so `docker stop` (10 s) returns before its SIGKILL when calls finish promptly.

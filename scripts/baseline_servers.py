@@ -41,7 +41,7 @@ class TorchPerRequest(pb_grpc.RecommenderServicer):
     def __init__(self, model_dir: str):
         import torch
 
-        from training.train import load_model
+        from training.fit.train import load_model
 
         torch.set_num_threads(1)  # the pool's threads already run side by side
         self.torch = torch

@@ -9,7 +9,7 @@ memory for each compression ratio m / n_items and number of hashes k.
         --item-step both --out runs/bench_bloom_rsc15.json
     # the README table: that command with --n-sessions 40000 --results bloom
 
-The data are drawn once (training.synthetic, every catalogue item in the vocabulary, the last
+The data are drawn once (training.data.synthetic, every catalogue item in the vocabulary, the last
 day of sessions as test set); each configuration then trains in a fresh subprocess, so its
 peak resident memory (getrusage ru_maxrss, read right after training) is its own. "RSS over
 start" subtracts the resident size measured just before training (Python, torch, the data).
@@ -43,8 +43,8 @@ def _rss_mb() -> float:
 
 
 def make_data(args: argparse.Namespace, path: Path) -> dict[str, int]:
-    from training.data import ItemVocab, Sessions, split_by_time
-    from training.synthetic import generate
+    from training.data.logs import ItemVocab, Sessions, split_by_time
+    from training.data.synthetic import generate
 
     cat = generate(
         n_items=args.n_items, n_sessions=args.n_sessions, seed=args.seed, zipf_exponent=args.zipf
@@ -75,9 +75,9 @@ def worker(params: dict, data_path: Path) -> dict:
     import torch
 
     from training.config import Config
-    from training.data import Sessions
+    from training.data.logs import Sessions
     from training.evaluate import GRUScorer, evaluate
-    from training.train import fit
+    from training.fit.train import fit
 
     torch.set_num_threads(params.pop("threads"))
     data = np.load(data_path)
@@ -120,7 +120,7 @@ def run_config(params: dict, data_path: Path) -> dict:
 
 def shared_codes(n_items: int, m: int, k: int) -> int:
     """How many items share all k bits with another item (their scores always tie)."""
-    from training.bloom import bloom_positions
+    from training.models.bloom import bloom_positions
 
     codes = bloom_positions(range(n_items), m, k)
     _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)

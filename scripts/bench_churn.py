@@ -5,19 +5,19 @@ on the stable demo data; with --sweep, the grid of blend settings behind BlendCo
     .venv/bin/python scripts/bench_churn.py --sweep    # and the sweep (about 6 min in all)
     .venv/bin/python scripts/bench_churn.py --no-hourly --sessions 10000    # quick
 
-Churn: training.synthetic with training.churn (items released all day, interest fading
+Churn: training.data.synthetic with training.data.churn (items released all day, interest fading
 within hours) over --days days. Sessions are split by the day they start in: the last day is
 the test, the days before it the history. GRU4Rec is trained on the history (GRU4Rec
-preprocessing) and exported; then service.replay walks the test day, every next click
+preprocessing) and exported; then service.tools.replay walks the test day, every next click
 counted, items the model cannot know included, for: the frozen model (online layer off),
 the online layer alone, the blend, and an hourly update: before each hour of the test day
-the model is the previous one continued on the previous hour's clicks (training.update)
+the model is the previous one continued on the previous hour's clicks (training.fit.update)
 and re-exported, and a new Recommender takes over with the same OnlineLayer, as the
 server's hot reload does. Stable: data/demo's train/test with runs/demo-export, frozen
 model against the blend. Seconds: the replay, and update + export for the hourly variant.
 
 The sweep records each call's two proposals once (the model's top candidates with logits,
-the online layer's with scores) and re-blends them with service.blend.blend for every
+the online layer's with scores) and re-blends them with service.pipeline.blend.blend for every
 setting, which gives what a replay with that setting would give (checked for the defaults).
 """
 
@@ -29,8 +29,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,22 +39,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.blend import BlendConfig, OnlineLayer, Ranked, blend  # noqa: E402
 from service.config import ServiceConfig  # noqa: E402
-from service.decode import Limits  # noqa: E402
+from service.pipeline.blend import BlendConfig, OnlineLayer, Ranked, blend  # noqa: E402
+from service.pipeline.decode import Limits  # noqa: E402
+from service.pipeline.recommender import SOURCE_MODEL, Recommender  # noqa: E402
+from service.pipeline.sessions import SessionCache  # noqa: E402
 from service.proto import recommender_pb2 as pb  # noqa: E402
-from service.recommender import SOURCE_MODEL, Recommender  # noqa: E402
-from service.replay import Click, read_clicks, replay  # noqa: E402
 from service.runtime import ExportedModel  # noqa: E402
 from service.server import make_online_layer  # noqa: E402
-from service.sessions import SessionCache  # noqa: E402
-from training.churn import Churn  # noqa: E402
+from service.tools.replay import Click, read_clicks, replay, walk  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, item_popularity, preprocess  # noqa: E402
+from training.data.churn import Churn  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, item_popularity, preprocess  # noqa: E402
+from training.data.synthetic import DAY, HOUR, START_TIME, generate  # noqa: E402
 from training.export import export_model  # noqa: E402
-from training.synthetic import DAY, HOUR, START_TIME, generate  # noqa: E402
-from training.train import fit, save_model  # noqa: E402
-from training.update import UpdateOptions, save_update, update  # noqa: E402
+from training.fit.train import fit, save_model  # noqa: E402
+from training.fit.update import UpdateOptions, save_update, update  # noqa: E402
 
 K = 20
 MAX_CLICKS = Limits().max_clicks  # what a request may carry, as the server's default
@@ -141,23 +140,6 @@ def hourly_exports(
 # --- replays ---
 
 
-def walk(test: Sequence[Click], answer: Callable[[Click, list[str]], list[str]]) -> np.ndarray:
-    """Ranks (inf: missed) of every next click under `answer(click, session so far)`, called
-    for each click in time order: service.replay's protocol, with the answerer a function."""
-    sessions: dict[str, list[str]] = defaultdict(list)
-    pending: dict[str, list[str]] = {}
-    ranks = []
-    for click in test:
-        answer_before = pending.pop(click.session, None)
-        if answer_before is not None:
-            hit = click.item in answer_before
-            ranks.append(answer_before.index(click.item) + 1 if hit else np.inf)
-        clicks = sessions[click.session]
-        clicks.append(click.item)
-        pending[click.session] = answer(click, clicks[-MAX_CLICKS:])
-    return np.asarray(ranks, dtype=np.float64)
-
-
 def figures(ranks: np.ndarray) -> tuple[float, float]:
     """(Recall@K, MRR@K) of ranks."""
     hit = ranks <= K
@@ -181,15 +163,6 @@ def engine_for(export_dir: Path, layer: OnlineLayer | None, use_model: bool = Tr
     return Recommender(model, cache, Limits(), online=layer, use_model=use_model)
 
 
-def learn_history(layer: OnlineLayer, history: Sequence[Click]) -> None:
-    """What service.replay.replay does with the history: every click learnt, in order."""
-    sessions: dict[str, list[str]] = defaultdict(list)
-    for click in history:
-        clicks = sessions[click.session]
-        clicks.append(click.item)
-        layer.learn(click.session, clicks[-MAX_CLICKS:], click.time)
-
-
 def current(engines: list[tuple[float, Recommender]], now: float) -> Recommender:
     """The engine serving at `now`: the last to have started (the first serves before)."""
     serving = engines[0][1]
@@ -207,16 +180,15 @@ def replay_swapping(
     throughout, as the server's reload keeps it); (Recall@K, MRR@K, seconds)."""
     started = time.perf_counter()
     layer = server_layer()
-    learn_history(layer, history)
     engines = [(t, engine_for(path, layer)) for t, path in exports]
 
-    def answer(click: Click, clicks: list[str]) -> list[str]:
-        engine = current(engines, click.time)
-        request = pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=K)
-        return engine.recommend_now(engine.decode(request), now=click.time).item_ids
+    def answer(session: str, clicks: list[str], t: float, k: int) -> list[str]:
+        engine = current(engines, t)
+        request = pb.RecommendRequest(session_id=session, clicks=clicks, top_k=k)
+        return engine.recommend_now(engine.decode(request), now=t).item_ids
 
-    recall, mrr = figures(walk(test, answer))
-    return recall, mrr, time.perf_counter() - started
+    out = walk(history, test, layer.learn, answer, (K,), MAX_CLICKS)
+    return out[f"recall@{K}"], out[f"mrr@{K}"], time.perf_counter() - started
 
 
 def run_replay(
@@ -226,7 +198,7 @@ def run_replay(
     online: bool = True,
     use_model: bool = True,
 ) -> tuple[float, float, float]:
-    """service.replay.replay of one engine: (Recall@K, MRR@K, seconds)."""
+    """service.tools.replay.replay of one engine: (Recall@K, MRR@K, seconds)."""
     engine = engine_for(export_dir, server_layer() if online else None, use_model)
     result = replay(engine, history, test, (K,))
     return result[f"recall@{K}"], result[f"mrr@{K}"], result["seconds"]
@@ -253,27 +225,26 @@ def record(
     given times as in replay_swapping, and for each next click the call that predicted it."""
     frozen = [(t, engine_for(path, None)) for t, path in exports]
     layer = server_layer(candidates=n)
-    learn_history(layer, history)
     calls: list[Call] = []
     targets: list[tuple[int, str]] = []
     last_call: dict[str, int] = {}
 
-    def answer(click: Click, clicks: list[str]) -> list[str]:
-        if click.session in last_call:
-            targets.append((last_call[click.session], click.item))
-        last_call[click.session] = len(calls)
-        layer.learn(click.session, clicks, click.time)  # as Recommender.recommend_now does
-        engine = current(frozen, click.time)
-        query = engine.decode(pb.RecommendRequest(session_id=click.session, clicks=clicks, top_k=n))
-        result = engine.recommend_now(query, now=click.time)
+    def answer(session: str, clicks: list[str], t: float, k: int) -> list[str]:
+        if session in last_call:
+            targets.append((last_call[session], clicks[-1]))
+        last_call[session] = len(calls)
+        layer.learn(session, clicks, t)  # as Recommender.recommend_now does
+        engine = current(frozen, t)
+        query = engine.decode(pb.RecommendRequest(session_id=session, clicks=clicks, top_k=n))
+        result = engine.recommend_now(query, now=t)
         ranked = None
         if result.source == SOURCE_MODEL:
             ranked = Ranked(result.item_ids, np.asarray(result.scores, np.float32))
         stale = bool(query.unknown) and clicks[-1] not in engine.model.index
-        calls.append(Call(ranked, layer.propose(clicks, click.time, ()), stale, result.item_ids))
+        calls.append(Call(ranked, layer.propose(clicks, t, ()), stale, result.item_ids))
         return []
 
-    walk(test, answer)
+    walk(history, test, layer.learn, answer, (K,), MAX_CLICKS)  # only the calls are kept
     return calls, targets
 
 

@@ -6,7 +6,7 @@ docs/results/freshness.json.
     .venv/bin/python scripts/bench_freshness.py --profiles stable    # quick (~1 min)
     .venv/bin/python scripts/bench_freshness.py --work /tmp/fresh   # keep data and models
 
-Data: `python -m training generate --profile NAME`'s generator (training.profiles; 5 days of
+Data: `python -m training generate --profile NAME`'s generator (training.data.profiles; 5 days of
 history and a test day, every click kept) at --scale 0.5 (news: ~90,000 clicks a day; below
 about 0.5 popularity is far more concentrated than on the real log and the figures mean
 little), and "stable": data/demo (`python -m training generate`, the e-commerce-like data
@@ -14,11 +14,11 @@ without churn where the frozen GRU4Rec is strong; only the model, the online lay
 blends are replayed there). Every test click is replayed (no subsample: the whole news test
 day takes about a minute per method). GRU4Rec is trained on the history (GRU4Rec
 preprocessing, the synthetic_demo preset shortened to 3 epochs) and exported. Every method
-is scored by service.replay's walk: the history learnt first, then every test click
+is scored by service.tools.replay's walk: the history learnt first, then every test click
 predicted and then learnt, every next click counted (items the model cannot know included).
 The service runs as a site that announces each item when it publishes it (its catalogue
 holds every item of the log; clicks still go through the learning guard). Methods:
-service.online_baselines' four, the frozen model (online layer off), the online layer alone
+service.tools.online_baselines' four, the frozen model (online layer off), the online layer alone
 (no model), the shipped defaults (the online ranker over the model and the online
 statistics) and the previous default (the fixed mixture blend, --scorer mixture).
 
@@ -43,9 +43,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.blend import BlendConfig  # noqa: E402
-from service.online_baselines import BASELINES  # noqa: E402
-from service.replay import (  # noqa: E402
+from service.pipeline.blend import BlendConfig  # noqa: E402
+from service.tools.online_baselines import BASELINES  # noqa: E402
+from service.tools.replay import (  # noqa: E402
     Click,
     build_engine,
     log_items,
@@ -54,10 +54,10 @@ from service.replay import (  # noqa: E402
     replay_baseline,
 )
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, item_popularity, preprocess, read_events  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, item_popularity, preprocess, read_events  # noqa: E402
+from training.data.profiles import PROFILES, profile_to_dir  # noqa: E402
 from training.export import export_model  # noqa: E402
-from training.profiles import PROFILES, profile_to_dir  # noqa: E402
-from training.train import fit, save_model  # noqa: E402
+from training.fit.train import fit, save_model  # noqa: E402
 
 K = 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     names = [*PROFILES, STABLE]
     parser.add_argument("--profiles", nargs="+", choices=names, default=names)
-    parser.add_argument("--scale", type=float, default=0.5, help="training.profiles' size")
+    parser.add_argument("--scale", type=float, default=0.5, help="training.data.profiles' size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep data and models here (reused)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "freshness.json")

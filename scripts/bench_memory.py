@@ -30,7 +30,7 @@ def run_one(n_items: int, n_events: int, params: list[str]) -> dict:
     from bench_train import random_sessions
 
     from training.config import Config
-    from training.train import fit
+    from training.fit.train import fit
 
     data = random_sessions(n_items, n_events)
     before = peak_rss_bytes()

@@ -1,5 +1,6 @@
-"""Progressive validation of service.online on a generated click stream with item churn:
-each click is first predicted from the session so far, then learnt, in time order.
+"""Progressive validation of service.pipeline.online on a generated click stream with item
+churn, walked by service.tools.replay's walk: each click is learnt, then the session's next
+click predicted, in time order.
 
     .venv/bin/python scripts/bench_online.py               # the table (about 35 s)
     .venv/bin/python scripts/bench_online.py --sweep       # the 54 runs behind the defaults
@@ -32,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.online import SOURCE_NAMES, OnlineConfig, OnlineModel  # noqa: E402
+from service.pipeline.online import SOURCE_NAMES, OnlineConfig, OnlineModel  # noqa: E402
+from service.tools.replay import Click, walk  # noqa: E402
 
 DAY = 86_400.0
 START = 1_700_000_000.0
@@ -118,36 +120,40 @@ def generate(n_sessions: int, days: float, seed: int) -> list[Event]:
 def replay(
     events: list[Event], config: OnlineConfig, warmup_until: float, n: int = 20
 ) -> dict[str, Any]:
-    """Score each click from the session so far (after warm-up), then learn it."""
+    """service.tools.replay's walk with the online model alone: the warm-up learnt, then each
+    click learnt and the session's next click predicted at its time."""
     model = OnlineModel(config)
-    sessions: dict[int, list[str]] = {}
-    hits = rr = count = 0.0
-    t_learn = t_score = 0.0
-    n_score = 0
+    clicks = [Click(str(s), x, t) for t, s, x in events]
+    history = [c for c in clicks if c.time < warmup_until]
+    test = clicks[len(history) :]
+    seconds = {"learn": 0.0, "score": 0.0}
     sources = np.zeros(len(SOURCE_NAMES))
-    for t, s, x in events:
-        clicks = sessions.setdefault(s, [])
-        if clicks and t >= warmup_until:
-            t1 = time.perf_counter()
-            ids, _, src = model.score(clicks, t, n)
-            t_score += time.perf_counter() - t1
-            n_score += 1
-            count += 1
-            if x in ids:
-                rank = ids.index(x)
-                hits += 1
-                rr += 1.0 / (rank + 1)
-                sources[src[rank]] += 1
-        clicks.append(x)
+    last: dict[str, tuple[list[str], list[int]]] = {}  # session -> its last ids and sources
+
+    def learn(session: str, session_clicks: list[str], t: float) -> None:
         t1 = time.perf_counter()
-        model.learn(clicks, t)
-        t_learn += time.perf_counter() - t1
+        model.learn(session_clicks, t)
+        seconds["learn"] += time.perf_counter() - t1
+
+    def answer(session: str, session_clicks: list[str], t: float, k: int) -> list[str]:
+        before = last.pop(session, None)
+        if before is not None and session_clicks[-1] in before[0]:  # a hit: whose was it
+            sources[before[1][before[0].index(session_clicks[-1])]] += 1
+        learn(session, session_clicks, t)
+        t1 = time.perf_counter()
+        ids, _, src = model.score(session_clicks, t, k)
+        seconds["score"] += time.perf_counter() - t1
+        last[session] = (ids, src)
+        return ids
+
+    out = walk(history, test, learn, answer, (n,))
+    hits = sources.sum()
     stats = model.stats()
     return {
-        "recall": hits / count,
-        "mrr": rr / count,
-        "us_learn": 1e6 * t_learn / len(events),
-        "us_score": 1e6 * t_score / max(n_score, 1),
+        "recall": out[f"recall@{n}"],
+        "mrr": out[f"mrr@{n}"],
+        "us_learn": 1e6 * seconds["learn"] / len(events),
+        "us_score": 1e6 * seconds["score"] / max(len(test), 1),
         "mb": model.memory_bytes() / 1e6,
         "items": stats["items"],
         "transitions": stats["transitions"],

@@ -10,7 +10,7 @@ clicks through the click bus (service/clickbus.py) wins back.
     .venv/bin/python scripts/bench_replicas.py ... --redis-url redis://127.0.0.1:6379/0
         # also: the cost of publishing on the request path and the delay to another replica
 
-The replay is service.replay's (read_clicks, build_engine, replay): the history is learnt,
+The replay is service.tools.replay's (read_clicks, build_engine, replay): the history is learnt,
 then every test click is one call, scored against the session's next click. Clicks on items
 the model never saw count, so the log is events.tsv, not test.tsv (which drops them). The
 sessions that start in the first --test-hours of the last --test-days are the test; those
@@ -45,13 +45,13 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.blend import BlendConfig, OnlineLayer  # noqa: E402
 from service.clickbus import BusConfig, ClickBus, LocalBus  # noqa: E402
-from service.decode import Query  # noqa: E402
-from service.online import OnlineModel  # noqa: E402
+from service.pipeline.blend import BlendConfig, OnlineLayer  # noqa: E402
+from service.pipeline.decode import Query  # noqa: E402
+from service.pipeline.online import OnlineModel  # noqa: E402
+from service.pipeline.recommender import Recommender, Result  # noqa: E402
 from service.proto import recommender_pb2 as pb  # noqa: E402
-from service.recommender import Recommender, Result  # noqa: E402
-from service.replay import Click, build_engine, read_clicks, replay  # noqa: E402
+from service.tools.replay import Click, build_engine, read_clicks, replay  # noqa: E402
 
 DAY = 86_400.0
 Route = Callable[[int, str], int]  # (call number, session id) -> replica

@@ -6,7 +6,7 @@
    and exports it with `training.export`;
 2. times the model alone: one batched step against its matrix product alone (numpy, one
    thread), and a cold session's prefix in one run against click by click;
-3. drives, one after the other and with the same load generator (`python -m service.loadgen`,
+3. drives, one after the other and with the same load generator (`python -m service.tools.loadgen`,
    sessions replayed click by click, closed loop): the gRPC echo ceiling and the plain
    per-request PyTorch server (scripts/baseline_servers.py), and `python -m service` with its
    defaults, without batching (--max-batch 1), with a 1 ms batching wait, and cold sessions;
@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.runtime import ExportedModel  # noqa: E402
-from training.architectures import build_model  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab  # noqa: E402
+from training.data.logs import ItemVocab  # noqa: E402
 from training.export import export_model  # noqa: E402
-from training.train import save_model  # noqa: E402
+from training.fit.train import save_model  # noqa: E402
+from training.models.architectures import build_model  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -177,7 +177,7 @@ class Server:
 
 
 def load(port: int, items_file: Path, concurrency: int, duration_s: float, cold: bool) -> dict:
-    argv = [sys.executable, "-m", "service.loadgen", "--target", f"127.0.0.1:{port}",
+    argv = [sys.executable, "-m", "service.tools.loadgen", "--target", f"127.0.0.1:{port}",
             "--items-file", str(items_file), "--calls", "1000000", "--concurrency",
             str(concurrency), "--duration-s", str(duration_s), "--deadline-ms", "5000",
             "--json"]  # fmt: skip

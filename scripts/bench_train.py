@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from training.data import Sessions  # noqa: E402
+from training.data.logs import Sessions  # noqa: E402
 
 RSC15 = [
     "loss=cross-entropy",
@@ -83,7 +83,7 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     from training.config import Config
     from training.evaluate import GRUScorer, collect_ranks
-    from training.train import fit
+    from training.fit.train import fit
 
     cfg = Config.from_sources(None, RSC15 + [f"threads={args.threads}"] + args.param)
     data = random_sessions(args.items, args.events)

@@ -3,9 +3,9 @@
     .venv/bin/python scripts/bench_update.py [--days 10] [--first 5] [--update-epochs 2] \
         [--new-rows mean|init] [--param NAME=VALUE ...]
 
-Clicks come from training.synthetic with churn (new items every day, interest decaying
+Clicks come from training.data.synthetic with churn (new items every day, interest decaying
 within hours to days). A model is trained on days 1..first; then for each later day d:
-  (a) update:  the day before's model continues on day d's clicks (training.update);
+  (a) update:  the day before's model continues on day d's clicks (training.fit.update);
   (b) retrain: a model trained from scratch on days 1..d (GRU4Rec preprocessing);
 and both are evaluated (training.evaluate, every item ranked) on day d+1. The test clicks
 are those on items both models know, in sessions of two or more; clicks on items first seen
@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.churn import Churn  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, item_popularity, preprocess  # noqa: E402
-from training.synthetic import DAY, START_TIME, generate  # noqa: E402
-from training.train import fit, load_model, save_model  # noqa: E402
-from training.update import UpdateOptions, evaluate_by_target, save_update, update  # noqa: E402
+from training.data.churn import Churn  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, item_popularity, preprocess  # noqa: E402
+from training.data.synthetic import DAY, START_TIME, generate  # noqa: E402
+from training.fit.train import fit, load_model, save_model  # noqa: E402
+from training.fit.update import UpdateOptions, evaluate_by_target, save_update, update  # noqa: E402
 
 SETTINGS = [  # small and quick on two CPU cores; the same for every model
     "loss=cross-entropy",

@@ -37,12 +37,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import training.train as train_module  # noqa: E402
-from training.bloom import BloomGRU4Rec, bloom_positions  # noqa: E402
+import training.fit.train as train_module  # noqa: E402
 from training.config import Config, read_config_file  # noqa: E402
-from training.data import ItemVocab, Sessions, split_by_time  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, split_by_time  # noqa: E402
+from training.data.synthetic import generate  # noqa: E402
 from training.evaluate import GRUScorer, evaluate  # noqa: E402
-from training.synthetic import generate  # noqa: E402
+from training.models.bloom import BloomGRU4Rec, bloom_positions  # noqa: E402
 
 VARIANTS = (
     "full", "plain", "plain:2", "input", "output", "paper-loss", "no-logq", "item-bias",

@@ -33,8 +33,8 @@ install_system() {
   $sudo apt-get update -qq
   # runc: the OCI runtime used here; uidmap/netavark/aardvark-dns/iptables: podman networking
   # for `--publish`; debootstrap: the base image; redis-server: tests/service/test_clickbus.py;
-  # chromium + chromium-driver: the sanity page's browser test (tests/service/test_web_browser.py);
-  # openssl: the mutual-TLS certificates of tests/service/test_loadgen.py. tests/tools.py lists
+  # chromium + chromium-driver: the sanity page's browser test (tests/service/web/test_web_browser.py);
+  # openssl: the mutual-TLS certificates of tests/service/tools/test_loadgen.py. tests/tools.py lists
   # every tool the tests ask for; on CI a missing one fails its tests instead of skipping them.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     podman buildah runc conmon catatonit uidmap netavark aardvark-dns iptables \

@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 from provenance import write_results  # noqa: E402
 from render_results import plot_baselines  # noqa: E402
 
-from training.baselines import fit_and_evaluate, results_table  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, read_events  # noqa: E402
-from training.synthetic import generate_to_dir  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, read_events  # noqa: E402
+from training.data.synthetic import generate_to_dir  # noqa: E402
+from training.evaluation.baselines import fit_and_evaluate, results_table  # noqa: E402
 
 
 def main() -> None:

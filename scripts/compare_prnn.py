@@ -4,9 +4,9 @@ architecture under each training strategy, with results on rare target items apa
     .venv/bin/python scripts/compare_prnn.py                 # the docs/prnn.md table
     .venv/bin/python scripts/compare_prnn.py --n-items 1000 --n-sessions 5000 --epochs 1
 
-Steps: generate clicks (training.synthetic), split off the last day, draw every item's
-picture (training.images) and extract ResNet features (training.features; random weights
-unless --weights names a local file), then train each variant with training.train.fit and
+Steps: generate clicks (training.data.synthetic), split off the last day, draw every item's
+picture (training.data.images) and extract ResNet features (training.models.features; random weights
+unless --weights names a local file), then train each variant with training.fit.train.fit and
 rank all items for every test click. "Rare" targets are items in the least popular half of
 the catalogue by training clicks. Prints a markdown table and writes the figures as JSON to
 --out and, with --results NAME, with the machine and versions to docs/results/NAME.json (the
@@ -28,14 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.batching import session_parallel  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, item_popularity, split_by_time  # noqa: E402
+from training.data.batching import session_parallel  # noqa: E402
+from training.data.images import SyntheticImages  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, item_popularity, split_by_time  # noqa: E402
+from training.data.synthetic import generate  # noqa: E402
 from training.evaluate import GRUScorer, collect_ranks, metrics_from_ranks  # noqa: E402
-from training.features import extract_features, file_digest, load_backbone  # noqa: E402
-from training.images import SyntheticImages  # noqa: E402
-from training.synthetic import generate  # noqa: E402
-from training.train import fit  # noqa: E402
+from training.fit.train import fit  # noqa: E402
+from training.models.features import extract_features, file_digest, load_backbone  # noqa: E402
 
 VARIANTS = [  # (row name, architecture, strategy)
     ("ID only (GRU4Rec)", "id", "simultaneous"),

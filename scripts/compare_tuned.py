@@ -16,7 +16,7 @@ STAN/VSTAN are searched (`--knn-trials` draws each) on the same validation split
 parameters are kept in OUT/knn_params.json and reused when present (`--knn-only` stops
 there). Both GRU4Rec models are trained on all of train.tsv and saved in OUT/default and
 OUT/tuned (for `python -m training report`). With --blend, the tuned model plus VSTAN
-(training.blend), the weight chosen on the validation split.
+(training.evaluation.blend), the weight chosen on the validation split.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import write_results  # noqa: E402
 
-from training.baselines import fit_and_evaluate  # noqa: E402
-from training.blend import BlendScorer, choose_weight  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.data import ItemVocab, Sessions, item_popularity, read_events  # noqa: E402
+from training.data.logs import ItemVocab, Sessions, item_popularity, read_events  # noqa: E402
 from training.evaluate import GRUScorer, evaluate  # noqa: E402
-from training.knn import KNNParams, SequenceKNN, search_params, session_end_times  # noqa: E402
-from training.train import fit, save_model  # noqa: E402
-from training.tune import validation_split  # noqa: E402
+from training.evaluation.baselines import fit_and_evaluate  # noqa: E402
+from training.evaluation.blend import BlendScorer, choose_weight  # noqa: E402
+from training.evaluation.knn import KNNParams, SequenceKNN, search_params, session_end_times  # noqa: E402
+from training.evaluation.tune import validation_split  # noqa: E402
+from training.fit.train import fit, save_model  # noqa: E402
 
 
 def knn_params(train_events, out: Path, trials: int, valid_days: float) -> dict[str, KNNParams]:

@@ -4,7 +4,7 @@ synthetic users who return with lasting tastes, overall and over returning users
     .venv/bin/python scripts/compare_users.py                  # docs/results/users.json
     .venv/bin/python scripts/compare_users.py --users 300 --epochs 1 --results ""   # smoke
 
-Steps: training.users writes a log of users with several sessions over `--days` days and
+Steps: training.data.users writes a log of users with several sessions over `--days` days and
 splits off the sessions ending in the last `--test-days`; every model is trained on the
 training clicks; then each test user's training sessions (the history) and test sessions
 run in time order through user_evaluate.evaluate_users: full ranking, ties against the
@@ -26,14 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import Config  # noqa: E402
-from training.data import USER, ItemVocab, Sessions, read_events  # noqa: E402
-from training.hrnn_fit import fit_hrnn  # noqa: E402
-from training.train import fit  # noqa: E402
-from training.user_baselines import BPRMF, Item2Vec  # noqa: E402
-from training.user_batching import UserSessions, with_history  # noqa: E402
-from training.user_evaluate import evaluate_users, scorer_for  # noqa: E402
-from training.user_neural import FMScorer, NCFScorer  # noqa: E402
-from training.users import users_to_dir  # noqa: E402
+from training.data.logs import USER, ItemVocab, Sessions, read_events  # noqa: E402
+from training.data.user_batching import UserSessions, with_history  # noqa: E402
+from training.data.users import users_to_dir  # noqa: E402
+from training.evaluation.user_baselines import BPRMF, Item2Vec  # noqa: E402
+from training.evaluation.user_evaluate import evaluate_users, scorer_for  # noqa: E402
+from training.evaluation.user_neural import FMScorer, NCFScorer  # noqa: E402
+from training.fit.hrnn_fit import fit_hrnn  # noqa: E402
+from training.fit.train import fit  # noqa: E402
 
 CUTOFFS = (20,)
 

@@ -7,7 +7,7 @@
    unless --export names one;
 2. starts two `python -m service` on 127.0.0.1, port 0 each, and reads the ports from
    their `gRPC on 127.0.0.1:PORT` log lines;
-3. drives both with service.loadgen (closed loop, synthetic sessions), every caller listing
+3. drives both with service.tools.loadgen (closed loop, synthetic sessions), every caller listing
    both targets, half of them trying A first and half B first;
 4. SIGKILLs A after --kill-after-s and keeps the load on until --load-s;
 5. prints calls, lost (calls neither process answered: must be 0, since every call that
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from service.loadgen import LoadResult, LoadSpec, read_items, run_load  # noqa: E402
+from service.tools.loadgen import LoadResult, LoadSpec, read_items, run_load  # noqa: E402
 
 START_TIMEOUT_S = 120.0  # loading a 40,000-item model on a busy 2-core box takes seconds
 

@@ -1,5 +1,5 @@
 """Generate the news and shop profiles at full size and compare their statistics with the
-real logs' (training.profile_stats); writes docs/results/profiles.json.
+real logs' (training.data.profile_stats); writes docs/results/profiles.json.
 
     .venv/bin/python scripts/profile_stats.py              # 6 days, seed 0, scale 1 (~1 min)
     .venv/bin/python scripts/profile_stats.py --scale 0.1 --out /tmp/profiles.json
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.profile_stats import (  # noqa: E402
+from training.data.profile_stats import (  # noqa: E402
     COUNT_ROWS,
     NEWS_TARGETS,
     SHOP_TARGETS,
@@ -29,7 +29,7 @@ from training.profile_stats import (  # noqa: E402
     format_rows,
     profile_statistics,
 )
-from training.profiles import PROFILES, generate_profile  # noqa: E402
+from training.data.profiles import PROFILES, generate_profile  # noqa: E402
 
 
 def scaled(targets: dict, scale: float) -> dict:

@@ -8,7 +8,7 @@ the table in docs/service.md ("Clicked items are allowed by default").
     .venv/bin/python scripts/replay_demo.py [--model runs/demo-export] [--data data/demo] \\
         [--results replay]
 
-Each variant is `python -m service.replay --no-online` (progressive replay of test.tsv after
+Each variant is `python -m service.tools.replay --no-online` (progressive replay of test.tsv after
 train.tsv, every next click counted); the default request is also scored by
 `python -m training evaluate` on the torch model beside the export (--torch-model), which it
 equals. --results NAME writes docs/results/NAME.json for scripts/render_results.py (docs/service.md:
@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import write_results  # noqa: E402
 
-from service.replay import build_engine, read_clicks, replay  # noqa: E402
+from service.tools.replay import build_engine, read_clicks, replay  # noqa: E402
 
 
 def evaluate_torch(model_dir: Path, data: Path) -> dict[str, float]:
     """Recall/MRR@20 of `python -m training evaluate` for the model the export came from."""
-    from training.data import Sessions, read_events
+    from training.data.logs import Sessions, read_events
     from training.evaluate import GRUScorer, evaluate
-    from training.train import load_model
+    from training.fit.train import load_model
 
     trained = load_model(model_dir)
     test = Sessions.from_events(read_events(data / "test.tsv"), trained.vocab)

@@ -164,7 +164,8 @@ def tuned_paragraph(rec: Record) -> str:
             f"(trial {s['best_trial']}: {_param_text(s['best_params'])})."
         )
     text.append(
-        f"STAN and VSTAN: {rec['knn_trials']} random draws each from `training/knn.py`'s grids."
+        f"STAN and VSTAN: {rec['knn_trials']} random draws each from "
+        "`training/evaluation/knn.py`'s grids."
     )
     if b := rec.get("blend"):
         tried = ", ".join(

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from .blend import OnlineLayer
-from .metrics import Histogram
+from .metrics import BusStats
+from .pipeline.blend import OnlineLayer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -80,18 +80,6 @@ class BusConfig:
             raise ValueError("maxlen, max_pending, max_batch and block_ms must be >= 1")
         if not 0 < self.backoff_min_s <= self.backoff_max_s or self.flush_ms <= 0:
             raise ValueError("need flush_ms > 0 and 0 < backoff_min_s <= backoff_max_s")
-
-
-class BusStats:
-    """What the bus counts, read by the metrics collector (plain numbers)."""
-
-    def __init__(self) -> None:
-        self.connected = 0.0  # 1 while the last Redis call succeeded
-        self.published = 0  # clicks written to the stream
-        self.applied = 0  # other replicas' clicks learnt here
-        self.dropped = 0  # clicks that never left: the pending deque was full
-        self.duplicates = 0  # other replicas' clicks this replica had learnt already
-        self.lag = Histogram()  # click time (the publisher's clock) to its learning here
 
 
 class SharedClick(NamedTuple):  # made on the request path: cheaper than a frozen dataclass

@@ -31,7 +31,7 @@ class ServiceConfig:
     metrics_host: str = ""  # address /metrics listens on; "" = the same as host
     device: str = "auto"  # cuda when usable, else cpu
     # session state cache: at 100 hidden units an entry takes about 1.3 KB (measured in
-    # tests/service/test_sessions.py), so 100,000 sessions are about 130 MB; the byte bound
+    # tests/service/pipeline/test_sessions.py), so 100,000 sessions are about 130 MB; the byte bound
     # wins when it is the smaller one
     cache_size: int = 100_000  # sessions; 0 turns the cache off
     cache_mb: float = 256.0
@@ -59,7 +59,7 @@ class ServiceConfig:
     # a core of its own on a 2-core machine
     ort_threads: int = 1
     # online layer (blend.py, online.py): statistics learnt from the requests' clicks,
-    # blended with the model; the defaults come from `python -m service.replay` runs
+    # blended with the model; the defaults come from `python -m service.tools.replay` runs
     online: bool = True
     blend_model_weight: float = 0.7
     online_half_life_s: float = 3600.0

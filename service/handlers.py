@@ -24,12 +24,12 @@ from typing import Any
 
 import grpc
 
-from .batching import DeadlineExpired, Overloaded
-from .catalogue import CatalogueFull
-from .decode import InvalidRequest, NoKnownClicks, decode_forget_user, decode_put_items
 from .metrics import ServerStats
+from .pipeline.batching import DeadlineExpired, Overloaded
+from .pipeline.catalogue import CatalogueFull
+from .pipeline.decode import InvalidRequest, NoKnownClicks, decode_forget_user, decode_put_items
+from .pipeline.recommender import SOURCE_POPULARITY, Recommender, Result
 from .proto import recommender_pb2 as pb
-from .recommender import SOURCE_POPULARITY, Recommender, Result
 
 log = logging.getLogger(__name__)
 

@@ -52,11 +52,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .batching import BatchStats
+from .pipeline.batching import BatchStats
 
 if TYPE_CHECKING:
-    from .clickbus import BusStats  # clickbus imports Histogram from here
-    from .guard import LearnStats
+    from .pipeline.guard import LearnStats
 
 # a batched call takes about a millisecond; a queue or a long cold session tens
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -84,6 +83,19 @@ class Histogram:
             total += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
         return out
+
+
+class BusStats:
+    """What the click bus (clickbus.py) counts, read by the collector (plain numbers); it
+    lives here, beside ServerStats, so that metrics imports nothing of the bus."""
+
+    def __init__(self) -> None:
+        self.connected = 0.0  # 1 while the last Redis call succeeded
+        self.published = 0  # clicks written to the stream
+        self.applied = 0  # other replicas' clicks learnt here
+        self.dropped = 0  # clicks that never left: the pending deque was full
+        self.duplicates = 0  # other replicas' clicks this replica had learnt already
+        self.lag = Histogram()  # click time (the publisher's clock) to its learning here
 
 
 class ServerStats:

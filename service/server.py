@@ -27,21 +27,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .blend import BlendConfig, OnlineLayer, online_config_for
-from .catalogue import Catalogue, CatalogueConfig, read_catalogue_file
 from .clickbus import ClickBus
 from .config import ServiceConfig
-from .decode import Limits
-from .guard import GuardConfig, LearningGuard
 from .handlers import SERVICE_NAME, Handlers
 from .metrics import MetricsEndpoint, ServerStats
-from .online import OnlineModel
+from .pipeline.blend import BlendConfig, OnlineLayer, online_config_for
+from .pipeline.catalogue import Catalogue, CatalogueConfig, read_catalogue_file
+from .pipeline.decode import Limits
+from .pipeline.guard import GuardConfig, LearningGuard
+from .pipeline.online import OnlineModel
+from .pipeline.recommender import Recommender
+from .pipeline.sessions import SessionCache
+from .pipeline.users import UserSessions, UserStore
 from .proto import recommender_pb2 as pb
-from .recommender import Recommender
 from .reload import ModelSource
 from .runtime import ExportedModel, ModelLoadError
-from .sessions import SessionCache
-from .users import UserSessions, UserStore
 
 log = logging.getLogger(__name__)
 # on shutdown, once the calls in flight have answered: how long no new call may have come

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.tools import require_tool
-from training.data import Sessions
+from training.data.logs import Sessions
 
 # The models in the tests are tiny: a second intra-op thread only adds synchronisation, and
 # on a busy machine that costs more than the work itself.

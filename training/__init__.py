@@ -1,5 +1,5 @@
 """GRU4Rec training, evaluation and export."""
 
-from .threads import prefer_sleeping_threads
+from .fit.threads import prefer_sleeping_threads
 
 prefer_sleeping_threads()  # before torch starts OpenMP: idle threads sleep, not spin

@@ -7,7 +7,7 @@ python -m training generate --profile news --out data/news [--days 6 --seed 0 --
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
 python -m training tune --train data/demo/train.tsv --out runs/tune --trials 20
 python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
-python -m training.users --out data/u   # synthetic users (UserId column), then HRNN:
+python -m training.data.users --out data/u   # synthetic users (UserId column), then HRNN:
 python -m training train --train data/u/train.tsv --out runs/hrnn --param architecture=hrnn
 python -m training evaluate --model runs/hrnn --test data/u/test.tsv --history data/u/train.tsv
 python -m training update --model runs/demo --train data/day6.tsv --out runs/demo-day6
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import USER, DataError
+from .data.logs import USER, DataError
 
 
 def _add_columns(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def _add_cutoffs(p: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str, args: argparse.Namespace):
-    from .data import read_events
+    from .data.logs import read_events
 
     return read_events(path, args.session_key, args.item_key, args.time_key, args.user_key)
 
@@ -45,9 +45,9 @@ def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512
     """evaluate_users' figures: the test users' history (a frame or None; clicks on unknown
     items dropped) builds their state first (HRNN); "returning" covers the targets of users
     who had an earlier session."""
-    from .data import ITEM
-    from .user_batching import UserSessions, with_history
-    from .user_evaluate import evaluate_users, scorer_for
+    from .data.logs import ITEM
+    from .data.user_batching import UserSessions, with_history
+    from .evaluation.user_evaluate import evaluate_users, scorer_for
 
     if history is not None:
         history = history[history[ITEM].isin(vocab.index)]
@@ -56,9 +56,9 @@ def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .churn import Churn, new_item_share
-    from .data import read_events
-    from .synthetic import generate_to_dir
+    from .data.churn import Churn, new_item_share
+    from .data.logs import read_events
+    from .data.synthetic import generate_to_dir
 
     if args.profile is not None:
         _generate_profile(args)
@@ -88,8 +88,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _generate_profile(args: argparse.Namespace) -> None:
-    from .data import read_events
-    from .profiles import profile_to_dir
+    from .data.logs import read_events
+    from .data.profiles import profile_to_dir
 
     if args.churn or args.items is not None or args.sessions is not None:
         raise ValueError("--profile sets the sizes and churn itself; use --scale and --days")
@@ -109,7 +109,7 @@ def _or(value, default):
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from .data import preprocess, split_by_time, write_events
+    from .data.logs import preprocess, split_by_time, write_events
 
     events = preprocess(_read(args.input, args), args.min_item_support, args.min_session_length)
     train, test = split_by_time(events, args.test_days, args.min_session_length)
@@ -124,15 +124,15 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import distributed
     from .config import Config
-    from .data import ItemVocab, Sessions, item_popularity
+    from .data.logs import ItemVocab, Sessions, item_popularity
     from .evaluate import GRUScorer, evaluate, format_table
-    from .train import fit, resolve_device, save_model
+    from .fit import distributed
+    from .fit.train import fit, resolve_device, save_model
 
     cfg = Config.from_sources(args.config, args.param)
     rank = None
-    if distributed.launched_by_torchrun():  # one process per rank; see training/distributed.py
+    if distributed.launched_by_torchrun():  # one process per rank; see training/fit/distributed.py
         rank = distributed.init_from_env(resolve_device(cfg.device).type)
     events = _read(args.train, args)
     vocab = ItemVocab.from_events(events)
@@ -141,8 +141,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
     if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions
-        from .hrnn_fit import fit_hrnn
-        from .user_batching import UserSessions
+        from .data.user_batching import UserSessions
+        from .fit.hrnn_fit import fit_hrnn
 
         plan = UserSessions.from_events(events, vocab, source=args.train)
         model, history = fit_hrnn(plan, len(vocab), cfg, progress=not args.quiet)
@@ -177,9 +177,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> None:
-    from .data import Sessions
+    from .data.logs import Sessions
     from .evaluate import GRUScorer, evaluate, format_table
-    from .update import UpdateOptions, save_update, update
+    from .fit.update import UpdateOptions, save_update, update
 
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise ValueError("--out must differ from --model: the parent stays, so lineage holds")
@@ -202,9 +202,9 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data import Sessions
+    from .data.logs import Sessions
     from .evaluate import GRUScorer, evaluate, format_table
-    from .train import load_model
+    from .fit.train import load_model
 
     trained = load_model(args.model, device=args.device)
     unknown = "drop" if args.drop_unknown else "error"
@@ -230,13 +230,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_baselines(args: argparse.Namespace) -> None:
-    from .baselines import compare
+    from .evaluation.baselines import compare
 
     print(compare(args.train, args.test, args.cutoffs, None, args.tune_trials, args.valid_days))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .tune import TuneOptions, run_study
+    from .evaluation.tune import TuneOptions, run_study
 
     options = TuneOptions(
         train=args.train,
@@ -266,7 +266,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import ReportOptions, make_report
+    from .evaluation.report import ReportOptions, make_report
 
     options = ReportOptions(
         model=args.model,
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["news", "shop"],
         default=None,
-        help="a real log's shape (training/profiles.py); every test click kept",
+        help="a real log's shape (training/data/profiles.py); every test click kept",
     )
     p.add_argument("--scale", type=float, default=None, help="with --profile: size, 1 = full")
     p.add_argument(

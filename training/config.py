@@ -43,10 +43,10 @@ class Config:
     seed: int = 42
     device: str = "auto"  # "auto" = cuda when available, else cpu
     # CPU intra-op threads; 0 = what the cgroup CPU quota and the affinity mask allow, and 1
-    # up to 2 CPUs (training/threads.py): a step's matrices are small, and waiting for a
+    # up to 2 CPUs (training/fit/threads.py): a step's matrices are small, and waiting for a
     # descheduled thread costs more than a second thread adds.
     threads: int = 0
-    # On CUDA, replay GRU4Rec's full-size training steps as one CUDA graph (training/graphed.py)
+    # On CUDA, replay GRU4Rec's full-size training steps as one CUDA graph (training/fit/graphed.py)
     cuda_graph: bool = True
     # --- Bloom-filter compression (Serra & Karatzoglou 2017); 0 bits = off ---
     bloom_bits: float = 0.0  # m; a value up to 1 is a ratio of the item count

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import Step, apply_step_to_hidden, first_batch_size, session_parallel
-from .data import Sessions
+from .data.batching import Step, apply_step_to_hidden, first_batch_size, session_parallel
+from .data.logs import Sessions
 
 TIE_MODES = ("conservative", "standard", "median")
 

@@ -49,7 +49,7 @@ from .export_user import (
     user_graph,
     user_metadata,
 )
-from .train import load_model
+from .fit.train import load_model
 
 # --- the export format: file, input and output names (service/runtime.py reads them) ---
 FORMAT_VERSION = 1

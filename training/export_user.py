@@ -3,7 +3,7 @@
     python -m training export --model runs/hrnn --out runs/hrnn/export   # writes user.onnx too
 
 Between two sessions of a user the HRNN steps its user GRU once with the finished session's
-final state and starts the next session from the result (training/hrnn.py, `hand_over`):
+final state and starts the next session from the result (training/models/hrnn.py, `hand_over`):
     user_state (B, U) float32, state (B, S) float32
  -> new_user_state (B, U), start_state (B, S)
 where state is model.onnx's state (the session layers' states, then the user state: HRNN
@@ -30,7 +30,7 @@ import onnx
 import torch
 from torch import nn
 
-from .hrnn import HRNN
+from .models.hrnn import HRNN
 
 # --- the user graph's names (service/runtime.py reads them) ---
 USER_FILE = "user.onnx"

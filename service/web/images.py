@@ -3,7 +3,7 @@
     images = ItemImages(directory=None)
     png = images.png("item-042")      # bytes of a 64x64 RGB PNG, the same every time
 
-training/images.py draws the p-RNN's synthetic pictures from the generator's categories,
+training/data/images.py draws the p-RNN's synthetic pictures from the generator's categories,
 with matplotlib, which the web front must not need; the ids alone do not carry the
 category. So without --images each id gets its own look: two colours, a pattern (stripes,
 checks, rings, waves), its angle and frequency, all from the sha256 of the id. That is

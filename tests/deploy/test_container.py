@@ -20,11 +20,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service import healthcheck
 from service.config import load_config
 from service.proto import recommender_pb2 as pb
 from service.proto import recommender_pb2_grpc as pb_grpc
 from service.server import SERVICE_NAME, RecommendationServer
+from service.tools import healthcheck
 from tests.tools import missing
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

@@ -76,7 +76,7 @@ def test_entrypoint_and_healthcheck_are_exec_form_python_modules():
     assert json.loads(entrypoint) == ["python", "-m", "service"]  # exec form: SIGTERM reaches it
     (check,) = _in_stage("runtime", "HEALTHCHECK")
     command = json.loads(check.split(" CMD ", 1)[1])
-    assert command[:3] == ["python", "-m", "service.healthcheck"]
+    assert command[:3] == ["python", "-m", "service.tools.healthcheck"]
 
 
 def test_image_environment_matches_the_service_defaults():

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from service.filters import bottom_k_excluding
+from service.pipeline.filters import bottom_k_excluding
 
 
 def worst(scores: np.ndarray, k: int, banned: set[int] = frozenset()) -> list[int]:

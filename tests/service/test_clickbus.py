@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.blend import BlendConfig, OnlineLayer
 from service.clickbus import (
     BusConfig,
     ClickBus,
@@ -29,7 +28,8 @@ from service.clickbus import (
     encode,
     learn_shared,
 )
-from service.online import OnlineModel
+from service.pipeline.blend import BlendConfig, OnlineLayer
+from service.pipeline.online import OnlineModel
 from tests.tools import require_module, require_tool
 
 T0 = 1_700_000_000.0

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from training.config import Config
-from training.data import ItemVocab, Sessions, item_popularity, split_by_time
+from training.data.logs import ItemVocab, Sessions, item_popularity, split_by_time
+from training.data.synthetic import generate
 from training.evaluate import GRUScorer, evaluate, metrics_from_ranks
 from training.export import check_parity, export_model
-from training.synthetic import generate
-from training.train import fit, save_model
+from training.fit.train import fit, save_model
 
 CUTOFFS = (1, 5, 10, 20)
 

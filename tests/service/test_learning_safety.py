@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from service.config import load_config
+from service.pipeline.recommender import Recommender
 from service.proto import recommender_pb2 as pb
 from service.proto import recommender_pb2_grpc as pb_grpc
-from service.recommender import Recommender
 from service.server import RecommendationServer
 
 from .conftest import TinyModel

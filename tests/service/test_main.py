@@ -18,12 +18,12 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.client import RecommenderClient
-from training.architectures import build_model
+from service.tools.client import RecommenderClient
 from training.config import Config
-from training.data import ItemVocab
+from training.data.logs import ItemVocab
 from training.export import export_model
-from training.train import save_model
+from training.fit.train import save_model
+from training.models.architectures import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

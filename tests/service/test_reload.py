@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.client import RecommenderClient
-from training.architectures import build_model
+from service.tools.client import RecommenderClient
 from training.config import Config
-from training.data import ItemVocab
+from training.data.logs import ItemVocab
 from training.export import export_model
-from training.train import save_model
+from training.fit.train import save_model
+from training.models.architectures import build_model
 
 
 @pytest.fixture(scope="module")

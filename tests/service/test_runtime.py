@@ -27,7 +27,7 @@ no_gpu = pytest.mark.skipif(cuda_device_count() > 0, reason="checks the CPU-only
 
 def test_the_service_imports_neither_torch_nor_the_training_package():
     code = (
-        "import sys, service.__main__, service.client, service.loadgen;"
+        "import sys, service.__main__, service.tools.client, service.tools.loadgen;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training')))"
     )
     out = subprocess.run(

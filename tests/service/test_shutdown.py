@@ -15,7 +15,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from service.client import RecommenderClient
+from service.tools.client import RecommenderClient
 
 from .conftest import Running, TinyModel
 from .test_main import ServiceProcess

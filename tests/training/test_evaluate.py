@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from training.config import Config
-from training.data import Sessions
+from training.data.logs import Sessions
 from training.evaluate import GRUScorer, collect_ranks, metrics_from_ranks, rank_of_target
-from training.model import GRU4Rec
+from training.models.gru4rec import GRU4Rec
 
 
 def test_rank_counts_ties_against_the_model_by_default():

@@ -15,9 +15,8 @@ import torch
 
 from service.runtime import ExportedModel
 from training import export as export_module
-from training.architectures import build_model
 from training.config import Config
-from training.data import ItemVocab
+from training.data.logs import ItemVocab
 from training.export import (
     MAX_IR_VERSION,
     PARITY_ATOL,
@@ -25,7 +24,8 @@ from training.export import (
     check_parity,
     export_model,
 )
-from training.train import load_model, save_model
+from training.fit.train import load_model, save_model
+from training.models.architectures import build_model
 
 N_ITEMS = 40
 ODD_IDS = ["plain", "with space", "tab\there", "form\x0cfeed", "ünï", "", "x\x1cy"]

@@ -14,11 +14,11 @@ import torch
 
 from service.runtime import ExportedModel, ModelLoadError
 from training import export_user
-from training.architectures import build_model
 from training.config import Config
-from training.data import ItemVocab
+from training.data.logs import ItemVocab
 from training.export import PARITY_ATOL, PARITY_RTOL, check_parity, export_model
-from training.train import load_model, save_model
+from training.fit.train import load_model, save_model
+from training.models.architectures import build_model
 
 N_ITEMS = 30
 PROPAGATIONS = ("init", "all")

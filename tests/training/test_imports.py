@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = sorted(p.stem for p in (ROOT / "training").glob("*.py") if p.stem != "__main__")
+MODULES = sorted(
+    ".".join(p.relative_to(ROOT / "training").with_suffix("").parts)
+    for p in (ROOT / "training").rglob("*.py")
+    if p.stem not in ("__main__", "__init__")
+)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -25,7 +29,7 @@ def test_module_imports_alone_in_a_fresh_interpreter(module):
 
 def test_export_imports_nothing_from_the_service():
     code = (
-        "import sys, training.export, training.train, training.architectures; "
+        "import sys, training.export, training.fit.train, training.models.architectures; "
         "print(sorted(m for m in sys.modules if m == 'service' or m.startswith('service.')))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -34,7 +38,7 @@ def test_export_imports_nothing_from_the_service():
 
 
 def test_model_modules_do_not_import_each_other():
-    """model, bloom and prnn share gru.py; only architectures.py knows all three."""
-    for name, others in {"model": ("bloom", "prnn"), "bloom": ("model", "prnn")}.items():
-        text = (ROOT / "training" / f"{name}.py").read_text()
+    """gru4rec, bloom and prnn share gru.py; only architectures.py knows all three."""
+    for name, others in {"gru4rec": ("bloom", "prnn"), "bloom": ("gru4rec", "prnn")}.items():
+        text = (ROOT / "training" / "models" / f"{name}.py").read_text()
         assert not any(f"from .{o} import" in text for o in others), name

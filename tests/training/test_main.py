@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.__main__ import main
-from training.train import load_model
+from training.fit.train import load_model
 
 
 @pytest.fixture(scope="module")

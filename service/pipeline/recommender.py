@@ -1,0 +1,456 @@
+"""What a Recommend or ScoreItems call computes, independent of gRPC: the pipeline.
+
+    engine = Recommender(ExportedModel.load(dir), SessionCache(100_000, 1800), Limits())
+    result = engine.recommend_now(engine.decode(request))          # one call, no batching
+    result = await engine.recommend(engine.decode(request), deadline)   # batched (server)
+    results = engine.finish_many(queries, jobs, nows)  # a batch whose model work has run
+
+A call goes through the stages in one direction:
+    decode.py     decode and validate            -> Query
+    sessions.py   session state (cache resume)   -> Job
+    users.py      with a user graph (HRNN): the state a user's new session starts from
+    inference.py  batched model run (batching.py gathers the jobs)
+    guard.py      the online layer learns the new clicks the guard lets through; only now,
+                  once the call will be answered: a refused call teaches nothing
+    blend.py      online scores and the blend with the model (catalogue items only)
+    filters.py    exclusions and the cut to k    -> Result
+The server only translates messages around this; the replay evaluator calls it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..proto import recommender_pb2 as pb
+from ..runtime import ExportedModel
+from .batching import Batcher, BatchStats
+from .blend import SOURCE_ONLINE, OnlineLayer, Ranked
+from .catalogue import Catalogue
+from .decode import (
+    InvalidRequest,
+    Limits,
+    NoKnownClicks,
+    Query,
+    decode_recommend,
+    decode_score_items,
+    quote,
+)
+from .filters import (
+    bottom_k_excluding,
+    order_candidates,
+    top_k_excluding,
+    top_k_excluding_arrays,
+)
+from .guard import LearningGuard
+from .inference import Job, run_jobs
+from .ranker import RankQuery
+from .sessions import SessionCache, make_entry
+from .users import UserSessions
+
+SOURCE_MODEL = "model"
+SOURCE_POPULARITY = "popularity"
+SOURCE_BLEND = "blend"
+DEADLINE_MARGIN_S = 0.002  # what answering takes after the model ran
+# online answers asked again without the items found outside the catalogue, at most
+ADMIT_RETRIES = 3
+
+__all__ = ["InvalidRequest", "Limits", "NoKnownClicks", "Recommender", "Result"]
+
+
+@dataclass(slots=True)
+class Result:
+    """item_ids/scores best first; unknown_* in request order; cache: "hit", "miss" or ""
+    (no session id, or popularity fallback)."""
+
+    item_ids: list[str]
+    scores: list[float]
+    source: str  # model, popularity, online or blend
+    item_sources: list[str] | None = None  # per item when parts were blended; else `source`
+    unknown_clicks: list[str] = field(default_factory=list)
+    unknown_candidates: list[str] = field(default_factory=list)
+    cache: str = ""
+    skipped_clicks: int = 0
+    # bottom_k least likely items, worst first, with their scores and source (model or
+    # popularity); empty unless the query asked for them
+    bottom_ids: list[str] = field(default_factory=list)
+    bottom_scores: list[float] = field(default_factory=list)
+    bottom_source: str = ""
+
+
+@dataclass(slots=True)
+class Call:
+    """A call in the batcher: its query, model work and Unix time; `result` is filled in by
+    finish_batch() together with the rest of its batch, with the seconds of the batch's
+    learning and answering shared out per call (learn_s, finish_s)."""
+
+    query: Query
+    job: Job
+    now: float
+    deadline: float  # the job's: what the batcher checks
+    result: Result | None = None
+    learn_s: float = 0.0
+    finish_s: float = 0.0
+
+
+class Recommender:
+    """One model with its session cache, and the server's online layer if it has one with
+    the guard of what it learns (default: GuardConfig's rules over a closed catalogue);
+    thread-unsafe by design (one event loop). use_model=False answers from the online layer
+    alone (for comparisons)."""
+
+    def __init__(
+        self,
+        model: ExportedModel,
+        cache: SessionCache,
+        limits: Limits,
+        prefix_s_per_click: float = 20e-6,
+        online: OnlineLayer | None = None,
+        use_model: bool = True,
+        guard: LearningGuard | None = None,
+        users: UserSessions | None = None,
+    ):
+        self.model = model
+        self.users = users  # models with a user graph: where a user's sessions start
+        self.cache = cache
+        self.limits = limits
+        self.online = online
+        self.use_model = use_model
+        # the server's guard and catalogue outlive model reloads, like its online layer
+        self.guard = LearningGuard() if guard is None else guard
+        self.catalogue: Catalogue = self.guard.catalogue
+        # cost of one prefix click, to cut a cold prefix that would miss its deadline;
+        # measured by warm_up()
+        self.prefix_s_per_click = prefix_s_per_click
+        self.batcher: Batcher[Call] | None = None
+
+    # --- stage 1: decode ---
+
+    def decode(self, request: pb.RecommendRequest, client_id: str = "") -> Query:
+        return decode_recommend(request, self.model.index, self.limits, client_id)
+
+    def decode_score_items(self, request: pb.ScoreItemsRequest, client_id: str = "") -> Query:
+        return decode_score_items(request, self.model.index, self.limits, client_id)
+
+    # --- the whole call ---
+
+    def start_batching(
+        self, max_batch: int, max_wait_s: float, max_queue: int, stats: BatchStats
+    ) -> None:
+        """Create the batcher (inside the running event loop): the model runs a batch of
+        calls in its thread, then finish_batch() answers them together on the loop."""
+        self.batcher = Batcher(
+            lambda calls: run_jobs(self.model, [c.job for c in calls]),
+            max_batch,
+            max_wait_s,
+            max_queue,
+            stats,
+            finish=self.finish_batch,
+        )
+
+    async def submit(self, query: Query, job: Job, now: float) -> Call:
+        """The call through the batcher, learnt and answered with its batch (call.result);
+        raises batching.Overloaded / DeadlineExpired, and then nothing is learnt."""
+        assert self.batcher is not None, "start_batching() first"
+        call = Call(query, job, now, job.deadline)
+        await self.batcher.submit(call)
+        return call
+
+    def finish_batch(self, calls: list[Call]) -> None:
+        """Once a batch's model work has run: the layer learns every call's new clicks, in
+        arrival order, then all the calls are answered together (finish_many). So a call
+        is ranked with the clicks of its whole batch learnt, not only those before it."""
+        started = time.perf_counter()
+        for call in calls:
+            self.learn(call.query, call.now)
+        learnt = time.perf_counter()
+        results = self.finish_many([c.query for c in calls], [c.job for c in calls],
+                                   [c.now for c in calls])  # fmt: skip
+        share = 1.0 / len(calls)
+        learn_s, finish_s = (learnt - started) * share, (time.perf_counter() - learnt) * share
+        for call, result in zip(calls, results, strict=True):
+            call.result, call.learn_s, call.finish_s = result, learn_s, finish_s
+
+    async def recommend(self, query: Query, deadline: float = float("inf")) -> Result:
+        """The call through the batcher; raises batching.Overloaded / DeadlineExpired."""
+        now = time.time()
+        job = self.prepare(query, deadline)
+        if job is None:
+            self.learn(query, now)
+            return self.popularity(query, now)
+        call = await self.submit(query, job, now)
+        assert call.result is not None
+        return call.result
+
+    def recommend_now(self, query: Query, now: float | None = None) -> Result:
+        """The call run on its own, in this thread (replay, tools, tests). now: Unix seconds
+        of the call (default: the clock), for the online layer."""
+        now = time.time() if now is None else now
+        job = self.prepare(query)  # NoKnownClicks before anything is learnt
+        self.learn(query, now)
+        if job is None:
+            return self.popularity(query, now)
+        run_jobs(self.model, [job])
+        return self.finish(query, job, now)
+
+    def learn(self, query: Query, now: float) -> int:
+        """The online layer learns the new clicks of an answered call that the guard lets
+        through (now: Unix seconds); returns how many. Call it once the call can no longer
+        be refused."""
+        if self.online is None:
+            return 0
+        clicks = query.clicks
+        chosen = self.guard.select(query.session_id, clicks, query.client_id, now,
+                                   self.model.index)  # fmt: skip
+        for i, session_id in chosen:
+            self.online.learn(session_id, clicks[: i + 1], now)  # teaches click i alone
+        return len(chosen)
+
+    def _online_answers(
+        self,
+        queries: list[Query],
+        parts: list[Ranked | None],
+        nows: list[float],
+        stales: list[bool],
+    ) -> list[tuple[list[str], list[float], list[str]]]:
+        """OnlineLayer.answer_many for a batch of calls, without items outside the catalogue
+        (learnt from another replica, expired or withdrawn since): the calls that got some
+        are asked again without them."""  # fmt: skip
+        assert self.online is not None
+        index, admits = self.model.index, self.catalogue.admits
+        asks = []
+        for q, part, now, stale in zip(queries, parts, nows, stales, strict=True):
+            ids = part.ids if part is not None else []
+            logits = part.scores if part is not None else None
+            exclude = self._excluded_ids(q)
+            asks.append(RankQuery(ids, logits, q.clicks, now, q.top_k, exclude, stale,
+                                  q.session_id))  # fmt: skip
+        answers = self.online.answer_many(asks)
+        todo = list(range(len(asks)))
+        for attempt in range(ADMIT_RETRIES):
+            again = []
+            for i in todo:
+                now = asks[i].t
+                outside = [item for item in answers[i][0]
+                           if item not in index and not admits(item, now)]  # fmt: skip
+                if outside:
+                    assert isinstance(asks[i].exclude, set)
+                    asks[i].exclude.update(outside)
+                    again.append(i)
+            todo = again
+            if not todo or attempt == ADMIT_RETRIES - 1:
+                break
+            for i, answer in zip(todo, self.online.answer_many([asks[i] for i in todo]),
+                                 strict=True):  # fmt: skip
+                answers[i] = answer
+        for i in todo:  # still some outside after the last try: drop them
+            ids, scores, sources = answers[i]
+            now = asks[i].t
+            keep = [j for j, item in enumerate(ids) if item in index or admits(item, now)]
+            answers[i] = (
+                [ids[j] for j in keep],
+                [scores[j] for j in keep],
+                [sources[j] for j in keep],
+            )
+        return answers
+
+    # --- stage 2: session state ---
+
+    def prepare(self, query: Query, deadline: float = float("inf")) -> Job | None:
+        """The model work of a call, or None when no click is known (popularity)."""
+        known = query.known
+        if len(known) == 0 or not self.use_model:
+            if query.strict and len(known) == 0:
+                raise NoKnownClicks(
+                    f"none of the {len(query.clicks)} clicks ({quote(query.clicks)}) is an "
+                    "item the model knows; send known item ids, or unset strict to get the "
+                    "popularity ranking"
+                )
+            return None
+        user_start = self._user_start(query)  # (1, S) or None, the zero state
+        resume = self.cache.resume(query.session_id, known, self._fills_window(query))
+        start = resume.start
+        state = resume.state if resume.state is not None else user_start
+        if state is None:
+            state = self.model.zero_state(1)
+        skipped = 0
+        if resume.state is None and deadline != float("inf"):
+            budget = deadline - time.monotonic() - DEADLINE_MARGIN_S
+            fits = max(0, int(budget / self.prefix_s_per_click))
+            if len(known) - 1 > fits:  # feed only the latest clicks that fit in time
+                skipped = len(known) - 1 - fits
+                start = skipped
+        want_k = 0
+        if query.candidates is None:
+            want_k = query.top_k + len(query.excluded)
+            if self.online is not None:  # the blend wants the model's candidates
+                want_k = max(want_k, self.online.config.candidates + len(query.excluded))
+            want_k = min(want_k, self.model.n_items)
+        return Job(
+            state,
+            known[start : len(known) - 1],
+            int(known[-1]),
+            want_k,
+            want_scores=query.candidates is not None or query.bottom_k > 0,
+            deadline=deadline,
+            cache_hit=resume.hit,
+            skipped=skipped,
+        )
+
+    # --- stages 4-5: online scores, filters, result ---
+
+    def finish(self, query: Query, job: Job, now: float | None = None) -> Result:
+        """The answer to one call whose model work has run: finish_many() of one."""
+        return self.finish_many([query], [job], [time.time() if now is None else now])[0]
+
+    def finish_many(self, queries: list[Query], jobs: list[Job], nows: list[float]) -> list[Result]:
+        """The answers to a batch of calls whose model work has run (nows: each call's Unix
+        time): session state kept, the online layer's answers ranked for the whole batch
+        at once (OnlineLayer.answer_many), exclusions, the cut to k, the least likely."""
+        results: list[Result | None] = []
+        online: list[int] = []  # calls the online layer answers
+        parts: list[Ranked | None] = []
+        for i, (query, job) in enumerate(zip(queries, jobs, strict=True)):
+            cache = self._remember(query, job)
+            if query.candidates is None and self.online is not None:
+                online.append(i)
+                parts.append(self._model_part(query, job))
+                results.append(None)
+            else:
+                results.append(self._model_result(query, job, cache))
+        if online:
+            qs = [queries[i] for i in online]
+            stales = [bool(q.unknown) and q.clicks[-1] not in self.model.index for q in qs]
+            answers = self._online_answers(qs, parts, [nows[i] for i in online], stales)
+            for i, (top, scores, sources) in zip(online, answers, strict=True):
+                query, job = queries[i], jobs[i]
+                cache = ("hit" if job.cache_hit else "miss") if query.session_id else ""
+                results[i] = Result(top, scores, SOURCE_BLEND, sources, query.unknown, [],
+                                    cache, job.skipped)  # fmt: skip
+        done = [r for r in results if r is not None]
+        for query, job, result in zip(queries, jobs, done, strict=True):
+            if query.bottom_k:
+                assert job.scores is not None
+                self._add_bottom(result, query, job.scores, SOURCE_MODEL)
+        return done
+
+    def _add_bottom(self, result: Result, query: Query, scores: np.ndarray, source: str) -> None:
+        items, worst = bottom_k_excluding(scores, query.excluded, query.bottom_k)
+        ids = self.model.item_ids
+        result.bottom_ids = [ids[i] for i in items]
+        result.bottom_scores = worst
+        result.bottom_source = source
+
+    def _remember(self, query: Query, job: Job) -> str:
+        """Keep the session's new state in the cache; the call's cache outcome."""
+        if query.session_id and not job.skipped:  # a cut-short state is not the session's
+            assert job.before_last is not None and job.after is not None
+            entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
+            self.cache.put(query.session_id, entry)
+            if self.users is not None and query.user_id:
+                self.users.seen(query.user_id, query.session_id, job.after)
+        return ("hit" if job.cache_hit else "miss") if query.session_id else ""
+
+    def _model_part(self, query: Query, job: Job) -> Ranked:
+        """The model's candidates for the online layer, without the excluded: (n,) logits."""
+        assert self.online is not None
+        assert job.top_items is not None and job.top_scores is not None
+        n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
+        top_items, logits = top_k_excluding_arrays(job.top_items, job.top_scores,
+                                                   query.excluded, n)  # fmt: skip
+        ids = self.model.item_ids
+        return Ranked([ids[i] for i in top_items.tolist()], logits)  # (n,) float32
+
+    def _model_result(self, query: Query, job: Job, cache: str) -> Result:
+        """The answer from the model alone: the candidates asked for, or its top k."""
+        if query.candidates is not None:
+            assert job.scores is not None
+            items, scores = order_candidates(query.candidates, job.scores[query.candidates])
+        else:
+            assert job.top_items is not None and job.top_scores is not None
+            items, scores = top_k_excluding(
+                job.top_items, job.top_scores, query.excluded, query.top_k
+            )
+        return self._result(query, items, scores, SOURCE_MODEL, cache, job.skipped)
+
+    def _user_start(self, query: Query) -> np.ndarray | None:
+        """The state the call's session starts from when its user's is known (users.py)."""
+        if self.users is None or not query.user_id or not query.session_id:
+            return None
+        return self.users.start(query.user_id, query.session_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """ForgetUser: drop what is remembered of the user (nothing without a user graph)."""
+        if self.users is not None:
+            self.users.forget(user_id)
+
+    def _excluded_ids(self, query: Query) -> set[str]:
+        excluded = set(query.exclude_ids)
+        if query.exclude_clicked:
+            excluded.update(query.clicks)
+        return excluded
+
+    def _fills_window(self, query: Query) -> bool:
+        return len(query.clicks) >= self.limits.max_clicks
+
+    def popularity(self, query: Query, now: float | None = None) -> Result:
+        """The answer without the model: the online layer's ranking when it has one,
+        else training-set popularity; exclusions applied. The least likely items, when
+        asked for, are the least clicked in training."""
+        result = self._popular(query, now)
+        if query.bottom_k:
+            counts = self.model.popularity.astype(np.float32)
+            self._add_bottom(result, query, counts, SOURCE_POPULARITY)
+        return result
+
+    def _popular(self, query: Query, now: float | None) -> Result:
+        model = self.model
+        if self.online is not None and query.candidates is None:
+            now = time.time() if now is None else now
+            ids, scores, _ = self._online_answers([query], [None], [now], [False])[0]
+            if ids:
+                return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
+        if query.candidates is not None:
+            counts = model.popularity[query.candidates].astype(np.float32)
+            items, scores = order_candidates(query.candidates, counts)
+        else:
+            head = model.popularity_order[: query.top_k + len(query.excluded)]
+            top_scores = model.popularity[head].astype(np.float32)
+            items, scores = top_k_excluding(head, top_scores, query.excluded, query.top_k)
+        return self._result(query, items, scores, SOURCE_POPULARITY, "", 0)
+
+    def _result(
+        self,
+        query: Query,
+        items: list[int],
+        scores: list[float],
+        source: str,
+        cache: str,
+        skipped: int,
+    ) -> Result:
+        ids = self.model.item_ids
+        return Result(
+            [ids[i] for i in items],
+            scores,
+            source,
+            None,
+            query.unknown,
+            query.unknown_candidates or [],
+            cache,
+            skipped,
+        )
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64), prefix: int = 30) -> None:
+        """Run the graphs once per batch size (first runs allocate) and time a prefix."""
+        model = self.model
+        for b in batch_sizes:
+            items = np.zeros(b, dtype=np.int64)
+            model.step(items, model.zero_state(b), 20, with_scores=False)
+        clicks = np.arange(prefix, dtype=np.int64) % model.n_items
+        model.advance_many([clicks], model.zero_state(1))
+        started = time.perf_counter()
+        for _ in range(5):
+            model.advance_many([clicks], model.zero_state(1))
+        self.prefix_s_per_click = (time.perf_counter() - started) / (5 * prefix)

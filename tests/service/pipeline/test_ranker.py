@@ -1,0 +1,251 @@
+"""The online ranker: features against the statistics they read, the listwise update moving
+weight toward the evidence that predicts the next click, the report, the layer's state
+outliving a model reload, and top_k beyond the candidate pool over a real server."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from service.pipeline.blend import BlendConfig, OnlineLayer
+from service.pipeline.online import OnlineModel
+from service.pipeline.ranker import _F, FEATURES, PRIOR, OnlineRanker, RankerConfig
+from service.tools.replay import Click, build_engine, replay
+from training.config import Config
+from training.data.logs import ItemVocab
+from training.export import export_model
+from training.fit.train import save_model
+from training.models.architectures import build_model
+
+T0 = 1_700_000_000.0
+
+
+def layer() -> OnlineLayer:
+    return OnlineLayer(OnlineModel(), BlendConfig())
+
+
+def test_features_read_the_statistics_of_both_clocks_and_the_session():
+    ranker = OnlineRanker(OnlineModel())
+    for clicks in (["a"], ["a", "b"], ["a", "b", "c"]):
+        ranker.first.learn(clicks, T0)
+        ranker.learn(clicks, T0)
+    ids = ["b", "c", "z"]
+    x = ranker.features(ids, ["x", "a"], T0, ["z", "b"], np.array([1.0, 0.0]), stale=False)
+    assert x.shape == (3, len(FEATURES))
+
+    # a -> b once, a -> c at the skip weight 0.5: out(a) = 1.5, plus smoothing (4 on the
+    # 12 h clock, 1 on the 1 h one); on the log scale with floor 0.01: ln(1 + 100 v) / ln 101
+    def log_share(v: float) -> float:
+        return math.log(1 + 100 * v) / math.log(101)
+
+    assert x[0, _F["transition_slow"]] == pytest.approx(log_share(1 / 5.5))
+    assert x[0, _F["transition_fast"]] == pytest.approx(log_share(1 / 2.5))
+    assert x[1, _F["transition_slow"]] == pytest.approx(log_share(0.5 / 5.5))
+    assert x[2, _F["transition_slow"]] == 0.0
+    # the model's softmax over its two candidates: z e / (e + 1), b 1 / (e + 1)
+    p_b = 1 / (np.e + 1)
+    assert x[0, _F["model_p"]] == pytest.approx(p_b)
+    assert x[2, _F["model_logp"]] == pytest.approx((np.log(1 - p_b) + 10) / 10)
+    assert x[1, _F["model_logp"]] == 0.0 and x[0, _F["model_logp_stale"]] == 0.0
+    assert x[:2, _F["popularity_fast"]].tolist() == pytest.approx([1.0, 1.0])  # a, b, c once
+    assert x[:2, _F["freshness"]].tolist() == pytest.approx([1.0, 1.0])  # first seen now
+    assert x[2, _F["freshness"]] == 0.0  # never clicked
+    y = ranker.features(["a", "b"], ["a", "b"], T0, [], None)
+    assert y[:, _F["clicked"]].tolist() == [1.0, 1.0]
+    assert y[:, _F["last_click"]].tolist() == [0.0, 1.0]
+
+
+def test_a_stale_call_fills_the_stale_model_column_instead():
+    ranker = OnlineRanker(OnlineModel())
+    x = ranker.features(["z"], ["new"], T0, ["z"], np.array([0.0]), stale=True)
+    assert x[0, _F["model_logp"]] == 0.0 and x[0, _F["model_logp_stale"]] == 1.0
+
+
+def test_rank_orders_by_the_weighted_features_and_never_returns_excluded_items():
+    ranker = OnlineRanker(OnlineModel())
+    for s, clicks in enumerate((["a", "b"], ["a", "b"], ["a", "c"])):
+        for n in range(1, len(clicks) + 1):
+            ranker.first.learn(clicks[:n], T0 + s)
+            ranker.learn(clicks[:n], T0 + s)
+    ids, scores, _ = ranker.rank([], None, ["a"], T0 + 10, 3)
+    x = ranker.features(ids, ["a"], T0 + 10)
+    assert scores.tolist() == pytest.approx((x @ ranker.weights).tolist())
+    assert ids[0] == "b" and list(scores) == sorted(scores, reverse=True)
+    assert "b" not in ranker.rank([], None, ["a"], T0 + 10, 3, exclude={"b"})[0]
+
+
+def _transitions_beat_popularity_stream(lay: OnlineLayer, n_sessions: int) -> None:
+    """Sessions a_i -> b_i (b_i only ever follows a_i) among heavy clicks on five popular
+    items: the last click's transition always predicts the next click, popularity never."""
+    rng = np.random.default_rng(0)
+    t = T0
+    for s in range(n_sessions):
+        for _ in range(5):  # a visitor on a popular page who leaves
+            t += 1.0
+            lay.learn(f"p{s}-{_}", [f"pop{rng.integers(5)}"], t)
+        i = int(rng.integers(30))
+        clicks = [f"a{i}", f"b{i}"]
+        for n in (1, 2):
+            t += 1.0
+            lay.learn(f"s{s}", clicks[:n], t)
+            lay.answer(f"s{s}", clicks[:n], None, t, (), 20)
+
+
+def test_the_update_moves_weight_toward_the_transitions_that_predict_the_next_click():
+    lay = layer()
+    prior = lay.report()["weights"]
+    _transitions_beat_popularity_stream(lay, 400)
+    learnt = lay.report()["weights"]
+    ratio = learnt["transition_slow"] / max(learnt["popularity_fast"], 1e-3)
+    assert ratio > prior["transition_slow"] / prior["popularity_fast"]
+    assert learnt["transition_slow"] > prior["transition_slow"]
+    assert learnt["popularity_fast"] < prior["popularity_fast"]
+    report = lay.report()
+    assert report["updates"] > 300 and report["feedback"] == 400
+    assert report["hit_rate"]["transition"] > 0.9  # b_i was always the top successor
+    assert report["hit_rate"]["popularity_fast"] < report["hit_rate"]["transition"]
+
+
+def test_repeating_the_last_click_is_learnt_not_flagged():
+    """A shop where the next click is the item just clicked (a second look): the weight of
+    last_click, 0 at first, grows until the repeat comes first."""
+    lay = layer()
+    t = T0
+    for s in range(300):
+        t += 1.0
+        item = f"i{s % 40}"
+        for n in (1, 2):
+            lay.learn(f"s{s}", [item] * n, t)
+            lay.answer(f"s{s}", [item] * n, None, t, (), 20)
+    assert PRIOR.get("last_click", 0.0) == 0.0
+    assert lay.report()["weights"]["last_click"] > 0.5
+    ids, _, _ = lay.answer("q", ["i3"], None, t, (), 5)
+    assert ids[0] == "i3"
+
+
+def test_an_answer_teaches_once_and_only_for_the_click_right_after_it():
+    lay = layer()
+    lay.learn("s", ["a"], T0)
+    lay.answer("s", ["a"], None, T0, (), 20)
+    lay.learn("s", ["a", "b", "c"], T0 + 1)  # two clicks at once: b is the answer's target
+    assert lay.report()["feedback"] == 1
+    lay.learn("s", ["a", "b", "c"], T0 + 2)  # a repeated call teaches nothing more
+    assert lay.report()["feedback"] == 1
+
+
+def test_a_session_moves_the_weights_a_bounded_number_of_times():
+    lay = OnlineLayer(OnlineModel(), BlendConfig(), ranker=RankerConfig(max_updates_per_session=3))
+    clicks: list[str] = []
+    for n in range(10):
+        clicks.append("a" if n % 2 == 0 else "b")
+        lay.learn("s", list(clicks), T0 + n)
+        lay.answer("s", list(clicks), None, T0 + n, (), 20)
+    assert lay.report()["updates"] == 3
+
+
+def test_the_mixture_scorer_is_still_there_behind_the_switch():
+    lay = OnlineLayer(OnlineModel(), BlendConfig(scorer="mixture"))
+    assert lay.ranker is None and set(lay.report()) == {"size"}
+    lay.learn("s", ["a"], T0)
+    lay.learn("s", ["a", "b"], T0 + 1)
+    assert lay.answer("q", ["a"], None, T0 + 2, (), 5)[0][0] == "b"
+    with pytest.raises(ValueError, match="scorer"):
+        BlendConfig(scorer="magic")
+
+
+def test_replay_reports_the_learnt_weights_and_hit_rates(tiny):
+    items = tiny.item_ids
+    test, t = [], T0
+    for s in range(40):
+        for item in (items[s % 7], items[7 + s % 7]):
+            t += 1.0
+            test.append(Click(f"s{s}", item, t))
+    engine = build_engine(tiny.export_dir)
+    figures = replay(engine, [], test)
+    online = figures["online"]
+    assert set(online["weights"]) == set(FEATURES)
+    assert set(online["hit_rate"]) >= {"model", "transition", "popularity_fast", "ranker"}
+    assert online["feedback"] == figures["n_predictions"] == 40
+    assert online["weights"] != {f: PRIOR.get(f, 0.0) for f in FEATURES}  # it learnt
+
+
+def test_the_online_layer_and_its_weights_outlive_a_model_reload(start_server, tiny):
+    """The server keeps one OnlineLayer across reloads: what the ranker learnt before the
+    new model came is what ranks after it."""
+    running = start_server()
+    server = running.server
+    layer_before, engine_before = server.online, server.handlers.engine
+    for s in range(30):
+        clicks = [tiny.item_ids[s % 5], tiny.item_ids[10 + s % 5]]
+        for n in (1, 2):
+            running.client.recommend(f"s{s}", clicks[:n], top_k=5)
+    learnt = server.online.report()
+    assert learnt["feedback"] > 0
+    assert server.reload() is True  # forced: the export is loaded again, a new engine
+    assert server.handlers.engine is not engine_before
+    assert server.handlers.engine.online is layer_before is server.online
+    assert server.online.report() == learnt
+
+
+def test_metrics_export_the_learnt_weights_and_hit_rates(served, tiny):
+    for s in range(5):
+        clicks = [tiny.item_ids[s], tiny.item_ids[s + 10]]
+        for n in (1, 2):
+            served.client.recommend(f"s{s}", clicks[:n], top_k=5)
+    text = urllib.request.urlopen(served.metrics_url, timeout=5).read().decode()
+    weights = served.server.online.report()["weights"]
+    line = f'recsys_online_weight{{feature="transition_slow"}} {weights["transition_slow"]!r}'
+    assert line in text
+    assert 'recsys_online_source_hit_rate{source="ranker"}' in text
+    assert "recsys_online_feedback_total 5.0" in text
+
+
+def test_metrics_gauge_the_online_layers_size(served, tiny):
+    for s in range(3):
+        served.client.recommend(f"s{s}", [tiny.item_ids[s], tiny.item_ids[s + 10]], top_k=5)
+    size = served.server.online.size()
+    assert size["items"] == 3 and size["transitions"] == 0  # new sessions: last clicks only
+    assert size["bytes"] > 0
+    text = urllib.request.urlopen(served.metrics_url, timeout=5).read().decode()
+    assert 'recsys_online_size{what="items"} 3.0' in text
+    assert 'recsys_online_size{what="transitions"} 0.0' in text
+    assert f'recsys_online_size{{what="bytes"}} {float(size["bytes"])!r}' in text
+
+
+def test_the_ranker_widens_its_pool_to_k():
+    ranker = OnlineRanker(OnlineModel(), RankerConfig(model_candidates=50))
+    model_ids = [f"m{i}" for i in range(400)]
+    logits = -np.arange(400, dtype=np.float64) / 100
+    ids, _, _ = ranker.rank(model_ids, logits, ["m0"], T0, 300)
+    assert len(ids) == 300 and len(set(ids)) == 300
+
+
+@pytest.fixture(scope="module")
+def wide_export(tmp_path_factory: pytest.TempPathFactory):
+    """A random GRU4Rec over 1,200 items: more than the candidate pool (100) and than the
+    contract's largest top_k (1,000)."""
+    root = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    cfg = Config(layers=(8,), n_epochs=0)
+    item_ids = [f"w{i:04d}" for i in range(1200)]
+    model = build_model(len(item_ids), cfg).eval()
+    popularity = np.ones(len(item_ids), np.int64)
+    save_model(root / "model", model, cfg, ItemVocab(item_ids), popularity, {})
+    export_model(root / "model", root / "export")
+    return root / "export", item_ids
+
+
+@pytest.mark.parametrize("top_k", [300, 1000])
+def test_top_k_beyond_the_candidate_pool_is_honoured_with_the_online_layer_on(
+    start_server, wide_export, top_k
+):
+    export, item_ids = wide_export
+    running = start_server(model_dir=export)  # the shipped configuration: online layer on
+    assert running.server.online is not None
+    reply = running.client.recommend("s", item_ids[:3], top_k=top_k)
+    ids = [it.item_id for it in reply.items]
+    assert len(ids) == top_k and len(set(ids)) == top_k

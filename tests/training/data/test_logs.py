@@ -1,0 +1,107 @@
+"""Reading click logs, preprocessing, the time split, and clear errors on bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data.logs import (
+    DAY,
+    DataError,
+    ItemVocab,
+    Sessions,
+    item_popularity,
+    preprocess,
+    read_events,
+    split_by_time,
+    write_events,
+)
+
+
+def events(rows):
+    return pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"])
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".parquet"])
+def test_formats_round_trip_with_item_ids_kept_as_strings(tmp_path, suffix):
+    df = events([("s1", "007", 1.0), ("s1", "abc", 2.0), ("s2", "007", 3.5)])
+    write_events(df, tmp_path / f"log{suffix}")
+    back = read_events(tmp_path / f"log{suffix}")
+    assert back["ItemId"].tolist() == ["007", "abc", "007"]
+    assert back["Time"].tolist() == [1.0, 2.0, 3.5]
+
+
+def test_custom_column_names_are_mapped(tmp_path):
+    (tmp_path / "log.csv").write_text("sid,iid,ts\n1,10,5\n1,11,6\n")
+    df = read_events(tmp_path / "log.csv", "sid", "iid", "ts")
+    assert list(df.columns) == ["SessionId", "ItemId", "Time"]
+
+
+def test_missing_column_error_names_the_file_and_column(tmp_path):
+    (tmp_path / "log.tsv").write_text("SessionId\tItemId\n1\t2\n")
+    with pytest.raises(DataError, match=r"log.tsv: missing column\(s\) Time"):
+        read_events(tmp_path / "log.tsv")
+
+
+def test_empty_file_and_header_only_file_are_rejected(tmp_path):
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "header.tsv").write_text("SessionId\tItemId\tTime\n")
+    with pytest.raises(DataError, match="empty"):
+        read_events(tmp_path / "empty.tsv")
+    with pytest.raises(DataError, match="no clicks"):
+        read_events(tmp_path / "header.tsv")
+
+
+def test_bad_time_value_error_names_the_line(tmp_path):
+    (tmp_path / "log.tsv").write_text("SessionId\tItemId\tTime\n1\t2\t3\n1\t2\tnoon\n")
+    with pytest.raises(DataError, match="line 3: Time='noon'"):
+        read_events(tmp_path / "log.tsv")
+
+
+def test_preprocess_drops_rare_items_then_short_sessions():
+    rows = [("a", "x", t) for t in range(5)] + [("b", "x", 9), ("b", "rare", 10), ("c", "x", 11)]
+    out = preprocess(events(rows), min_item_support=5, min_session_length=2)
+    assert set(out.SessionId) == {"a"}  # b lost its rare click and c had one click
+
+
+def test_split_puts_sessions_ending_in_the_last_day_in_test_and_filters_its_items():
+    rows = [
+        ("old", "a", 0),
+        ("old", "b", 60),
+        ("new", "a", 3 * DAY),
+        ("new", "zz", 3 * DAY + 1),
+        ("new", "b", 3 * DAY + 2),
+        ("mid", "a", DAY),
+        ("mid", "b", DAY + 5),
+    ]
+    train, test = split_by_time(events(rows), test_days=1)
+    assert set(train.SessionId) == {"old", "mid"}
+    assert test.ItemId.tolist() == ["a", "b"]  # zz was never seen in training
+
+
+def test_sessions_are_ordered_by_start_time_with_clicks_in_time_order():
+    df = events([("late", "a", 50), ("early", "b", 12), ("early", "a", 10), ("late", "b", 40)])
+    vocab = ItemVocab(["a", "b"])
+    s = Sessions.from_events(df, vocab)
+    assert s.session_ids.tolist() == ["early", "late"]
+    assert s.items.tolist() == [0, 1, 1, 0] and s.offsets.tolist() == [0, 2, 4]
+    assert item_popularity(s, 2).tolist() == [2, 2]
+
+
+def test_unknown_items_raise_or_are_dropped():
+    df = events([("s", "a", 1), ("s", "new", 2), ("s", "a", 3)])
+    with pytest.raises(DataError, match="line 3: item 'new' is not in the model's vocabulary"):
+        Sessions.from_events(df, ItemVocab(["a"]))
+    assert Sessions.from_events(df, ItemVocab(["a"]), unknown="drop").n_events == 2
+
+
+def test_one_click_sessions_are_reported():
+    s = Sessions.from_events(
+        events([("s", "a", 1), ("t", "a", 2), ("t", "a", 3)]), ItemVocab(["a"])
+    )
+    with pytest.raises(DataError, match="1 session\\(s\\) have fewer than 2 clicks"):
+        s.check_min_length("train.tsv")
+
+
+def test_vocab_encode_marks_unknown_ids():
+    idx, known = ItemVocab(["a", "b"]).encode(np.array(["b", "q"]))
+    assert idx.tolist() == [1, -1] and known.tolist() == [True, False]

@@ -1,0 +1,191 @@
+"""Synthetic users with lasting tastes, who come back over several days for several sessions:
+data on which personalisation (HRNN, the user baselines) has something to find.
+
+    log = generate_users(n_users=2000, n_items=2000, seed=0)
+    log.events          # SessionId, ItemId, Time (Unix s), UserId
+    users_to_dir("data/users")    # events.tsv, items.tsv, users.tsv, train.tsv, test.tsv
+    python -m training.data.users --out data/users
+
+The catalogue (categories, Zipf-like popularity, each item's likely successors) is
+synthetic.generate's, so sessions keep its sequential structure. On top of it:
+  * every user has `n_tastes` favourite categories (drawn by category weight) and
+    `n_favourites` favourite items inside them (by popularity);
+  * a user has 1 + Poisson(sessions_per_user - 1) sessions, starting uniformly over `days`;
+  * a session's intent is one of the user's tastes with probability `p_taste`, else any
+    category; it switches with probability `p_switch` per click, again mostly to a taste;
+  * a click is, with probability `p_follow`, a successor of the previous click; else, with
+    `p_intent`, an item of the intent category (a favourite with `p_favourite`); else any
+    popular item. The first click is an intent item (or a favourite, as above).
+A session-only model sees the current session; a user model also sees the tastes and
+favourites, which hold across days: that difference is what the returning-user figures show.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .logs import preprocess, split_by_time, write_events
+from .synthetic import DAY, START_TIME, generate
+
+
+@dataclass(frozen=True)
+class Tastes:
+    """How users behave; the defaults give strong, lasting tastes."""
+
+    n_tastes: int = 2  # favourite categories per user (of n_categories)
+    n_favourites: int = 5  # favourite items per user, inside the favourite categories
+    sessions_per_user: float = 6.0  # mean sessions of a user over the whole log
+    p_taste: float = 0.85  # a session's (or a switch's) intent is one of the user's tastes
+    p_favourite: float = 0.3  # an intent click is one of the user's favourite items
+    p_follow: float = 0.45  # a click follows the previous one (a catalogue successor)
+    p_intent: float = 0.4  # a click is an item of the intent category
+    p_switch: float = 0.1  # the intent changes after a click
+    mean_length: float = 6.0  # clicks per session, 2 + geometric
+
+
+@dataclass
+class UserLog:
+    events: pd.DataFrame  # SessionId, ItemId, Time, UserId; sessions in start order
+    items: pd.DataFrame  # ItemId, category, popularity
+    users: pd.DataFrame  # UserId, tastes (space-separated categories), favourites (item ids)
+
+
+class _ByCategory:
+    """Popularity-weighted draws of an item of a given category."""
+
+    def __init__(self, category: np.ndarray, popularity: np.ndarray, n_categories: int):
+        self.members = [np.flatnonzero(category == c) for c in range(n_categories)]
+        self.cdf = [np.cumsum(popularity[m]) / popularity[m].sum() for m in self.members]
+        weight = np.bincount(category, weights=popularity, minlength=n_categories)
+        self.weight = weight / weight.sum()
+
+    def item(self, rng: np.random.Generator, c: int) -> int:
+        at = np.searchsorted(self.cdf[c], rng.random(), side="right")
+        return int(self.members[c][min(at, len(self.members[c]) - 1)])
+
+    def category(self, rng: np.random.Generator) -> int:
+        return int(rng.choice(len(self.weight), p=self.weight))
+
+
+def generate_users(
+    n_users: int = 2000,
+    n_items: int = 2000,
+    n_categories: int = 40,
+    days: float = 14.0,
+    seed: int = 0,
+    tastes: Tastes = Tastes(),
+) -> UserLog:
+    """Draw the catalogue, the users and their sessions (see the module docstring). The same
+    seed gives the same log. Raises ValueError for sizes that make no sense."""
+    if n_users < 1 or tastes.n_tastes < 1 or tastes.n_tastes > n_categories:
+        raise ValueError("need n_users >= 1 and 1 <= n_tastes <= n_categories")
+    cat = generate(n_items=n_items, n_sessions=1, n_categories=n_categories, days=days, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    sampler = _ByCategory(cat.item_category, cat.item_popularity, n_categories)
+    live = np.flatnonzero(sampler.weight > 0)
+    rows, profiles = [], []
+    for u in range(n_users):
+        liked = rng.choice(live, size=tastes.n_tastes, replace=False, p=_norm(sampler.weight[live]))
+        favourites = [sampler.item(rng, int(rng.choice(liked))) for _ in range(tastes.n_favourites)]
+        profiles.append((liked, favourites))
+        n_sessions = 1 + rng.poisson(tastes.sessions_per_user - 1.0)
+        for start in np.sort(START_TIME + rng.random(n_sessions) * days * DAY):
+            clicks = _session(rng, sampler, cat.successors, liked, favourites, tastes)
+            gaps = np.r_[0.0, 5.0 + rng.exponential(55.0, len(clicks) - 1)]
+            rows.append((u, start, clicks, start + np.cumsum(gaps)))
+    return _frames(rows, profiles, cat.item_ids, cat.item_category, cat.item_popularity)
+
+
+def _norm(weights: np.ndarray) -> np.ndarray:
+    return weights / weights.sum()
+
+
+def _session(rng, sampler: _ByCategory, successors, liked, favourites, tastes: Tastes):
+    """One session's item indices."""
+
+    def pick_intent() -> int:
+        return int(rng.choice(liked)) if rng.random() < tastes.p_taste else sampler.category(rng)
+
+    def intent_item(c: int) -> int:
+        if rng.random() < tastes.p_favourite:
+            return int(favourites[rng.integers(len(favourites))])
+        return sampler.item(rng, c)
+
+    length = 1 + rng.geometric(1.0 / (tastes.mean_length - 1.0))  # at least 2
+    intent = pick_intent()
+    clicks = [intent_item(intent)]
+    while len(clicks) < min(length, 50):
+        u = rng.random()
+        if u < tastes.p_follow:
+            clicks.append(int(successors[clicks[-1], rng.integers(successors.shape[1])]))
+        elif u < tastes.p_follow + tastes.p_intent:
+            clicks.append(intent_item(intent))
+        else:
+            clicks.append(sampler.item(rng, sampler.category(rng)))
+        if rng.random() < tastes.p_switch:
+            intent = pick_intent()
+    return np.asarray(clicks, dtype=np.int64)
+
+
+def _frames(rows, profiles, item_ids, category, popularity) -> UserLog:
+    rows.sort(key=lambda r: r[1])  # session ids in start order, as synthetic.generate's
+    width_s, width_u = len(str(len(rows) - 1)), len(str(len(profiles) - 1))
+    lengths = [len(r[2]) for r in rows]
+    events = pd.DataFrame(
+        {
+            "SessionId": np.repeat([f"s{i:0{width_s}d}" for i in range(len(rows))], lengths),
+            "ItemId": item_ids[np.concatenate([r[2] for r in rows])],
+            "Time": np.concatenate([r[3] for r in rows]),
+            "UserId": np.repeat([f"u{r[0]:0{width_u}d}" for r in rows], lengths),
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "UserId": [f"u{u:0{width_u}d}" for u in range(len(profiles))],
+            "tastes": [" ".join(map(str, liked)) for liked, _ in profiles],
+            "favourites": [" ".join(item_ids[f]) for _, f in profiles],
+        }
+    )
+    items = pd.DataFrame({"ItemId": item_ids, "category": category, "popularity": popularity})
+    return UserLog(events, items, users)
+
+
+def users_to_dir(out_dir: str | Path, test_days: float = 2.0, **kwargs) -> dict[str, Path]:
+    """generate_users(**kwargs), then write events.tsv, items.tsv, users.tsv and, after the
+    GRU4Rec preprocessing and the time split (sessions ending in the last `test_days` days
+    are the test set), train.tsv and test.tsv, all with the UserId column."""
+    log = generate_users(**kwargs)
+    out = Path(out_dir)
+    paths = {name: out / f"{name}.tsv" for name in ("events", "items", "users", "train", "test")}
+    write_events(log.events, paths["events"])
+    log.items.to_csv(paths["items"], sep="\t", index=False)
+    log.users.to_csv(paths["users"], sep="\t", index=False)
+    train, test = split_by_time(preprocess(log.events), test_days)
+    write_events(train, paths["train"])
+    write_events(test, paths["test"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m training.data.users", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--days", type=float, default=14.0)
+    p.add_argument("--test-days", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    users_to_dir(args.out, args.test_days, n_users=args.users, n_items=args.items,
+                 days=args.days, seed=args.seed)  # fmt: skip
+    print(f"wrote {args.out}/events.tsv, items.tsv, users.tsv, train.tsv, test.tsv")
+
+
+if __name__ == "__main__":
+    main()
