@@ -7,15 +7,16 @@ docs/results/freshness.json.
     .venv/bin/python scripts/bench_freshness.py --work /tmp/fresh   # keep data and models
 
 Data: `python -m training generate --profile NAME`'s generator (training.data.profiles; 5 days of
-history and a test day, every click kept) at --scale 0.5 (news: ~90,000 clicks a day; below
-about 0.5 popularity is far more concentrated than on the real log and the figures mean
-little), and "stable": data/demo (`python -m training generate`, the e-commerce-like data
-without churn where the frozen GRU4Rec is strong; only the model, the online layer and the
-blends are replayed there). Every test click is replayed (no subsample: the whole news test
-day takes about a minute per method). GRU4Rec is trained on the history (GRU4Rec
-preprocessing, the synthetic_demo preset shortened to 3 epochs) and exported. Every method
-is scored by service.tools.replay's walk: the history learnt first, then every test click
-predicted and then learnt, every next click counted (items the model cannot know included).
+history and a test day, every click kept) at --scale 0.5 (news: ~90,000 clicks a day; fewer
+stories are live at a time than on the real log, so the top stories' shares and the youngest
+ages drift a little from its statistics, more so below 0.5), and "stable": data/demo
+(`python -m training generate`, the e-commerce-like data without churn where the frozen
+GRU4Rec is strong; only the model, the online layer and the blends are replayed there).
+Every test click is replayed (no subsample: the whole news test day takes about a minute per
+method). GRU4Rec is trained on the history (GRU4Rec preprocessing, the synthetic_demo preset
+shortened to 3 epochs) and exported. Every method is scored by service.tools.replay's walk:
+the history learnt first, then every test click predicted and then learnt, every next click
+counted (items the model cannot know included).
 The service runs as a site that announces each item when it publishes it (its catalogue
 holds every item of the log; clicks still go through the learning guard). Methods:
 service.tools.online_baselines' four, the frozen model (online layer off), the online layer alone

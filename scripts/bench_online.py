@@ -1,4 +1,4 @@
-"""Progressive validation of service.pipeline.online on a generated click stream with item
+"""Progressive validation of service.learning.online on a generated click stream with item
 churn, walked by service.tools.replay's walk: each click is learnt, then the session's next
 click predicted, in time order.
 
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.pipeline.online import SOURCE_NAMES, OnlineConfig, OnlineModel  # noqa: E402
+from service.learning.online import SOURCE_NAMES, OnlineConfig, OnlineModel  # noqa: E402
 from service.tools.replay import Click, walk  # noqa: E402
 
 DAY = 86_400.0

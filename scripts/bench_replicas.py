@@ -46,9 +46,9 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.clickbus import BusConfig, ClickBus, LocalBus  # noqa: E402
+from service.learning.online import OnlineModel  # noqa: E402
 from service.pipeline.blend import BlendConfig, OnlineLayer  # noqa: E402
 from service.pipeline.decode import Query  # noqa: E402
-from service.pipeline.online import OnlineModel  # noqa: E402
 from service.pipeline.recommender import Recommender, Result  # noqa: E402
 from service.proto import recommender_pb2 as pb  # noqa: E402
 from service.tools.replay import Click, build_engine, read_clicks, replay  # noqa: E402

@@ -9,11 +9,13 @@
 3. drives, one after the other and with the same load generator (`python -m service.tools.loadgen`,
    sessions replayed click by click, closed loop): the gRPC echo ceiling and the plain
    per-request PyTorch server (scripts/baseline_servers.py), and `python -m service` with its
-   defaults, without batching (--max-batch 1), with a 1 ms batching wait, and cold sessions;
+   defaults in one worker (--workers 1), in two worker processes (--workers 2), without
+   batching (--max-batch 1), with a 1 ms batching wait, and cold sessions; every row from
+   --channels connections (the kernel spreads connections, not calls, over workers);
 4. prints where the service's time goes (its per-stage metrics and its process CPU per call)
-   and markdown rows for the README; --results NAME writes every figure to
-   docs/results/NAME.json, from which scripts/render_results.py renders the README table
-   (--results service).
+   and markdown rows for the README, each with its share of the echo ceiling's calls/s;
+   --results NAME writes every figure to docs/results/NAME.json, from which
+   scripts/render_results.py renders the README table (--results service).
 Server and load generator share the machine's cores: every figure is what one small box does
 end to end, and the rows are comparable because they ran back to back.
 """
@@ -135,16 +137,17 @@ def time_prefix(export_dir: Path, clicks: int = 29, k: int = 20, reps: int = 300
 class Server:
     """A server process; its port from its log line, its CPU time from /proc."""
 
-    def __init__(self, name: str, argv: list[str], ready: str):
+    def __init__(self, name: str, argv: list[str], ready: str, cpus: set[int] | None = None):
         self.name = name
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_pinned(cpus))  # fmt: skip
         self.port = 0
         self.metrics_port = 0
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             if found := re.search(r"gRPC on 127\.0\.0\.1:(\d+)(?:, metrics on port (\d+))?", line):
-                self.port = int(found[1])
-                self.metrics_port = int(found[2] or 0)
+                self.port = int(found[1])  # with workers: the supervisor's line, then theirs
+                self.metrics_port = int(found[2] or self.metrics_port)
             if re.search(ready, line):
                 break
         else:
@@ -153,8 +156,21 @@ class Server:
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+        """CPU seconds of the server process and its children (a supervisor's workers)."""
+        stats = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        tree, ticks = {self.proc.pid}, 0
+        for pid, (parent, _) in sorted(stats.items()):  # children have higher pids, mostly
+            if parent in tree:
+                tree.add(pid)
+        for pid in tree:
+            ticks += stats.get(pid, (0, 0))[1]  # utime + stime
+        return ticks / TICKS
 
     def metrics(self) -> dict[str, float]:
         if not self.metrics_port:
@@ -176,20 +192,31 @@ class Server:
             self.proc.kill()
 
 
-def load(port: int, items_file: Path, concurrency: int, duration_s: float, cold: bool) -> dict:
+def _pinned(cpus: set[int] | None):
+    """A preexec_fn that keeps the child (and its children) on these CPUs; None: all."""
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
+def _cpu_list(text: str) -> set[int]:
+    return {int(c) for c in text.split(",")}
+
+
+def load(port: int, items_file: Path, concurrency: int, args, cold: bool) -> dict:
+    """The same light client for every row: service.tools.loadgen (one asyncio loop)."""
     argv = [sys.executable, "-m", "service.tools.loadgen", "--target", f"127.0.0.1:{port}",
             "--items-file", str(items_file), "--calls", "1000000", "--concurrency",
-            str(concurrency), "--duration-s", str(duration_s), "--deadline-ms", "5000",
-            "--json"]  # fmt: skip
+            str(concurrency), "--duration-s", str(args.duration_s), "--deadline-ms", "5000",
+            "--channels", str(args.channels), "--json"]  # fmt: skip
     if cold:
         argv += ["--cold", "--cold-clicks", "30"]
-    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         preexec_fn=_pinned(args.client_cpus))  # fmt: skip
     return json.loads(out.stdout)
 
 
 def measure(server: Server, items_file: Path, concurrency: int, args, cold=False) -> dict:
     before_cpu, before = server.cpu_s(), server.metrics()
-    result = load(server.port, items_file, concurrency, args.duration_s, cold)
+    result = load(server.port, items_file, concurrency, args, cold)
     result["cpu_us_per_call"] = (server.cpu_s() - before_cpu) / max(result["calls"], 1) * 1e6
     after = server.metrics()
     result["metrics"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
@@ -239,9 +266,21 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[100])
     parser.add_argument("--duration-s", type=float, default=10.0, help="per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--channels", type=int, default=8, help="client connections, every row")
+    parser.add_argument("--only", nargs="+", help="run only the rows of these servers")
+    parser.add_argument("--server-cpus", type=_cpu_list,
+                        help="pin the servers to these CPUs (0,1) and the load generator to the "
+                             "others: does a second worker help when the client leaves it a "
+                             "core?")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument("--results", help="also write docs/results/NAME.json (README: service)")
     args = parser.parse_args()
+    args.client_cpus = None
+    if args.server_cpus:
+        args.client_cpus = os.sched_getaffinity(0) - args.server_cpus
+        if not args.client_cpus or not args.server_cpus <= os.sched_getaffinity(0):
+            parser.error(f"--server-cpus must leave the load generator one of the CPUs "
+                         f"{sorted(os.sched_getaffinity(0))}")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
@@ -250,12 +289,15 @@ def main() -> None:
         prefix_times = time_prefix(export_dir)
         py, base = sys.executable, str(ROOT / "scripts" / "baseline_servers.py")
         service = [py, "-m", "service", "--model", str(export_dir), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--drain-s", "0"]  # fmt: skip
+                   "--port", "0", "--metrics-port", "0", "--drain-s", "0",
+                   "--workers", "1"]  # fmt: skip
+        ready_all = "all 2 workers have loaded the model: serving"
         plans = [
             ("gRPC echo (ceiling)", [py, base, "echo"], "gRPC on", [32]),
             ("PyTorch per request", [py, base, "torch", "--model", f"{tmp}/model"], "gRPC on",
              [1, 32]),
             ("service", service, "serving model", args.concurrency),
+            ("service, 2 workers", [*service, "--workers", "2"], ready_all, [32]),
             ("service, no batching", [*service, "--max-batch", "1"], "serving model", [32]),
             ("service, 1 ms batching wait", [*service, "--max-wait-ms", "1"], "serving model",
              [32]),
@@ -263,7 +305,9 @@ def main() -> None:
         ]  # fmt: skip
         print("load (closed loop, sessions replayed click by click):")
         for name, argv, ready, levels in plans:
-            server = Server(name, argv, ready)
+            if args.only and name not in args.only:
+                continue
+            server = Server(name, argv, ready, args.server_cpus)
             try:
                 for concurrency in levels:
                     rows.append(measure(server, items_file, concurrency, args))
@@ -272,12 +316,17 @@ def main() -> None:
                         rows.append(measure(server, items_file, concurrency, args, cold=True))
             finally:
                 server.stop()
-    main_row = next(r for r in rows if r["server"] == "service" and r["concurrency"] == 32)
-    where = profile(main_row)
-    print("\n| server | concurrency | calls/s | p50 ms | p99 ms | errors | server CPU us/call |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    main_row = next((r for r in rows if r["server"] == "service" and r["concurrency"] == 32), None)
+    where = profile(main_row) if main_row else {}
+    echo = next((r["calls_per_s"] for r in rows if r["server"] == "gRPC echo (ceiling)"), None)
+    for r in rows:  # the echo ceiling ran at 32 callers: the share compares like with like there
+        r["echo_share"] = r["calls_per_s"] / echo if echo else None
+    print("\n| server | concurrency | calls/s | share of echo | p50 ms | p99 ms | errors | "
+          "server CPU us/call |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['server']} | {r['concurrency']} | {r['calls_per_s']:.0f} | "
+        share = f"{r['echo_share']:.0%}" if r["echo_share"] is not None else "-"
+        print(f"| {r['server']} | {r['concurrency']} | {r['calls_per_s']:.0f} | {share} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
               f"{r['cpu_us_per_call']:.0f} |")  # fmt: skip
     if args.json:
@@ -288,7 +337,9 @@ def main() -> None:
 
         kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
         figures = {"model": model_times, "prefix": prefix_times, "profile": where}
-        settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s}
+        settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s,
+                    "channels": args.channels,
+                    "server_cpus": sorted(args.server_cpus or []) or None}  # fmt: skip
         write_results(args.results, {"settings": settings, **figures, "rows": kept})
 
 

@@ -49,6 +49,7 @@ class Service:
              "--port", "0", "--metrics-port", "0"],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its own process group: the supervisor and its workers
         )  # fmt: skip
         self.lines: list[str] = []
         self.port = 0
@@ -107,7 +108,8 @@ def fault_run(export_dir: Path, args: argparse.Namespace) -> dict:
         killed_at: list[float] = []
 
         def kill() -> None:
-            victim.proc.send_signal(signal.SIGKILL)
+            # the whole replica, as when a pod dies: the supervisor and every worker
+            os.killpg(victim.proc.pid, signal.SIGKILL)
             killed_at.append(time.perf_counter())
 
         timer = threading.Timer(args.kill_after_s, kill)

@@ -20,6 +20,7 @@ from typing import Any
 from .runtime import DEVICES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+USER_STORES = ("memory", "redis")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class ServiceConfig:
     user_ttl_s: float = 30 * 86400.0  # a user without a call for 30 days is forgotten
     # a user's session ends after this long without a call, as training splits sessions
     user_session_idle_s: float = 1800.0
+    # "memory": each replica its own users; "redis": shared by the replicas through
+    # --redis-url, keys an HMAC of the user id with the secret file's key (users.py)
+    user_store: str = "memory"
+    user_store_secret_file: Path | None = None  # the same secret on every replica
+    user_store_timeout_ms: float = 50.0  # the longest a Redis round trip holds the event loop
     # on SIGTERM: health turns NOT_SERVING at once, new calls are still taken for drain_s
     # (load balancers need a moment to stop sending), then calls in flight get grace_s
     drain_s: float = 2.0
@@ -68,7 +74,8 @@ class ServiceConfig:
     # replica learns from its own calls only
     redis_url: str | None = None
     # what the online layer may learn and recommend (catalogue.py, guard.py): the model's
-    # items and announced ones. PutItems needs a token; without one it answers UNIMPLEMENTED
+    # items and announced ones. PutItems (and ForgetUser) need this operator token; without
+    # one they answer UNIMPLEMENTED
     catalogue_token: str | None = None  # prefer the file: a flag shows in the process list
     catalogue_token_file: Path | None = None
     catalogue_file: Path | None = None  # announced items, one a line; read on change
@@ -83,6 +90,8 @@ class ServiceConfig:
     learn_max_clients: int = 100_000  # clients whose windows are remembered
     reload_poll_s: float = 5.0  # how often the model path is checked for a new export; 0: off
     reuse_port: bool = False  # SO_REUSEPORT: off, so a second server on the port fails
+    # processes answering on the port (workers/); 0: the CPUs this process may use
+    workers: int = 0
     tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key turns on TLS
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # CA of client certificates: mutual TLS when given
@@ -97,10 +106,19 @@ class ServiceConfig:
             problems.append(f"device={self.device!r} must be one of {', '.join(DEVICES)}")
         if self.user_store_size < 0:
             problems.append(f"user_store_size={self.user_store_size} must be >= 0")
+        if self.user_store not in USER_STORES:
+            problems.append(
+                f"user_store={self.user_store!r} must be one of {', '.join(USER_STORES)}"
+            )
+        elif self.user_store == "redis" and (not self.redis_url or not self.user_store_secret_file):
+            problems.append(
+                "user_store='redis' needs redis_url and user_store_secret_file (a file with a "
+                "random key, the same on every replica, e.g. from `openssl rand -hex 32`)"
+            )
         if self.cache_size < 0:
             problems.append(f"cache_size={self.cache_size} must be >= 0 (0 turns it off)")
         positive: tuple[str, ...] = ("cache_mb", "cache_ttl_s", "max_clicks", "max_item_id_bytes")
-        positive += ("user_ttl_s", "user_session_idle_s")
+        positive += ("user_ttl_s", "user_session_idle_s", "user_store_timeout_ms")
         positive += ("max_batch",)
         positive += ("max_queue", "max_exclude", "max_candidates", "catalogue_max_items")
         positive += ("catalogue_open_min_sessions", "catalogue_open_min_clients")
@@ -113,7 +131,14 @@ class ServiceConfig:
             problems.append(f"blend_model_weight={self.blend_model_weight} must be in [0, 1]")
         if self.online_half_life_s <= 0 or self.online_max_items <= 0:
             problems.append("online_half_life_s and online_max_items must be positive")
-        for name in ("drain_s", "grace_s", "ort_threads", "max_wait_ms", "reload_poll_s"):
+        for name in (
+            "drain_s",
+            "grace_s",
+            "ort_threads",
+            "max_wait_ms",
+            "reload_poll_s",
+            "workers",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must not be negative")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -178,6 +203,24 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         float,
         "idle seconds after which a user's session ends",
     ),
+    "user_store": (
+        "--user-store",
+        "RECSYS_USER_STORE",
+        str,
+        "memory (each replica its own) or redis (shared through --redis-url)",
+    ),
+    "user_store_secret_file": (
+        "--user-store-secret-file",
+        "RECSYS_USER_STORE_SECRET_FILE",
+        Path,
+        "HMAC key of the user store's Redis keys (same file on every replica)",
+    ),
+    "user_store_timeout_ms": (
+        "--user-store-timeout-ms",
+        "RECSYS_USER_STORE_TIMEOUT_MS",
+        float,
+        "longest wait for one Redis round trip of the user store",
+    ),
     "drain_s": ("--drain-s", "RECSYS_DRAIN_S", float, "seconds calls are still taken on SIGTERM"),
     "grace_s": ("--grace-s", "RECSYS_GRACE_S", float, "seconds in-flight calls get on SIGTERM"),
     "max_clicks": ("--max-clicks", "RECSYS_MAX_CLICKS", int, "most clicks a request may carry"),
@@ -237,13 +280,14 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         "--catalogue-token",
         "RECSYS_CATALOGUE_TOKEN",
         str,
-        "bearer token PutItems calls must carry; unset: PutItems is off",
+        "operator token: the bearer token PutItems and ForgetUser calls must carry; "
+        "unset: both are off",
     ),
     "catalogue_token_file": (
         "--catalogue-token-file",
         "RECSYS_CATALOGUE_TOKEN_FILE",
         Path,
-        "file holding that token (e.g. a mounted secret)",
+        "file holding the operator token (e.g. a mounted secret)",
     ),
     "catalogue_file": (
         "--catalogue-file",
@@ -306,6 +350,12 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         "seconds between checks of --model for a new export; 0 = only on SIGHUP",
     ),
     "reuse_port": ("--reuse-port", "RECSYS_REUSE_PORT", _flag, "share the port (SO_REUSEPORT)"),
+    "workers": (
+        "--workers",
+        "RECSYS_WORKERS",
+        int,
+        "worker processes on the port; 0 = one per CPU the pod may use",
+    ),
     "tls_cert": ("--tls-cert", "RECSYS_TLS_CERT", Path, "server certificate chain, PEM"),
     "tls_key": ("--tls-key", "RECSYS_TLS_KEY", Path, "server private key, PEM"),
     "tls_client_ca": (

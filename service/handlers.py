@@ -7,8 +7,10 @@
 Each call is timed per pipeline stage into ServerStats. Requests that are not valid protobuf
 are answered INVALID_ARGUMENT by the handler, not failed inside gRPC's deserializer (which
 would log a traceback per call and answer INTERNAL). The metadata `x-client-id` names the
-client whose learning is capped (guard.py); PutItems needs `authorization: Bearer TOKEN`.
-ForgetUser drops a user's state (users.py); user ids are never logged.
+client whose learning is capped (guard.py). The operator methods, PutItems and ForgetUser,
+need `authorization: Bearer TOKEN` with the server's operator token (--catalogue-token-file):
+no anonymous client may announce items or delete a user's state. ForgetUser drops a user's
+state (users.py; from Redis too with --user-store redis); user ids are never logged.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 
 import grpc
 
+from .learning.catalogue import CatalogueFull
 from .metrics import ServerStats
 from .pipeline.batching import DeadlineExpired, Overloaded
-from .pipeline.catalogue import CatalogueFull
 from .pipeline.decode import InvalidRequest, NoKnownClicks, decode_forget_user, decode_put_items
 from .pipeline.recommender import SOURCE_POPULARITY, Recommender, Result
+from .pipeline.user_store import StoreUnavailable
 from .proto import recommender_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ _SOURCES = {
     "blend": pb.SOURCE_BLEND,
 }
 CLIENT_ID_KEY = "x-client-id"  # gRPC metadata: a hash of the device or address
-AUTHORIZATION_KEY = "authorization"  # PutItems: "Bearer <--catalogue-token>"
+AUTHORIZATION_KEY = "authorization"  # PutItems, ForgetUser: "Bearer <--catalogue-token>"
 # shutting down: a held refusal (hold_refusals) is answered after this long at the latest,
 # and this long before the call's deadline at the latest, so it never ends DEADLINE_EXCEEDED
 HOLD_REFUSAL_MAX_S = 1.0
@@ -49,11 +52,11 @@ HOLD_DEADLINE_MARGIN_S = 0.05
 
 
 class NotConfigured(Exception):
-    """PutItems on a server without a catalogue token: gRPC UNIMPLEMENTED."""
+    """An operator method on a server without an operator token: gRPC UNIMPLEMENTED."""
 
 
 class Unauthenticated(Exception):
-    """PutItems without the right token: gRPC UNAUTHENTICATED."""
+    """An operator method without the right token: gRPC UNAUTHENTICATED."""
 
 
 _STATUS_OF = {
@@ -64,6 +67,7 @@ _STATUS_OF = {
     CatalogueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotConfigured: grpc.StatusCode.UNIMPLEMENTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 _EXPECTED = tuple(_STATUS_OF)
 
@@ -91,7 +95,8 @@ class Handlers:
     def __init__(self, stats: ServerStats, catalogue_token: str | None = None):
         self.stats = stats
         self.engine: Recommender | None = None  # set once a model is loaded
-        self.catalogue_token = catalogue_token  # PutItems' bearer token; None: it is off
+        # the operator token PutItems and ForgetUser need; None: both are off
+        self.catalogue_token = catalogue_token
         self.status = pb.StatusResponse()
         self.closing = False  # shutting down: new calls are refused, UNAVAILABLE
         self.in_flight = 0  # calls being answered now; refusals are not counted
@@ -131,7 +136,7 @@ class Handlers:
         t0 = time.perf_counter()
         code, message, response = grpc.StatusCode.OK, "", None
         try:
-            self._authenticate(context)
+            self._authenticate("PutItems", context)
             engine = self.engine
             if engine is None:
                 code, message = grpc.StatusCode.UNAVAILABLE, "model is loading; retry shortly"
@@ -155,10 +160,13 @@ class Handlers:
         return response
 
     async def forget_user(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Drop what this replica holds of a user; the same answer whether it held any."""
+        """Drop what is held of a user (this replica's memory, the shared store), with the
+        operator token; the same answer whether anything was held. UNAVAILABLE when the
+        shared store did not answer: nothing is known to be deleted, the caller retries."""
         t0 = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
         try:
+            self._authenticate("ForgetUser", context)
             engine = self.engine
             if request is UNDECODABLE:
                 raise InvalidRequest("the request is not a valid recsys.v1.ForgetUserRequest")
@@ -176,19 +184,22 @@ class Handlers:
             await context.abort(code, message)
         return pb.ForgetUserResponse()
 
-    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+    def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """Raises NotConfigured without an operator token, Unauthenticated unless the call
+        carries it."""
         expected = self.catalogue_token
         if not expected:
             raise NotConfigured(
-                "PutItems is off on this server: start it with --catalogue-token-file FILE "
-                "(or RECSYS_CATALOGUE_TOKEN) to let the catalogue publisher announce items"
+                f"{method} is off on this server: it has no operator token; start it with "
+                "--catalogue-token-file FILE (or RECSYS_CATALOGUE_TOKEN_FILE) to let operators "
+                "announce items and delete users' state"
             )
         given = _metadata(context, AUTHORIZATION_KEY)
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
             raise Unauthenticated(
-                "PutItems needs the metadata 'authorization: Bearer <token>' with the "
-                "server's catalogue token"
+                f"{method} needs the metadata 'authorization: Bearer <token>' with the "
+                "server's operator token (--catalogue-token-file)"
             )
 
     def hold_refusals(self) -> None:

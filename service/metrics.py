@@ -8,7 +8,9 @@ recsys_batch_queue_seconds_total / recsys_batch_run_seconds_total
 recsys_batch_expired_total / recsys_overload_refusals_total
 recsys_undecodable_requests_total{method}    requests that were not valid protobuf/UTF-8
 recsys_session_cache_hits_total / _misses_total / _entries / _bytes
-recsys_user_states                           users in the user store (HRNN); no user ids
+recsys_user_states                           users in this process's user store (HRNN); no ids
+recsys_user_store_shared_users               users in the Redis user store (--user-store redis)
+recsys_user_store_unavailable_total          user store operations Redis did not answer
 recsys_prefix_clicks_skipped_total           cold-session clicks cut to meet a deadline
 recsys_unknown_clicks_total                  request clicks the model does not know
 recsys_popularity_fallbacks_total            answers from the popularity ranking
@@ -27,6 +29,16 @@ recsys_online_weight{feature}                the online ranker's learnt weights 
 recsys_online_source_hit_rate{source}        share of recent next clicks in a source's top 20
 recsys_online_feedback_total / _updates_total  next clicks seen for an answer / that taught
 recsys_online_size{what}                     the online layer's size: items, transitions, bytes
+recsys_worker_shared_total{what}             a worker's link to the others (--workers > 1,
+                                             workers/link.py): records sent, applied, dropped
+
+With --workers N > 1 the pod's /metrics is the supervisor's (workers/supervisor.py): it
+reads each worker's own endpoint (127.0.0.1, a private port) and sums the samples of every
+counter and histogram; gauges combine by what they mean (GAUGE_COMBINE: sizes of per-worker
+memory are summed, flags such as recsys_model_loaded take the minimum, copies such as the
+catalogue the maximum, the online ranker's weights and hit rates the mean), and the
+supervisor adds recsys_workers{state}, recsys_worker_exits_total and
+recsys_worker_relay_dropped_total.
 
 The hot path only adds to plain Python numbers (ServerStats); a collector turns them into
 metric families when Prometheus scrapes, so a call pays no metric-library locks. The HTTP
@@ -36,6 +48,7 @@ endpoint answers /metrics and nothing else.
 from __future__ import annotations
 
 import bisect
+import statistics
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
@@ -50,12 +63,14 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .pipeline.batching import BatchStats
+from .pipeline.user_store import UserStoreStats
 
 if TYPE_CHECKING:
-    from .pipeline.guard import LearnStats
+    from .learning.guard import LearnStats
 
 # a batched call takes about a millisecond; a queue or a long cold session tens
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -117,7 +132,9 @@ class ServerStats:
         self.cache_entries: Callable[[], int] = lambda: 0
         self.cache_bytes: Callable[[], int] = lambda: 0
         self.user_entries: Callable[[], int] = lambda: 0  # users.py; never per user
+        self.user_store = UserStoreStats()  # the Redis user store's (users.py)
         self.clickbus: BusStats | None = None  # the server sets it when the bus is on
+        self.worker_link: BusStats | None = None  # one worker's link to the others
         self.learning: LearnStats | None = None  # the learning guard's counts (server)
         self.catalogue_sizes: Callable[[], dict[str, int]] = dict  # items by source
         # the online layer's report() (blend.OnlineLayer): the ranker's learnt weights and
@@ -165,6 +182,9 @@ _COUNTERS: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
      lambda s: s.unknown_clicks),
     ("recsys_popularity_fallbacks", "Answers from the popularity ranking (no known click)",
      lambda s: s.fallbacks),
+    ("recsys_user_store_unavailable",
+     "User store operations Redis did not answer (the call went on as for a new user)",
+     lambda s: s.user_store.unavailable),
 )  # fmt: skip
 _GAUGES: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
     ("recsys_session_cache_entries", "Sessions in the state cache",
@@ -173,6 +193,9 @@ _GAUGES: tuple[tuple[str, str, Callable[[ServerStats], float]], ...] = (
      lambda s: s.cache_bytes()),
     ("recsys_user_states", "Users whose state the store holds (models with a user graph)",
      lambda s: s.user_entries()),
+    ("recsys_user_store_shared_users",
+     "Users whose state the Redis user store holds, every replica's (--user-store redis)",
+     lambda s: s.user_store.shared_users()),
     ("recsys_model_loaded", "1 while a model is loaded and serving", lambda s: s.model_loaded),
     ("recsys_model_last_reload_ok", "1 if the last load attempt succeeded",
      lambda s: s.last_reload_ok),
@@ -220,6 +243,16 @@ class _Collector(Collector):
                        reloads)  # fmt: skip
         if s.clickbus is not None:
             yield from _clickbus(s.clickbus)
+        if s.worker_link is not None:
+            link = s.worker_link
+            shared = [
+                (("sent",), link.published),
+                (("applied",), link.applied),
+                (("duplicate",), link.duplicates),
+                (("dropped",), link.dropped),
+            ]
+            yield _counter("recsys_worker_shared", "Learning records this worker shared with "
+                           "the others, and theirs it applied", ["what"], shared)  # fmt: skip
         if s.learning is not None:
             yield from _learning(s.learning)
         yield from _online(s.online_report())
@@ -296,6 +329,45 @@ def _counter(
     return family
 
 
+# how the workers' values of a gauge make the pod's (others: summed, as per-worker memory)
+GAUGE_COMBINE: dict[str, Callable[[list[float]], float]] = {
+    "recsys_model_loaded": min,  # 1 only while every worker serves
+    "recsys_model_last_reload_ok": min,
+    "recsys_clickbus_connected": min,
+    "recsys_model_last_reload_timestamp_seconds": max,
+    "recsys_model_info": max,  # 1 per model version some worker serves
+    "recsys_catalogue_items": max,  # every worker holds a copy
+    "recsys_online_size": max,  # so do the online statistics (shared between workers)
+    "recsys_user_store_shared_users": max,  # one Redis, counted by every worker
+    "recsys_online_weight": statistics.fmean,  # each worker's ranker learns its own
+    "recsys_online_source_hit_rate": statistics.fmean,
+}
+
+
+def sum_expositions(texts: Iterable[str]) -> list[Metric]:
+    """The metric families of several workers' /metrics texts as one pod's: every sample
+    (name and labels) of a counter or histogram summed over the workers that have it, of a
+    gauge combined by GAUGE_COMBINE (default: summed)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            samples = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples.setdefault(key, []).append(sample.value)
+    out = []
+    for name, family in families.items():
+        combine = GAUGE_COMBINE.get(name, sum) if family.type in ("gauge", "info") else sum
+        for (sample_name, labels), found in values[name].items():
+            family.add_sample(sample_name, dict(labels), float(combine(found)))
+        out.append(family)
+    return out
+
+
 class _QuietHandler(WSGIRequestHandler):
     # a connection that sends half a request, or nothing, is dropped after this many seconds
     # rather than holding its thread
@@ -312,16 +384,24 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsEndpoint:
-    """GET /metrics over HTTP in a daemon thread; every other path is 404."""
+    """GET /metrics over HTTP in a daemon thread; every other path is 404. What it serves:
+    a server's stats, or any collector (the supervisor's sum of its workers)."""
 
-    def __init__(self, stats: ServerStats):
+    def __init__(self, stats: ServerStats | None = None, collector: Collector | None = None):
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(stats))
+        self.registry.register(collector or _Collector(stats or ServerStats()))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def serve(self, host: str, port: int) -> int:
         """Start listening; returns the bound port."""
+        bound = self.bind(host, port)
+        self.start()
+        return bound
+
+    def bind(self, host: str, port: int) -> int:
+        """Listen without answering yet (start() does): a supervisor binds before it forks
+        its workers, which then close the socket. Returns the bound port; raises OSError."""
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -333,15 +413,24 @@ class MetricsEndpoint:
         self._server = make_server(
             host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
+        return int(self._server.server_address[1])
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor (-1 before bind())."""
+        return -1 if self._server is None else self._server.fileno()
+
+    def start(self) -> None:
+        """Answer scrapes, in a daemon thread."""
+        assert self._server is not None, "bind() first"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
         )
         self._thread.start()
-        return int(self._server.server_address[1])
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()
             self._server.server_close()
             if self._thread is not None:
                 self._thread.join(timeout=5)

@@ -7,15 +7,17 @@
     server.stop()           # NOT_SERVING, drain, refuse new calls, let running ones finish
 
 An asyncio (grpc.aio) server on an event loop of its own thread; the model runs in a worker
-thread beside it (batching.py). This module owns the lifecycle: listening, loading and
-hot-reloading the model, draining on shutdown. The methods are handlers.py; the pipeline
-itself is recommender.Recommender.
+thread beside it (batching.py). With --workers N > 1 each of N processes runs one, on the
+same port (workers/supervisor.py), linked to the others (workers/link.py). This module owns the
+lifecycle: listening, loading and hot-reloading the model, draining on shutdown. The
+methods are handlers.py; the pipeline itself is recommender.Recommender.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 import threading
 import time
@@ -30,20 +32,23 @@ from grpc_reflection.v1alpha import reflection
 from .clickbus import ClickBus
 from .config import ServiceConfig
 from .handlers import SERVICE_NAME, Handlers
+from .learning.catalogue import Catalogue, CatalogueConfig, read_catalogue_file
+from .learning.guard import GuardConfig, LearningGuard
+from .learning.online import OnlineModel
 from .metrics import MetricsEndpoint, ServerStats
 from .pipeline.blend import BlendConfig, OnlineLayer, online_config_for
-from .pipeline.catalogue import Catalogue, CatalogueConfig, read_catalogue_file
 from .pipeline.decode import Limits
-from .pipeline.guard import GuardConfig, LearningGuard
-from .pipeline.online import OnlineModel
 from .pipeline.recommender import Recommender
 from .pipeline.sessions import SessionCache
-from .pipeline.users import UserSessions, UserStore
+from .pipeline.user_store import make_user_store
+from .pipeline.users import UserSessions
 from .proto import recommender_pb2 as pb
 from .reload import ModelSource
 from .runtime import ExportedModel, ModelLoadError
+from .workers.link import WorkerLink
 
 log = logging.getLogger(__name__)
+main_log = logging.getLogger("service")  # the process's own news, as before workers
 # on shutdown, once the calls in flight have answered: how long no new call may have come
 # in (every caller that retries then waits on a held refusal) before gRPC itself stops; and
 # how long that is waited for at most (callers with deadlines under a second keep coming)
@@ -61,14 +66,17 @@ T = TypeVar("T")
 class RecommendationServer:
     """One process's gRPC and metrics servers, on an event loop in a thread of their own."""
 
-    def __init__(self, config: ServiceConfig):
+    def __init__(self, config: ServiceConfig, link: WorkerLink | None = None):
+        """link: this process is one of several workers (workers/), sharing what it learns
+        through the link; it turns SERVING when the supervisor says all have loaded."""
         self.config = config
+        self.link = link
         self.stats = ServerStats()
         self.handlers = Handlers(self.stats)
         self.metrics = MetricsEndpoint(self.stats)
         self.source = ModelSource(config.model_dir)
         self.online = make_online_layer(config)  # outlives model reloads
-        self.guard = make_guard(config)  # so do what it learnt and the catalogue
+        self.guard = make_guard(config, link)  # so do what it learnt and the catalogue
         self.catalogue = self.guard.catalogue
         self.stats.learning = self.guard.stats
         self._catalogue_file_mtime: float | None = None
@@ -81,6 +89,11 @@ class RecommendationServer:
         self._health: Any = None
         self._watcher: asyncio.Task | None = None
         self._reloading = asyncio.Lock()
+        if link is not None:
+            link.attach(self.online)
+            link.on_serve = self._serve
+            link.on_reloaded = lambda: self._reload(force=False)  # at once, not at next poll
+            self.stats.worker_link = link.stats
 
     # --- the synchronous face (tests, __main__) ---
 
@@ -151,13 +164,19 @@ class RecommendationServer:
         self._server = server
         self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         tls = " (TLS)" if cfg.tls_cert else ""
-        log.info("gRPC on %s%s, metrics on port %d", _join(cfg.host, self.port), tls,
-                 self.metrics_port)  # fmt: skip
+        if self.link is None:
+            log.info("gRPC on %s%s, metrics on port %d", _join(cfg.host, self.port), tls,
+                     self.metrics_port)  # fmt: skip
+        else:
+            log.info("gRPC on %s%s; this worker's own metrics on %s:%d", _join(cfg.host, self.port),
+                     tls, cfg.metrics_host, self.metrics_port)  # fmt: skip
+            await self.link.start()
+            self.link.send({"k": "hello", "metrics_port": self.metrics_port})
         if cfg.redis_url and self.online is not None:
             self.bus = ClickBus(self.online, cfg.redis_url)
             self.stats.clickbus = self.bus.stats
             await self.bus.start()  # in the background: serving never waits for Redis
-        elif cfg.redis_url:
+        elif cfg.redis_url and cfg.user_store != "redis":
             log.warning("--redis-url is ignored: the online layer is off")
 
     async def _load(self, initial: bool) -> None:
@@ -201,13 +220,23 @@ class RecommendationServer:
             last_reload_at=time.time(),
         )
         if initial:
-            for name in ("", SERVICE_NAME):
-                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self.link is None:
+                await self._serve()
+            else:  # SERVING once every worker has loaded: the supervisor says "serve"
+                self.link.send({"k": "loaded"})
             if cfg.reload_poll_s > 0:
                 self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        elif self.link is not None:
+            self.link.send({"k": "reloaded"})
         if old is not None and old.batcher is not None:
             await old.batcher.close()  # calls already queued on the old model finish there
         log.info("serving model %s from %s", model.model_version, self.source.resolved())
+
+    async def _serve(self) -> None:
+        """Health SERVING, unless shutting down already (NOT_SERVING sticks)."""
+        if self._health is not None and not self.handlers.closing:
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _build_engine(self) -> Recommender:
         cfg = self.config
@@ -221,11 +250,13 @@ class RecommendationServer:
         )
         users = None
         if model.has_user_graph:  # user states belong to the model's weights: one store each
-            store = UserStore(cfg.user_store_size, cfg.user_ttl_s)
+            store = make_user_store(cfg, model, self.stats.user_store)
             users = UserSessions(model, store, cfg.user_session_idle_s, cache)
         engine = Recommender(model, cache, limits, online=self.online, guard=self.guard,
                              users=users)  # fmt: skip
         engine.warm_up()
+        if self.link is not None:
+            self.link.share_forgetting(engine)
         return engine
 
     async def _reload(self, force: bool) -> bool:
@@ -332,6 +363,44 @@ class RecommendationServer:
             await engine.batcher.close()
         if self.bus is not None:
             await self.bus.stop()  # after the last calls, so their clicks go out too
+        if self.link is not None:
+            await self.link.stop()
+
+
+def serve(config: ServiceConfig, link: WorkerLink | None = None) -> int:
+    """`python -m service` with one worker, or one worker of a supervisor (link): one
+    server in this process until SIGTERM or SIGINT; the exit status (__main__'s)."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        main_log.info("received %s", signal.Signals(signum).name)
+        stopping.set()
+
+    server = RecommendationServer(config, link)
+
+    def on_hangup(signum: int, _frame: object) -> None:
+        main_log.info("received SIGHUP: reloading the model")
+        server.request_reload()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        server.start()
+    except (OSError, ValueError) as err:  # port in use, unreadable TLS file, bad Redis URL
+        main_log.error("%s", err)
+        server.stop(0, 0)
+        return 2
+    try:
+        server.load_model()
+    except ModelLoadError as err:
+        main_log.error("cannot serve: %s", err)
+        server.stop(0, 0)
+        return 1
+    while not stopping.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+        pass
+    server.stop()
+    return 0
 
 
 def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
@@ -344,14 +413,14 @@ def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
     return OnlineLayer(OnlineModel(settings), blend, max_sessions=max(cfg.cache_size, 1))
 
 
-def make_guard(cfg: ServiceConfig) -> LearningGuard:
-    catalogue = Catalogue(
-        CatalogueConfig(
-            max_items=cfg.catalogue_max_items,
-            open=cfg.catalogue_open,
-            open_min_sessions=cfg.catalogue_open_min_sessions,
-            open_min_clients=cfg.catalogue_open_min_clients,
-        )
+def make_guard(cfg: ServiceConfig, link: WorkerLink | None = None) -> LearningGuard:
+    """The learning guard and its catalogue; with a link, ones that share with the other
+    workers what they let through and the items announced."""
+    catalogue_config = CatalogueConfig(
+        max_items=cfg.catalogue_max_items,
+        open=cfg.catalogue_open,
+        open_min_sessions=cfg.catalogue_open_min_sessions,
+        open_min_clients=cfg.catalogue_open_min_clients,
     )
     settings = GuardConfig(
         session_clicks=cfg.learn_session_clicks,
@@ -360,7 +429,9 @@ def make_guard(cfg: ServiceConfig) -> LearningGuard:
         max_sessions=max(cfg.cache_size, 1),  # as the online layer's session records
         max_clients=cfg.learn_max_clients,
     )
-    return LearningGuard(settings, catalogue)
+    if link is not None:
+        return link.guard(settings, catalogue_config)
+    return LearningGuard(settings, Catalogue(catalogue_config))
 
 
 def _catalogue_token(cfg: ServiceConfig) -> str | None:

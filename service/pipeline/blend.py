@@ -28,12 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from .online import OnlineConfig, OnlineModel
-from .ranker import FEATURES, OnlineRanker, RankerConfig, RankQuery
+from ..learning.items import ItemTable
+from ..learning.online import OnlineConfig, OnlineModel
+from ..learning.ranker import FEATURES, OnlineRanker, RankerConfig, RankQuery
 
 SOURCE_MODEL, SOURCE_ONLINE = "model", "online"
 SCORERS = ("ranker", "mixture")
-_MODEL_FEATURES = frozenset(i for i, f in enumerate(FEATURES) if f.startswith("model_"))
+# the side each feature's contribution counts for, by feature index
+_SIDE_OF_FEATURE = np.array(
+    [SOURCE_MODEL if f.startswith("model_") else SOURCE_ONLINE for f in FEATURES], object
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,11 @@ class OnlineLayer:
         # click learnt: clickbus.ClickBus.publish shares it with the other replicas
         self.on_learn: Callable[[str, list[str], float], None] | None = None
 
+    @property
+    def table(self) -> ItemTable:
+        """The statistics' ItemTable: where callers get indices for RankQuery.model_ids."""
+        return self.model.table
+
     def learn(self, session_id: str, clicks: list[str], now: float) -> int:
         """Learn the clicks of a request that are new; returns how many were learnt."""
         if not clicks:
@@ -235,10 +244,9 @@ class OnlineLayer:
         ranked together by OnlineRanker.rank_many(); the mixture scorer answers one by one."""
         if self.ranker is None:
             return [self._mixture(q) for q in queries]
-        model_features = _MODEL_FEATURES
         out = []
         for ids, scores, top in self.ranker.rank_many(queries):
-            sources = [SOURCE_MODEL if f in model_features else SOURCE_ONLINE for f in top.tolist()]
+            sources = _SIDE_OF_FEATURE[top].tolist()
             out.append((ids, scores.tolist(), sources))
         return out
 
@@ -249,7 +257,10 @@ class OnlineLayer:
             return ids, scores, [SOURCE_ONLINE] * len(ids)
         weight = self.config.model_weight
         weight *= self.config.stale_factor if q.stale else 1.0
-        return blend(Ranked(list(q.model_ids), q.model_logits), online, q.k, weight)
+        model_ids = q.model_ids
+        if isinstance(model_ids, np.ndarray):  # ItemTable indices
+            model_ids = list(map(self.table.ids.__getitem__, model_ids.tolist()))
+        return blend(Ranked(list(model_ids), q.model_logits), online, q.k, weight)
 
     def size(self) -> dict[str, int]:
         """Items tracked, transitions over both clocks, and estimated bytes (OnlineModel's

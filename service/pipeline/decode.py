@@ -128,6 +128,7 @@ def decode_score_items(
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
     _check_client(client_id, limits)
+    _check_user(request.user_id, limits)
     candidates = list(request.candidates)
     if not candidates:
         raise InvalidRequest(
@@ -153,6 +154,7 @@ def decode_score_items(
         cand[ok],
         unknown_candidates,
         client_id=client_id,
+        user_id=request.user_id,
     )
 
 

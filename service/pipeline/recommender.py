@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..learning.catalogue import Catalogue
+from ..learning.guard import LearningGuard
+from ..learning.ranker import RankQuery
 from ..proto import recommender_pb2 as pb
 from ..runtime import ExportedModel
 from .batching import Batcher, BatchStats
-from .blend import SOURCE_ONLINE, OnlineLayer, Ranked
-from .catalogue import Catalogue
+from .blend import SOURCE_ONLINE, OnlineLayer
 from .decode import (
     InvalidRequest,
     Limits,
@@ -44,9 +46,7 @@ from .filters import (
     top_k_excluding,
     top_k_excluding_arrays,
 )
-from .guard import LearningGuard
 from .inference import Job, run_jobs
-from .ranker import RankQuery
 from .sessions import SessionCache, make_entry
 from .users import UserSessions
 
@@ -125,6 +125,12 @@ class Recommender:
         # measured by warm_up()
         self.prefix_s_per_click = prefix_s_per_click
         self.batcher: Batcher[Call] | None = None
+        # the model's items as the online layer's ItemTable indices, so that its candidates
+        # reach the ranker as ints (held for as long as the layer lives: a model loaded
+        # again, or its successor sharing most of its items, adds no entries). Made by the
+        # first call answered, not here: the server builds an engine in a worker thread,
+        # and the table must not change under a batch the event loop is ranking
+        self._online_rows: np.ndarray | None = None
 
     # --- stage 1: decode ---
 
@@ -211,7 +217,7 @@ class Recommender:
     def _online_answers(
         self,
         queries: list[Query],
-        parts: list[Ranked | None],
+        parts: list[tuple[np.ndarray, np.ndarray] | None],
         nows: list[float],
         stales: list[bool],
     ) -> list[tuple[list[str], list[float], list[str]]]:
@@ -222,10 +228,9 @@ class Recommender:
         index, admits = self.model.index, self.catalogue.admits
         asks = []
         for q, part, now, stale in zip(queries, parts, nows, stales, strict=True):
-            ids = part.ids if part is not None else []
-            logits = part.scores if part is not None else None
+            rows, logits = part if part is not None else (np.zeros(0, np.int64), None)
             exclude = self._excluded_ids(q)
-            asks.append(RankQuery(ids, logits, q.clicks, now, q.top_k, exclude, stale,
+            asks.append(RankQuery(rows, logits, q.clicks, now, q.top_k, exclude, stale,
                                   q.session_id))  # fmt: skip
         answers = self.online.answer_many(asks)
         todo = list(range(len(asks)))
@@ -311,7 +316,7 @@ class Recommender:
         at once (OnlineLayer.answer_many), exclusions, the cut to k, the least likely."""
         results: list[Result | None] = []
         online: list[int] = []  # calls the online layer answers
-        parts: list[Ranked | None] = []
+        parts: list[tuple[np.ndarray, np.ndarray] | None] = []  # model candidates, logits
         for i, (query, job) in enumerate(zip(queries, jobs, strict=True)):
             cache = self._remember(query, job)
             if query.candidates is None and self.online is not None:
@@ -353,15 +358,17 @@ class Recommender:
                 self.users.seen(query.user_id, query.session_id, job.after)
         return ("hit" if job.cache_hit else "miss") if query.session_id else ""
 
-    def _model_part(self, query: Query, job: Job) -> Ranked:
-        """The model's candidates for the online layer, without the excluded: (n,) logits."""
+    def _model_part(self, query: Query, job: Job) -> tuple[np.ndarray, np.ndarray]:
+        """The model's candidates for the online layer, without the excluded: (n,) their
+        ItemTable indices and (n,) float32 logits."""
         assert self.online is not None
         assert job.top_items is not None and job.top_scores is not None
         n = max(self.online.config.candidates, query.top_k)  # top_k up to 1,000
         top_items, logits = top_k_excluding_arrays(job.top_items, job.top_scores,
                                                    query.excluded, n)  # fmt: skip
-        ids = self.model.item_ids
-        return Ranked([ids[i] for i in top_items.tolist()], logits)  # (n,) float32
+        if self._online_rows is None:  # once per model, ~10 ms per 40,000 items
+            self._online_rows = self.online.table.acquire_all(self.model.item_ids)
+        return self._online_rows[top_items], logits
 
     def _model_result(self, query: Query, job: Job, cache: str) -> Result:
         """The answer from the model alone: the candidates asked for, or its top k."""

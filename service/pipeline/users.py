@@ -21,6 +21,11 @@ A user's sessions are taken one at a time: an earlier session id that comes back
 a new session (its cached state, if the session cache still holds it, is resumed all the
 same). User ids are never logged: they identify people.
 
+Two stores with the same methods (get, put, continue_session, record_last, forget, len()):
+UserStore below, in this process's memory (the default; each replica remembers the users it
+served), and user_store.RedisUserStore, shared by the replicas through Redis (--user-store
+redis; user_store.make_user_store picks one).
+
 Not thread-safe: the server touches it from its event loop only.
 """
 
@@ -30,11 +35,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..runtime import ExportedModel
 from .sessions import SessionCache
+
+if TYPE_CHECKING:
+    pass
+
 
 RECENT_SESSIONS = 4  # ended session ids kept per user, so ForgetUser drops their cache too
 
@@ -88,18 +98,59 @@ class UserStore:
                 break
             self._entries.popitem(last=False)
 
-    def pop(self, user_id: str) -> UserEntry | None:
-        return self._entries.pop(user_id, None)
+    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> None:
+        """Set the entry's latest session state, (1, S), if its session is session_id."""
+        entry = self.get(user_id)
+        if entry is not None and entry.session_id == session_id:
+            entry.last = state
+
+    def continue_session(
+        self, user_id: str, session_id: str, now: float, idle_s: float
+    ) -> tuple[UserEntry | None, bool]:
+        """(the live entry or None, True when its session is session_id, not idle past
+        idle_s: then the entry is already refreshed as used now, nothing left to put)."""
+        entry = self.get(user_id)
+        if entry is None or entry.session_id != session_id or now - entry.used > idle_s:
+            return entry, False
+        entry.used = now
+        self.put(user_id, entry)
+        return entry, True
+
+    def forget(self, user_id: str) -> list[str]:
+        """Drop the user's entry; the ids of its session under way and its ended ones."""
+        entry = self._entries.pop(user_id, None)
+        return [] if entry is None else [entry.session_id, *entry.ended]
+
+    def forgotten(self) -> list[str]:
+        """Session ids other replicas forgot: none, nothing is shared."""
+        return []
+
+
+class Store(Protocol):
+    """What UserSessions needs of a store: UserStore or RedisUserStore."""
+
+    clock: Callable[[], float]  # seconds; the clock of UserEntry.used
+
+    def __len__(self) -> int: ...
+    def get(self, user_id: str) -> UserEntry | None: ...
+    def put(self, user_id: str, entry: UserEntry) -> None: ...
+    def continue_session(
+        self, user_id: str, session_id: str, now: float, idle_s: float
+    ) -> tuple[UserEntry | None, bool]: ...
+    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> None: ...
+    def forget(self, user_id: str) -> list[str]: ...
+    def forgotten(self) -> list[str]: ...
 
 
 class UserSessions:
-    """The user graph's hand-over between sessions, over a UserStore. cache: the session
-    cache whose entries forget() drops with the user's."""
+    """The user graph's hand-over between sessions, over a store (UserStore or
+    RedisUserStore). cache: the session cache whose entries forget() drops with
+    the user's."""
 
     def __init__(
         self,
         model: ExportedModel,
-        store: UserStore,
+        store: Store,
         session_idle_s: float,
         cache: SessionCache | None = None,
     ):
@@ -115,11 +166,18 @@ class UserSessions:
     def start(self, user_id: str, session_id: str) -> np.ndarray | None:
         """The state the call's session starts from, (1, S), or None for the zero state.
         Ends the user's previous session first when this call begins another."""
+        if self.cache is not None:  # other replicas' ForgetUser calls, with a shared store
+            for forgotten in self.store.forgotten():
+                self.cache.forget(forgotten)
         now = self.store.clock()
-        entry = self.store.get(user_id)
+        entry, refreshed = self.store.continue_session(user_id, session_id, now,
+                                                       self.session_idle_s)  # fmt: skip
+        if refreshed:  # the session goes on (most calls)
+            assert entry is not None
+            return entry.start
         if entry is None:  # no history: the first session starts from zero
             entry = UserEntry(np.zeros((1, self.model.user_size), np.float32), session_id, None)
-        elif entry.session_id != session_id or now - entry.used > self.session_idle_s:
+        else:  # another session id, or the session idle too long: it has ended
             entry = self._next_session(entry, session_id)
         entry.used = now
         self.store.put(user_id, entry)
@@ -128,16 +186,17 @@ class UserSessions:
     def seen(self, user_id: str, session_id: str, state: np.ndarray) -> None:
         """Record the session's state after a call's clicks, (1, S); ignored when the user
         has begun another session meanwhile (or was forgotten)."""
-        entry = self.store.get(user_id)
-        if entry is not None and entry.session_id == session_id:
-            entry.last = np.array(state, dtype=np.float32)  # a copy: batch rows are views
+        # a copy: batch rows are views
+        self.store.record_last(user_id, session_id, np.array(state, dtype=np.float32))
 
     def forget(self, user_id: str) -> None:
-        """Drop the user's entry and the cached states of the user's recent sessions."""
-        entry = self.store.pop(user_id)
-        if entry is None or self.cache is None:
+        """Drop the user's entry and the cached states of the user's recent sessions (in
+        this replica's session cache). Raises user_store.StoreUnavailable when a shared
+        store cannot be reached: then nothing is known to be deleted."""
+        sessions = self.store.forget(user_id)
+        if self.cache is None:
             return
-        for session_id in (entry.session_id, *entry.ended):
+        for session_id in sessions:
             self.cache.forget(session_id)
 
     def _next_session(self, entry: UserEntry, session_id: str) -> UserEntry:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xbf\x01\n\x10RecommendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63licks\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x15\n\rexclude_items\x18\x04 \x03(\t\x12\x17\n\x0f\x65xclude_clicked\x18\x07 \x01(\x08\x12\x0e\n\x06strict\x18\x06 \x01(\x08\x12\x10\n\x08\x62ottom_k\x18\x08 \x01(\x05\x12\x0f\n\x07user_id\x18\t \x01(\tJ\x04\x08\x05\x10\x06R\x0finclude_clicked\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\"\xeb\x01\n\x11RecommendResponse\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x16\n\x0eunknown_clicks\x18\x04 \x03(\t\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x16\n\x0eskipped_clicks\x18\x06 \x01(\x05\x12+\n\x0c\x62ottom_items\x18\x07 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\"[\n\x11ScoreItemsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63licks\x18\x02 \x03(\t\x12\x12\n\ncandidates\x18\x03 \x03(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\xdb\x01\n\x12ScoreItemsResponse\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x16\n\x0eunknown_clicks\x18\x04 \x03(\t\x12\x1a\n\x12unknown_candidates\x18\x05 \x03(\t\x12!\n\x06source\x18\x06 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x16\n\x0eskipped_clicks\x18\x07 \x01(\x05\"\x0f\n\rStatusRequest\"\xa4\x01\n\x0eStatusResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x0f\n\x07n_items\x18\x03 \x01(\x05\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x11\n\tloaded_at\x18\x05 \x01(\x01\x12\x1a\n\x12last_reload_result\x18\x06 \x01(\t\x12\x16\n\x0elast_reload_at\x18\x07 \x01(\x01\"4\n\rCatalogueItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\"S\n\x0fPutItemsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.recsys.v1.CatalogueItem\x12\x17\n\x0fremove_item_ids\x18\x02 \x03(\t\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x46orgetUserResponse\"E\n\x10PutItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\x0f\n\x07removed\x18\x02 \x01(\x05\x12\x11\n\tannounced\x18\x03 \x01(\x05*n\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x15\n\x11SOURCE_POPULARITY\x10\x02\x12\x11\n\rSOURCE_ONLINE\x10\x03\x12\x10\n\x0cSOURCE_BLEND\x10\x04\x32\xef\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12I\n\nScoreItems\x12\x1c.recsys.v1.ScoreItemsRequest\x1a\x1d.recsys.v1.ScoreItemsResponse\x12=\n\x06Status\x12\x18.recsys.v1.StatusRequest\x1a\x19.recsys.v1.StatusResponse\x12\x43\n\x08PutItems\x12\x1a.recsys.v1.PutItemsRequest\x1a\x1b.recsys.v1.PutItemsResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xbf\x01\n\x10RecommendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63licks\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x15\n\rexclude_items\x18\x04 \x03(\t\x12\x17\n\x0f\x65xclude_clicked\x18\x07 \x01(\x08\x12\x0e\n\x06strict\x18\x06 \x01(\x08\x12\x10\n\x08\x62ottom_k\x18\x08 \x01(\x05\x12\x0f\n\x07user_id\x18\t \x01(\tJ\x04\x08\x05\x10\x06R\x0finclude_clicked\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\"\xeb\x01\n\x11RecommendResponse\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x16\n\x0eunknown_clicks\x18\x04 \x03(\t\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x16\n\x0eskipped_clicks\x18\x06 \x01(\x05\x12+\n\x0c\x62ottom_items\x18\x07 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\"l\n\x11ScoreItemsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63licks\x18\x02 \x03(\t\x12\x12\n\ncandidates\x18\x03 \x03(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\x12\x0f\n\x07user_id\x18\x05 \x01(\t\"\xdb\x01\n\x12ScoreItemsResponse\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x16\n\x0eunknown_clicks\x18\x04 \x03(\t\x12\x1a\n\x12unknown_candidates\x18\x05 \x03(\t\x12!\n\x06source\x18\x06 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x16\n\x0eskipped_clicks\x18\x07 \x01(\x05\"\x0f\n\rStatusRequest\"\xa4\x01\n\x0eStatusResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x0f\n\x07n_items\x18\x03 \x01(\x05\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x11\n\tloaded_at\x18\x05 \x01(\x01\x12\x1a\n\x12last_reload_result\x18\x06 \x01(\t\x12\x16\n\x0elast_reload_at\x18\x07 \x01(\x01\"4\n\rCatalogueItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\"S\n\x0fPutItemsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.recsys.v1.CatalogueItem\x12\x17\n\x0fremove_item_ids\x18\x02 \x03(\t\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x46orgetUserResponse\"E\n\x10PutItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\x0f\n\x07removed\x18\x02 \x01(\x05\x12\x11\n\tannounced\x18\x03 \x01(\x05*n\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x15\n\x11SOURCE_POPULARITY\x10\x02\x12\x11\n\rSOURCE_ONLINE\x10\x03\x12\x10\n\x0cSOURCE_BLEND\x10\x04\x32\xef\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12I\n\nScoreItems\x12\x1c.recsys.v1.ScoreItemsRequest\x1a\x1d.recsys.v1.ScoreItemsResponse\x12=\n\x06Status\x12\x18.recsys.v1.StatusRequest\x1a\x19.recsys.v1.StatusResponse\x12\x43\n\x08PutItems\x12\x1a.recsys.v1.PutItemsRequest\x1a\x1b.recsys.v1.PutItemsResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCE']._serialized_start=1324
-  _globals['_SOURCE']._serialized_end=1434
+  _globals['_SOURCE']._serialized_start=1341
+  _globals['_SOURCE']._serialized_end=1451
   _globals['_RECOMMENDREQUEST']._serialized_start=43
   _globals['_RECOMMENDREQUEST']._serialized_end=234
   _globals['_SCOREDITEM']._serialized_start=236
@@ -40,23 +40,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE']._serialized_start=318
   _globals['_RECOMMENDRESPONSE']._serialized_end=553
   _globals['_SCOREITEMSREQUEST']._serialized_start=555
-  _globals['_SCOREITEMSREQUEST']._serialized_end=646
-  _globals['_SCOREITEMSRESPONSE']._serialized_start=649
-  _globals['_SCOREITEMSRESPONSE']._serialized_end=868
-  _globals['_STATUSREQUEST']._serialized_start=870
-  _globals['_STATUSREQUEST']._serialized_end=885
-  _globals['_STATUSRESPONSE']._serialized_start=888
-  _globals['_STATUSRESPONSE']._serialized_end=1052
-  _globals['_CATALOGUEITEM']._serialized_start=1054
-  _globals['_CATALOGUEITEM']._serialized_end=1106
-  _globals['_PUTITEMSREQUEST']._serialized_start=1108
-  _globals['_PUTITEMSREQUEST']._serialized_end=1191
-  _globals['_FORGETUSERREQUEST']._serialized_start=1193
-  _globals['_FORGETUSERREQUEST']._serialized_end=1229
-  _globals['_FORGETUSERRESPONSE']._serialized_start=1231
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1251
-  _globals['_PUTITEMSRESPONSE']._serialized_start=1253
-  _globals['_PUTITEMSRESPONSE']._serialized_end=1322
-  _globals['_RECOMMENDER']._serialized_start=1437
-  _globals['_RECOMMENDER']._serialized_end=1804
+  _globals['_SCOREITEMSREQUEST']._serialized_end=663
+  _globals['_SCOREITEMSRESPONSE']._serialized_start=666
+  _globals['_SCOREITEMSRESPONSE']._serialized_end=885
+  _globals['_STATUSREQUEST']._serialized_start=887
+  _globals['_STATUSREQUEST']._serialized_end=902
+  _globals['_STATUSRESPONSE']._serialized_start=905
+  _globals['_STATUSRESPONSE']._serialized_end=1069
+  _globals['_CATALOGUEITEM']._serialized_start=1071
+  _globals['_CATALOGUEITEM']._serialized_end=1123
+  _globals['_PUTITEMSREQUEST']._serialized_start=1125
+  _globals['_PUTITEMSREQUEST']._serialized_end=1208
+  _globals['_FORGETUSERREQUEST']._serialized_start=1210
+  _globals['_FORGETUSERREQUEST']._serialized_end=1246
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1248
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1268
+  _globals['_PUTITEMSRESPONSE']._serialized_start=1270
+  _globals['_PUTITEMSRESPONSE']._serialized_end=1339
+  _globals['_RECOMMENDER']._serialized_start=1454
+  _globals['_RECOMMENDER']._serialized_end=1821
 # @@protoc_insertion_point(module_scope)

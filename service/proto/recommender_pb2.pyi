@@ -69,16 +69,18 @@ class RecommendResponse(_message.Message):
     def __init__(self, recommendation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., unknown_clicks: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Source, str]] = ..., skipped_clicks: _Optional[int] = ..., bottom_items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class ScoreItemsRequest(_message.Message):
-    __slots__ = ("session_id", "clicks", "candidates", "strict")
+    __slots__ = ("session_id", "clicks", "candidates", "strict", "user_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     clicks: _containers.RepeatedScalarFieldContainer[str]
     candidates: _containers.RepeatedScalarFieldContainer[str]
     strict: bool
-    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    user_id: str
+    def __init__(self, session_id: _Optional[str] = ..., clicks: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class ScoreItemsResponse(_message.Message):
     __slots__ = ("recommendation_id", "items", "model_version", "unknown_clicks", "unknown_candidates", "source", "skipped_clicks")

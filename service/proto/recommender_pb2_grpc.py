@@ -99,9 +99,15 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForgetUser(self, request, context):
-        """Delete what this replica remembers of a user (RecommendRequest.user_id): the user state
-        and the state of the user's current session. For privacy requests; send it to every
-        replica. The answer is the same whether or not anything was remembered.
+        """Delete what is remembered of a user (RecommendRequest.user_id): the user state and the
+        cached states of the user's recent sessions. For privacy requests, from operators: needs
+        the metadata `authorization: Bearer <token>` with the server's operator token (the
+        --catalogue-token, as PutItems); UNIMPLEMENTED when the server has none, UNAUTHENTICATED
+        for a missing or wrong token. With --user-store redis the user state is deleted from
+        Redis, so every replica forgets it, and the other replicas drop their cached states of
+        the user's sessions; UNAVAILABLE means Redis did not answer: retry. With the default
+        in-memory store, send it to every replica. The answer is the same whether or not
+        anything was remembered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..learning.catalogue import Catalogue
+from ..learning.guard import GuardConfig, LearningGuard
+from ..learning.online import OnlineConfig, OnlineModel
 from ..pipeline.blend import SCORERS, BlendConfig, OnlineLayer, online_config_for
-from ..pipeline.catalogue import Catalogue
 from ..pipeline.decode import Limits
-from ..pipeline.guard import GuardConfig, LearningGuard
-from ..pipeline.online import OnlineConfig, OnlineModel
 from ..pipeline.recommender import Recommender
 from ..pipeline.sessions import SessionCache
 from ..proto import recommender_pb2 as pb

@@ -28,8 +28,8 @@ from service.clickbus import (
     encode,
     learn_shared,
 )
+from service.learning.online import OnlineModel
 from service.pipeline.blend import BlendConfig, OnlineLayer
-from service.pipeline.online import OnlineModel
 from tests.tools import require_module, require_tool
 
 T0 = 1_700_000_000.0

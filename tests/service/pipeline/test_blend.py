@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.learning.catalogue import Catalogue
+from service.learning.guard import GuardConfig, LearningGuard
+from service.learning.online import OnlineModel
 from service.pipeline.blend import (
     SOURCE_MODEL,
     SOURCE_ONLINE,
@@ -19,10 +22,7 @@ from service.pipeline.blend import (
     blend,
     softmax,
 )
-from service.pipeline.catalogue import Catalogue
 from service.pipeline.decode import Limits
-from service.pipeline.guard import GuardConfig, LearningGuard
-from service.pipeline.online import OnlineModel
 from service.pipeline.recommender import Recommender
 from service.pipeline.sessions import SessionCache
 from service.proto import recommender_pb2 as pb

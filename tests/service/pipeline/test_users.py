@@ -27,6 +27,7 @@ from training.fit.train import save_model
 from training.models.architectures import build_model
 
 N_ITEMS = 50
+TOKEN = "operator-token-for-tests"  # ForgetUser's bearer token (--catalogue-token)
 TOP_K = 10
 RTOL = ATOL = 1e-5  # float32 kernels differ in summation order (training/export.py)
 
@@ -75,7 +76,8 @@ def start_hrnn(
     start_model_only_server: Callable[..., Running], hrnn: TinyHRNN
 ) -> Callable[..., Running]:
     def start(**overrides: object) -> Running:
-        return start_model_only_server(model_dir=hrnn.export_dir, **overrides)
+        settings: dict = {"model_dir": hrnn.export_dir, "catalogue_token": TOKEN, **overrides}
+        return start_model_only_server(**settings)
 
     return start
 
@@ -97,8 +99,10 @@ def assert_answer(got: tuple, expected: tuple) -> None:
     np.testing.assert_allclose(got[1], expected[1], rtol=RTOL, atol=ATOL)
 
 
-def forget(running: Running, user_id: str) -> None:
-    running.client.stub.ForgetUser(pb.ForgetUserRequest(user_id=user_id), timeout=10)
+def forget(running: Running, user_id: str, token: str | None = TOKEN) -> None:
+    metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+    request = pb.ForgetUserRequest(user_id=user_id)
+    running.client.stub.ForgetUser(request, metadata=metadata, timeout=10)
 
 
 def test_no_user_id_and_a_new_user_get_the_session_models_zero_state_answer(start_hrnn, hrnn):
@@ -167,7 +171,7 @@ def test_forget_user_deletes_the_user_state_and_the_sessions_cached_state(start_
 
 
 def test_a_session_model_ignores_user_id(start_model_only_server, tiny):
-    running = start_model_only_server()
+    running = start_model_only_server(catalogue_token=TOKEN)
     first, second = ["item-001", "item-002"], ["item-004"]
     ask(running, "s1", first, user_id="u")
     expected = ask(running, "anon", second)
@@ -246,3 +250,22 @@ def test_hand_over_happens_once_per_session_and_a_session_without_a_model_run_ch
 def test_user_sessions_refuse_a_model_without_a_user_graph(tiny):
     with pytest.raises(ValueError, match="user graph"):
         UserSessions(ExportedModel.load(tiny.export_dir, "cpu"), UserStore(1, 1.0), 1.0)
+
+
+def test_score_items_reads_user_id_as_recommend_does(start_hrnn, hrnn):
+    running = start_hrnn()
+    ask(running, "s1", FIRST, user_id="u")
+    candidates = hrnn.item_ids[::5]
+    request = pb.ScoreItemsRequest(session_id="s2", clicks=SECOND, candidates=candidates,
+                                   user_id="u")  # fmt: skip
+    reply = running.client.stub.ScoreItems(request, timeout=10)
+    got = {item.item_id: item.score for item in reply.items}
+    expected = hrnn.scores([FIRST, SECOND])
+    np.testing.assert_allclose([got[i] for i in candidates],
+                               [expected[hrnn.item_ids.index(i)] for i in candidates],
+                               rtol=RTOL, atol=ATOL)  # fmt: skip
+    request.user_id = "secret-user" * 30  # too long: refused without quoting it
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.stub.ScoreItems(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "secret-user" not in (err.value.details() or "")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from service.config import load_config
-from service.pipeline.catalogue import (
+from service.learning.catalogue import (
     Catalogue,
     CatalogueConfig,
     CatalogueFull,
     read_catalogue_file,
 )
-from service.pipeline.guard import GuardConfig, LearningGuard
+from service.learning.guard import GuardConfig, LearningGuard
 
 
 def test_announced_items_are_admitted_until_they_expire():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.learning.online import OnlineModel
+from service.learning.ranker import _F, FEATURES, PRIOR, OnlineRanker, RankerConfig, _Segments
 from service.pipeline.blend import BlendConfig, OnlineLayer
-from service.pipeline.online import OnlineModel
-from service.pipeline.ranker import _F, FEATURES, PRIOR, OnlineRanker, RankerConfig
 from service.tools.replay import Click, build_engine, replay
 from training.config import Config
 from training.data.logs import ItemVocab
@@ -249,3 +249,18 @@ def test_top_k_beyond_the_candidate_pool_is_honoured_with_the_online_layer_on(
     reply = running.client.recommend("s", item_ids[:3], top_k=top_k)
     ids = [it.item_id for it in reply.items]
     assert len(ids) == top_k and len(set(ids)) == top_k
+
+
+def test_the_grid_ranking_and_top_membership_match_a_stable_sort_per_call():
+    rng = np.random.default_rng(3)
+    sizes = np.array([40, 1, 0, 25, 33])
+    values = rng.integers(0, 6, (3, int(sizes.sum()))).astype(np.float64)  # many ties
+    segments = _Segments(sizes)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    for s in range(3):
+        _, rank = segments.rank(values[s])
+        for start, size in zip(starts, sizes, strict=True):
+            expected = np.empty(size, np.intp)
+            expected[np.argsort(-values[s, start : start + size], kind="stable")] = range(size)
+            assert rank[start : start + size].tolist() == expected.tolist()
+        assert (segments.in_top(values, 20)[s] == (rank < 20)).all()

@@ -60,10 +60,11 @@ from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from operator import itemgetter
 
 import numpy as np
+
+from .items import ItemTable
 
 SOURCE_POPULARITY, SOURCE_TRANSITION, SOURCE_TRANSITION2, SOURCE_KNN = 0, 1, 2, 3
 SOURCE_NAMES = ("popularity", "transition", "transition2", "knn")  # index = source code
@@ -89,9 +90,10 @@ class OnlineConfig:
     """Knobs of OnlineModel. Caps bound memory (bound_bytes()) and the cost of a call.
 
     Measured with tracemalloc (test_documented_bytes_per_item_and_per_transition; CPython
-    3.11, 8-character ids): 152 bytes per tracked item (its first-seen time included), 158
-    more once it has successors, 43 per transition; with w_knn > 0, about 390 per session
-    of 5 clicks.
+    3.11, 8-character ids): 200 bytes per tracked item (its first-seen time and its index
+    in the ItemTable included; the index's 50 bytes are shared with the ranker's second
+    clock), 158 more once it has successors, 43 per transition; with w_knn > 0, about 390
+    per session of 5 clicks.
 
     Weights, half-lives and smoothing: the best Recall@20 + MRR@20 (0.520, 0.251) of the 54
     runs of `scripts/bench_online.py --sweep` (seed 0, 30,000 sessions over 3 days). That
@@ -146,9 +148,12 @@ class OnlineConfig:
         """Most bytes OnlineModel can hold under these caps for ASCII ids of up to `id_chars`
         characters: every structure at SLACK x its cap, every container just grown."""
         slot = 120  # worst bytes per entry of a big dict just after it grew (3.11)
-        item = sys.getsizeof("x" * id_chars) + 5 * slot + 3 * _FLOAT
+        item = sys.getsizeof("x" * id_chars) + 3 * slot + 2 * _FLOAT
         item += 2 * 9  # its places in the two sweeps: a pointer in a deque block of 64
         item += sys.getsizeof({"x": 1.0})  # its successor dict, without entries
+        # its index in the ItemTable (dict slot, three list slots and the int) and in the
+        # two arrays by index, each list and array just doubled
+        item += slot + 2 * 3 * 8 + _KEY + 2 * 2 * 8
         succ = [sys.getsizeof(dict.fromkeys(map(str, range(n)), 0.0)) for n in range(1, 90)]
         transition = _FLOAT + max((b - succ[0]) / n for n, b in enumerate(succ[1:], 1))
         transition += sys.getsizeof("x" * id_chars)  # one into an evicted item keeps its id
@@ -189,13 +194,23 @@ class OnlineModel:
     size: learn() touches the click's entries and one sweep step, score() only candidates;
     the one exception is the renormalisation every 256 half-lives (module docstring)."""
 
-    def __init__(self, config: OnlineConfig | None = None) -> None:
+    def __init__(self, config: OnlineConfig | None = None, table: ItemTable | None = None):
         self.config = c = config or OnlineConfig()
+        # tracked items hold an index in `table` (shared with the ranker's other clock and
+        # the model's vocabulary), under which popularity and first-click times are also
+        # kept as arrays, for the ranker's batch lookups (popularity_of(), born_of())
+        self._owns_table = table is None
+        self.table = ItemTable() if table is None else table
+        self._pop_at = np.zeros(0)  # (capacity,) _pop by table index; 0: not tracked
+        # (capacity,) Unix time of each tracked item's first click tracked, by table index;
+        # NaN: not tracked
+        self._born_at = np.zeros(0)
+        self._top_rows = np.zeros(0, np.int64)  # table indices of _top_order, once asked for
+        self._top_rows_stale = True
         self._lock = threading.Lock()
         self._rates = (1.0 / c.half_life_s, 1.0 / c.transition_half_life_s)  # per second
         self._t0: list[float] = []  # reference times of the two clocks; set by the first learn
         self._pop: dict[str, float] = {}  # item -> decayed clicks (popularity clock)
-        self._born: dict[str, float] = {}  # item -> Unix time of its first click tracked
         self._pop_total = 0.0
         self._top: dict[str, float] = {}  # a superset of the popular_candidates most popular
         self._top_order: list[str] = []  # _top's keys, most popular first
@@ -210,8 +225,7 @@ class OnlineModel:
         self._sessions: OrderedDict[int, _Session] = OrderedDict()  # least recent first
         self._index: dict[str, list[_Session]] = {}  # item -> its sessions, least recent first
         self._nested_bytes = 0  # getsizeof of successor dicts, index lists, session records
-        # one string object per id, however many requests repeat it: the first one seen
-        self._ids: dict[str, str] = {}
+        # one string object per id, however many requests repeat it: the table's
         self._str_bytes = 0  # getsizeof of the tracked ids
 
     # --- learn ---
@@ -224,16 +238,14 @@ class OnlineModel:
         c = self.config
         with self._lock:
             g_pop, g = self._gains(t)
-            x = self._ids.setdefault(items[-1], items[-1])
-            if x not in self._born:
-                self._born[x] = float(t)
-            self._add_click(x, g_pop)
+            x = self._canonical(items[-1])
+            self._add_click(x, g_pop, t)
             # an untracked (evicted) previous click teaches nothing: only tracked items gain
             # transitions (an evicted item's list waits for the list sweep to drop it)
             if len(items) >= 2 and items[-2] in self._pop:
-                self._add_transition(self._ids[items[-2]], x, g)
+                self._add_transition(self._canonical(items[-2]), x, g)
             if len(items) >= 3 and c.skip_weight > 0 and items[-3] in self._pop:
-                self._add_transition(self._ids[items[-3]], x, g * c.skip_weight)
+                self._add_transition(self._canonical(items[-3]), x, g * c.skip_weight)
             if c.w_knn > 0:
                 self._add_to_session(items, x, g)
             over_items = len(self._pop) > c.max_items
@@ -241,6 +253,12 @@ class OnlineModel:
                 self._evict_item()
             if over_items or self._n_transitions > c.max_transitions:
                 self._sweep_lists()
+
+    def _canonical(self, item: str) -> str:
+        """The table's string object for item when it has one (tracked here, by the other
+        clock or in the model's vocabulary), else item itself."""
+        i = self.table.get(item)
+        return self.table.ids[i] if i >= 0 else item
 
     def _gains(self, t: float) -> tuple[float, float]:
         """What a click at t adds on the popularity clock and on the transition clock,
@@ -257,17 +275,25 @@ class OnlineModel:
             self._t0[1], e_tr = t, 0.0
         return 2.0**e_pop, 2.0**e_tr
 
-    def _add_click(self, x: str, g: float) -> None:
+    def _add_click(self, x: str, g: float, t: float) -> None:
         old = self._pop.get(x)
         if old is None:
             self._str_bytes += sys.getsizeof(x)
             self._items_sweep.append(x)
-        v = self._pop[x] = (old or 0.0) + g
+            i = self.table.acquire(x)
+            if i >= len(self._pop_at):
+                self._grow(i + 1)
+            self._born_at[i] = t
+        else:
+            i = self.table.get(x)
+        v = self._pop[x] = self._pop_at[i] = (old or 0.0) + g
         self._pop_total += g
         if x in self._top:
+            self._top_rows_stale = True
             self._top[x] = v
             self._promote(x, v, self._top_order.index(x))
         elif v > self._top_floor:
+            self._top_rows_stale = True
             self._top[x] = v
             self._top_order.append(x)
             self._promote(x, v, len(self._top_order) - 1)
@@ -275,6 +301,14 @@ class OnlineModel:
                 del self._top_order[self.config.popular_candidates :]
                 self._top = {j: self._top[j] for j in self._top_order}
                 self._top_floor = self._top[self._top_order[-1]]
+
+    def _grow(self, n: int) -> None:
+        """Room in the index arrays for table indices below n (doubling: amortised O(1))."""
+        size = max(n, 2 * len(self._pop_at), 64)
+        pop, born = np.zeros(size), np.full(size, np.nan)
+        pop[: len(self._pop_at)] = self._pop_at
+        born[: len(self._born_at)] = self._born_at
+        self._pop_at, self._born_at = pop, born
 
     def _promote(self, x: str, v: float, i: int) -> None:
         """Move x, at position i of _top_order, up to its place after every item above it
@@ -359,13 +393,16 @@ class OnlineModel:
         visited.remove(x)
         sweep.extend(visited)  # to the back: every item is visited once per cycle
         self._pop_total = max(self._pop_total - self._pop.pop(x), 0.0)
-        del self._born[x]
-        self._str_bytes -= sys.getsizeof(self._ids.pop(x))
+        i = self.table.get(x)
+        self._pop_at[i], self._born_at[i] = 0.0, np.nan
+        self.table.release(i)
+        self._str_bytes -= sys.getsizeof(x)
         sessions = self._index.pop(x, None)
         if sessions is not None:
             self._nested_bytes -= sys.getsizeof(sessions)
         if self._top.pop(x, None) is not None:
             self._top_order.remove(x)
+            self._top_rows_stale = True
 
     def _sweep_lists(self) -> None:
         """Visit the next SWEEP successor lists: drop those of evicted items and, while
@@ -393,6 +430,7 @@ class OnlineModel:
     def _rescale_popularity(self, f: float) -> None:
         _scale(self._pop, f)
         self._top = {x: self._pop[x] for x in self._top}  # share the rescaled floats again
+        self._pop_at *= f  # the same products as _scale's: the arrays stay equal to the dicts
         self._pop_total *= f
         self._top_floor *= f
 
@@ -531,68 +569,67 @@ class OnlineModel:
             mass += s * len(rec.items)
         return votes, (c.w_knn / mass if mass > 0 else 0.0)
 
-    # --- per-candidate statistics, for service/pipeline/ranker.py ---
+    # --- per-candidate statistics, for service/learning/ranker.py ---
 
-    def candidate_ids(self, items: Sequence[str], n_popular: int) -> list[str]:
-        """Ids these statistics would propose after `items`: the successors of the last and
-        second-last click, then the n_popular most popular (duplicates possible)."""
+    def popular_rows(self, n: int) -> np.ndarray:
+        """(<= n,) table indices of the n most popular items, most popular first."""
         with self._lock:
-            ids: list[str] = []
-            for back in (1, 2):
-                if len(items) >= back:
-                    ids.extend(self._succ.get(items[-back], ()))
-            ids.extend(self._top_order[:n_popular])
-            return ids
+            if self._top_rows_stale or len(self._top_rows) != min(n, len(self._top_order)):
+                self._top_rows = self.table.find(self._top_order[:n])
+                self._top_rows_stale = False
+            return self._top_rows
 
-    def lookup(
-        self, items: Sequence[str], t: float, ids: Sequence[str], pos: dict[str, int]
-    ) -> np.ndarray:
-        """(4, len(ids)) float64 rows for the click after `items` at Unix time t: T(c1, j) /
-        (out(c1) + smoothing), T(c2, j) / (out(c2) + smoothing) (the module docstring's
-        terms without their weights; 0 where none), P(j) / P(most popular) in [0, 1], and
-        the Unix time j was first clicked (NaN when untracked). pos: {id: its index in
-        ids}, so that successor lists are read, not looked up id by id. Changes nothing."""
-        return self.lookup_many([items], [t], ids, [pos])
-
-    def lookup_many(
-        self,
-        sessions: Sequence[Sequence[str]],
-        ts: Sequence[float],
-        ids: Sequence[str],
-        poses: Sequence[dict[str, int]],
-    ) -> np.ndarray:
-        """lookup() for a batch of calls whose candidates lie side by side in `ids`:
-        (4, len(ids)), call i's columns the values of poses[i] ({id: its column}); its
-        session sessions[i] at Unix time ts[i]. Popularity and first-click times take one
-        pass over all ids; successor lists are scattered in one numpy call."""
-        n = len(ids)
-        out = np.zeros((4, n + 1))  # column n: where successors outside a pool are written
-        rows: list[int] = []
-        cols: list[int] = []
+    def successors_many(
+        self, sessions: Sequence[Sequence[str]], ts: Sequence[float]
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
+        """The successor lists of every session's last and second-last click, for a batch
+        of calls (session i at Unix time ts[i]), one after the other: their ids (m,), each
+        entry's row (m,) int64: 0 from the last click, 1 from the one before, its share
+        (m,) float64: T(c, j) / (out(c) + smoothing), the module docstring's term without
+        its weight (0 where the term is left out: a repeated click as the one before last),
+        and cuts (len(sessions) + 1,): session i's entries are cuts[i] to cuts[i + 1].
+        Changes nothing."""
+        ids: list[str] = []
         values: list[float] = []
-        shares: list[float] = []  # each value's out(c) + smoothing
+        lists: list[tuple[int, float, int]] = []  # (row, out(c) + smoothing, length)
+        cuts = [0]
         with self._lock:
-            for items, t, pos in zip(sessions, ts, poses, strict=True):
+            for items, t in zip(sessions, ts, strict=True):
                 idle = (t - self._t0[1]) * self._rates[1] if self._t0 else 0.0
                 mu = self.config.smoothing * 2.0 ** min(idle, 1000.0)
-                for row, back in ((0, 1), (1, 2)):
-                    if len(items) < back or (back == 2 and items[-2] == items[-1]):
-                        continue
-                    succ = self._succ.get(items[-back])
-                    if succ and self._out[items[-back]] + mu > 0:
-                        m = len(succ)
-                        rows.extend(repeat(row, m))
-                        cols.extend(map(pos.get, succ, repeat(n)))
+                for back in (1, 2):
+                    succ = self._succ.get(items[-back]) if len(items) >= back else None
+                    if succ:
+                        share = self._out[items[-back]] + mu
+                        if share <= 0 or (back == 2 and items[-2] == items[-1]):
+                            share = np.inf  # all underflowed, or a repeated click: no term
+                        ids.extend(succ)
                         values.extend(succ.values())
-                        shares.extend(repeat(self._out[items[-back]] + mu, m))
-            if rows:
-                out[rows, cols] = np.array(values) / np.array(shares)
+                        lists.append((back - 1, share, len(succ)))
+                cuts.append(len(ids))
+        rows, shares, lengths = zip(*lists, strict=True) if lists else ((), (), ())
+        values_m = np.fromiter(values, np.float64, len(values)) / np.array(shares).repeat(lengths)
+        return ids, np.array(rows, np.int64).repeat(lengths), values_m, cuts
+
+    def popularity_of(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) float64 P(j) / P(most popular) in [0, 1] of table indices `rows` (0 for
+        an item not tracked, or an index past the table: a batch's ids without one)."""
+        with self._lock:
             top = self._pop[self._top_order[0]] if self._top_order else 0.0
-            if top > 0:
-                out[2, :n] = np.fromiter(map(self._pop.get, ids, repeat(0.0)), np.float64, n)
-                out[2] /= top
-            out[3, :n] = np.fromiter(map(self._born.get, ids, repeat(np.nan)), np.float64, n)
-        return out[:, :n]
+            if top <= 0:
+                return np.zeros(len(rows))
+            values = self._pop_at.take(rows, mode="clip")
+            values[rows >= len(self._pop_at)] = 0.0
+            return values / top
+
+    def born_of(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) float64 Unix time of each item's first click tracked (NaN: not tracked)."""
+        with self._lock:
+            if not len(self._born_at):
+                return np.full(len(rows), np.nan)
+            values = self._born_at.take(rows, mode="clip")
+            values[rows >= len(self._born_at)] = np.nan
+            return values
 
     # --- size ---
 
@@ -609,10 +646,10 @@ class OnlineModel:
     def memory_bytes(self) -> int:
         """Estimated bytes held (O(1); tests check it against tracemalloc within 25%)."""
         with self._lock:
-            tables: list[object] = [self._ids, self._pop, self._born, self._out, self._succ]
+            tables: list[object] = [self._pop, self._out, self._succ]
             tables.append(self._index)
             tables += [self._sessions, self._items_sweep, self._lists_sweep]
-            floats = 2 * len(self._pop) + len(self._out) + self._n_transitions
+            floats = len(self._pop) + len(self._out) + self._n_transitions
             return (
                 sum(map(sys.getsizeof, tables))
                 + sys.getsizeof(self._top)
@@ -621,4 +658,7 @@ class OnlineModel:
                 + self._str_bytes
                 + _FLOAT * floats
                 + _KEY * len(self._sessions)
+                + self._pop_at.nbytes
+                + self._born_at.nbytes
+                + (self.table.memory_bytes() if self._owns_table else 0)
             )

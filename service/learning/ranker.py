@@ -51,6 +51,11 @@ of every source's top 20, of the session's clicks and `samples` random others (f
 Sources' running hit rates (share of next clicks a source had in its top 20: an exponential
 average over about `hit_window` next clicks) come from the same rows.
 
+Cost: rank_many() works on the whole batch in numpy. Items are ItemTable indices (items.py,
+shared by both clocks and the model's vocabulary), pools are int arrays (pools.py), the
+features one (13, N) matrix, the rankings one sort of a (calls, largest pool) grid; ids go
+back to strings only for the k answered and the rows kept.
+
 Gaming: only clicks that OnlineLayer.learn() receives give feedback (the service's guard
 decides which), each answer teaches at most once, and a session teaches at most
 `max_updates_per_session` updates, so one client cannot steer the weights far.
@@ -63,11 +68,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, pairwise, repeat
+from itertools import chain, pairwise
 
 import numpy as np
 
 from .online import OnlineConfig, OnlineModel
+from .pools import BatchIds, Pool
 
 FEATURES = (
     "model_logp",
@@ -187,7 +193,7 @@ class _Answer:
     bitmask (r,) (bit s: in source s's top 20; the last bit: in the answer's top 20), and
     the session length it answered."""
 
-    ids: list[str]
+    ids: tuple[str, ...]
     x: np.ndarray
     mask: np.ndarray
     n_clicks: int
@@ -197,11 +203,12 @@ class _Answer:
 @dataclass(frozen=True, slots=True)
 class RankQuery:
     """One call for rank_many(): the model's candidates best first with their logits (empty
-    / None without the model), the session's clicks, the call's Unix time t, k, the ids it
+    / None without the model; the ids, or their ItemTable indices as an int array), the
+    session's clicks, the call's Unix time t, k, the ids it
     must not get, whether the last click is unknown to the model, and the session id (""
     keeps nothing for feedback)."""
 
-    model_ids: Sequence[str]
+    model_ids: Sequence[str] | np.ndarray
     model_logits: np.ndarray | None
     clicks: Sequence[str]
     t: float
@@ -211,32 +218,91 @@ class RankQuery:
     session_id: str = ""
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch's queries with what their features are made of, as BatchIds indices: each
+    query's model candidates (m_i,), each clock's successor entries (first clock, then
+    second: OnlineModel.successors_many()'s rows (m,), shares (m,) and cuts, with their
+    items as indices (m,)), every query's clicks one after the other with their counts,
+    and the pool (none until it is made)."""
+
+    names: BatchIds
+    queries: Sequence[RankQuery]
+    ts: list[float]
+    model: list[np.ndarray]
+    successors: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]]
+    clicks: np.ndarray
+    n_clicks: list[int]
+    pool: Pool | None = None
+
+
+def _model_rows(names: BatchIds, model_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The model's candidates as indices: as given when they are indices already."""
+    if isinstance(model_ids, np.ndarray) and model_ids.dtype.kind in "iu":
+        return model_ids.astype(np.int64, copy=False)
+    return names.rows(list(model_ids))
+
+
 class _Segments:
-    """Rows of a batch grouped by call: call i owns rows starts[i] to starts[i + 1]."""
+    """Rows of a batch grouped by call: call i owns rows starts[i] to starts[i + 1], the
+    row starts[i] + j being its slot j. Sorts lay the rows out as (B, L) grids, L the
+    largest call, so that one argsort ranks every call for several values at once."""
 
     def __init__(self, sizes: np.ndarray):
+        self.sizes = sizes
         self.n = int(sizes.sum())
-        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # (B,)
-        self.call = np.repeat(np.arange(len(sizes)), sizes)  # (N,) each row's call
-        self._first = np.repeat(self.starts, sizes)  # (N,) each row's call's first row
+        # numpy's methods, not its functions, in this module's batch work: the functions'
+        # Python wrappers cost microseconds per call, as much as the work on a small batch
+        self.starts = sizes.cumsum() - sizes  # (B,)
+        self.call = np.arange(len(sizes)).repeat(sizes)  # (N,) each row's call
+        self.slot = np.arange(self.n) - self.starts.repeat(sizes)  # (N,) its place in it
+        self.width = int(sizes.max()) if len(sizes) else 0
 
     def rank(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(order, rank): the rows by call, then by value, largest first (a stable sort:
-        equal values keep row order, as np.argsort(-v, kind="stable") per call), and each
-        row's place in its call's order (0 = largest)."""
-        order = np.lexsort((-values, self.call))
-        rank = np.empty(self.n, np.intp)
-        rank[order] = np.arange(self.n) - self._first  # sorted by call: same first rows
-        return order, rank
+        """values (N,) -> (order (B, L), rank (N,)): each call's slots by value, largest
+        first (a stable sort: equal values keep row order, as np.argsort(-v, kind="stable")
+        per call; the grid's empty slots go last), and each row's place in its call's
+        order (0 = largest)."""
+        grid = np.empty((len(self.sizes), self.width))
+        grid.fill(np.inf)
+        grid[self.call, self.slot] = -values
+        order = grid.argsort(axis=1, kind="stable")
+        places = np.empty_like(order)
+        places[np.arange(len(self.sizes))[:, None], order] = np.arange(self.width)
+        return order, places[self.call, self.slot]
+
+    def in_top(self, values: np.ndarray, t: int) -> np.ndarray:
+        """values (S, N) -> (S, N) bool: the row is among its call's t largest, ties taken
+        in row order: rank(values[s])[1] < t, without sorting (the t-th largest value
+        by a partition, then the ties at it counted in row order)."""
+        if self.width <= t:
+            return np.ones(values.shape, bool)
+        grid = np.empty((len(values), len(self.sizes), self.width))
+        grid.fill(-np.inf)
+        grid[:, self.call, self.slot] = values
+        kth = grid.copy()
+        kth.partition(self.width - t, axis=2)
+        kth = kth[:, :, self.width - t, None]
+        above, tied = grid > kth, grid == kth
+        room = t - above.sum(axis=2, keepdims=True)  # ties at the t-th value that fit
+        above |= tied & (tied.cumsum(axis=2) <= room)
+        return above[:, self.call, self.slot]
+
+    def top(self, order: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """order (B, L) as rank() gives it, k (B,) -> the rows of each call's best k (at
+        most its size), by call, then best first."""
+        wanted = np.arange(self.width) < np.minimum(k, self.sizes)[:, None]  # (B, L)
+        return (self.starts[:, None] + order)[wanted]
 
 
 def _segment_logp(logits: np.ndarray, sizes: list[int]) -> np.ndarray:
     """(M,) logits of consecutive segments of the given sizes (each >= 1) -> (M,) float64
     log-probabilities of a softmax within each segment."""
     z = logits.astype(np.float64)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    z -= np.repeat(np.maximum.reduceat(z, starts), sizes)
-    return z - np.repeat(np.log(np.add.reduceat(np.exp(z), starts)), sizes)
+    n = np.array(sizes)
+    starts = n.cumsum() - n
+    z -= np.maximum.reduceat(z, starts).repeat(n)
+    return z - np.log(np.add.reduceat(np.exp(z), starts)).repeat(n)
 
 
 class OnlineRanker:
@@ -247,7 +313,8 @@ class OnlineRanker:
     def __init__(self, first: OnlineModel, config: RankerConfig | None = None, seed: int = 0):
         self.config = c = config or RankerConfig()
         self.first = first
-        self.second = OnlineModel(c.second_clock(first.config))
+        # the same ItemTable: an item is one index on both clocks
+        self.second = OnlineModel(c.second_clock(first.config), first.table)
         self.prior = np.array([c.prior.get(f, 0.0) for f in FEATURES])
         self.weights = self.prior.copy()
         self._lock = threading.Lock()
@@ -271,110 +338,158 @@ class OnlineRanker:
 
     # --- features ---
 
-    def candidates(self, model_ids: Sequence[str], clicks: Sequence[str], k: int = 0) -> list[str]:
+    def candidates(
+        self, model_ids: Sequence[str] | np.ndarray, clicks: Sequence[str], k: int = 0
+    ) -> list[str]:
         """Distinct candidate ids: the model's best max(model_candidates, k), the
         statistics', the session's last clicks."""
-        return list(self._pool(model_ids, clicks, k))
-
-    def _pool(self, model_ids: Sequence[str], clicks: Sequence[str], k: int) -> dict[str, None]:
-        c = self.config
-        return dict.fromkeys(chain(
-            model_ids[: max(c.model_candidates, k)],
-            self.first.candidate_ids(clicks, c.popular),
-            self.second.candidate_ids(clicks, c.popular),
-            clicks[-c.session_clicks :],
-        ))  # fmt: skip
+        batch = self._gather([RankQuery(model_ids, None, clicks, 0.0, k)])
+        assert batch.pool is not None
+        return list(batch.names.ids(batch.pool.rows))
 
     def features(
         self,
         ids: list[str],
         clicks: Sequence[str],
         t: float,
-        model_ids: Sequence[str] = (),
+        model_ids: Sequence[str] | np.ndarray = (),
         model_logits: np.ndarray | None = None,
         stale: bool = False,
     ) -> np.ndarray:
         """(len(ids), len(FEATURES)) float64 feature rows (module docstring); model_ids
         with their logits (best first) are the model's candidates, the softmax's support."""
         query = RankQuery(model_ids, model_logits, clicks, t, 0, (), stale)
-        return self._columns([ids], [query]).T
+        batch = self._gather([query], pooled=False)
+        batch.pool = Pool(batch.names.rows(ids), batch.names.width, 1)
+        return self._columns(batch).T
 
-    def _columns(self, pools: list[list[str]], queries: Sequence[RankQuery]) -> np.ndarray:
-        """The feature columns of every call's pool side by side: (len(FEATURES), N), N the
-        pools' total length, call i's rows at offsets i..i+1 of the concatenation; one
-        contiguous row per feature, so that blocks of features take one numpy call each
-        for the whole batch."""
-        starts = list(accumulate(map(len, pools), initial=0))
-        n = starts[-1]
-        ids = list(chain.from_iterable(pools))
-        # {id: its column} per call: pools repeat ids across calls, so one map per call
-        poses = [
-            dict(zip(p, range(o, o + len(p)), strict=True))
-            for p, o in zip(pools, starts[:-1], strict=True)
-        ]
-        x = np.zeros((len(FEATURES), n))
-        self._model_columns(x, queries, poses)
+    def _gather(self, queries: Sequence[RankQuery], pooled: bool = True) -> _Batch:
+        """What a batch's features are made of, as indices of one BatchIds: the model's
+        candidates, both clocks' successor lists, the clicks; and (pooled) each call's
+        pool: the model's best max(model_candidates, k), the first clock's successors of
+        the last and second-last click and its `popular` most popular, the same of the
+        second clock, the session's last `session_clicks` clicks, minus the excluded."""
+        names = BatchIds(self.first.table)
         sessions = [q.clicks for q in queries]
         ts = [q.t for q in queries]
-        a = self.first.lookup_many(sessions, ts, ids, poses)  # t1, t2, pop, born (1 h / 12 h)
-        b = self.second.lookup_many(sessions, ts, ids, poses)  # 30 min popularity, 1 h trans.
+        model = [_model_rows(names, q.model_ids) for q in queries]
+        successors = []
+        for clock in (self.first, self.second):
+            ids, backs, shares, cuts = clock.successors_many(sessions, ts)
+            rows = names.fill(clock.table.find(ids), ids)
+            successors.append((backs, rows, shares, cuts))
+        n_clicks = list(map(len, sessions))
+        clicks = names.rows(list(chain.from_iterable(sessions)))
+        batch = _Batch(names, queries, ts, model, successors, clicks, n_clicks)
+        if pooled:
+            batch.pool = self._pool(batch)
+        return batch
+
+    def _pool(self, batch: _Batch) -> Pool:
+        """The batch's pools (_gather()): each call's proposals laid out in order, then
+        Pool.first_seen."""
+        c, names, queries = self.config, batch.names, batch.queries
+        tops = [clock.popular_rows(c.popular) for clock in (self.first, self.second)]
+        parts: list[np.ndarray] = []
+        end = 0
+        for i, (q, model, n) in enumerate(zip(queries, batch.model, batch.n_clicks, strict=True)):
+            parts.append(model[: max(c.model_candidates, q.k)])
+            for (_, rows, _, cuts), top in zip(batch.successors, tops, strict=True):
+                parts += (rows[cuts[i] : cuts[i + 1]], top)
+            end += n
+            parts.append(batch.clicks[max(end - c.session_clicks, end - n) : end])
+        sizes = list(map(len, parts))
+        per_call = np.add.reduceat(sizes, np.arange(0, len(sizes), 6))  # 6 parts per call
+        calls = np.arange(len(queries)).repeat(per_call)
+        excluded = np.zeros(0, np.int64)
+        if any(q.exclude for q in queries):
+            rows = names.rows(list(chain.from_iterable(q.exclude for q in queries)))
+            excluded = np.repeat(np.arange(len(queries)), [len(q.exclude) for q in queries])
+            excluded = excluded * names.width + rows
+        return Pool.first_seen(calls, np.concatenate(parts), excluded, names.width, len(queries))
+
+    def _columns(self, batch: _Batch) -> np.ndarray:
+        """The feature columns of every call's pool side by side: (len(FEATURES), N), N the
+        pool's rows, grouped by call; one contiguous row per feature, so that blocks of
+        features take one numpy call each for the whole batch."""
+        pool = batch.pool
+        assert pool is not None
+        n = pool.n
+        x = np.zeros((len(FEATURES), n))
+        self._model_columns(x, batch)
+        # the columns of both clocks' successors and of the clicks, in one search
+        (backs1, items1, values1, cuts1), (backs2, items2, values2, cuts2) = batch.successors
+        calls = np.arange(len(batch.queries))
+        counts = [
+            np.array(cuts1[1:]) - cuts1[:-1],
+            np.array(cuts2[1:]) - cuts2[:-1],
+            batch.n_clicks,
+        ]
+        at = pool.find(
+            np.concatenate([calls, calls, calls]).repeat(np.concatenate(counts)),
+            np.concatenate([items1, items2, batch.clicks]),
+        )
+        m1, m2 = cuts1[-1], cuts1[-1] + cuts2[-1]
+        # transition_fast, transition_slow, transition2_fast, transition2_slow; column n
+        # takes the successors outside the pools
+        shares = np.zeros((4, n + 1))
+        shares[2 * backs1 + 1, at[:m1]] = values1  # the first clock's: 12 h
+        shares[2 * backs2, at[m1:m2]] = values2  # the second's: 1 h
         evidence = x[_EVIDENCE]  # (6, n): t1 fast, t1 slow, t2 fast, t2 slow, pop fast, slow
-        evidence[0::2] = b[:3]
-        evidence[1::2] = a[:3]
+        evidence[:4] = shares[:, :n]
+        evidence[4] = self.second.popularity_of(pool.rows)  # 30 min
+        evidence[5] = self.first.popularity_of(pool.rows)  # 1 h
         evidence /= _FLOORS
         np.log1p(evidence, out=evidence)
         evidence /= _LOG_NORM
         trend = x[_F["trend"]]
         np.subtract(evidence[4], evidence[5], out=trend)
         trend *= _TREND
-        np.clip(trend, -1.0, 1.0, out=trend)
-        born = np.fmin(a[3], b[3])  # NaN only where neither clock tracks the item
-        born -= np.repeat(ts, np.diff(starts))  # each call's own time
+        trend.clip(-1.0, 1.0, out=trend)
+        # NaN only where neither clock tracks the item
+        born = np.fmin(self.first.born_of(pool.rows), self.second.born_of(pool.rows))
+        born -= np.array(batch.ts).repeat(pool.sizes)  # each call's own time
         born /= FRESH_S
         np.minimum(born, 0.0, out=born)  # -age / FRESH_S (NaN stays NaN)
         np.exp2(born, out=born)
         np.copyto(x[_F["freshness"]], born, where=born >= 0.0)  # not NaN; untracked: 0
-        clicked: list[int] = []
-        last: list[int] = []
-        for clicks, pos in zip(sessions, poses, strict=True):
-            clicked.extend(pos[j] for j in set(clicks) if j in pos)
-            if clicks and clicks[-1] in pos:
-                last.append(pos[clicks[-1]])
-        x[_F["clicked"], clicked] = 1.0
-        x[_F["last_click"], last] = 1.0
+        at = at[m2:]  # the clicks'
+        x[_F["clicked"], at[at < n]] = 1.0
+        ends = np.array(batch.n_clicks).cumsum()
+        last = at[ends[np.array(batch.n_clicks) > 0] - 1]
+        x[_F["last_click"], last[last < n]] = 1.0
         return x
 
     @staticmethod
-    def _model_columns(
-        x: np.ndarray, queries: Sequence[RankQuery], poses: list[dict[str, int]]
-    ) -> None:
+    def _model_columns(x: np.ndarray, batch: _Batch) -> None:
         """Fill model_p and model_logp (model_logp_stale for a stale call) of x (F, N): each
         call's softmax over its model candidates, for every call of the batch at once."""
-        cols: list[int] = []
-        logits, sizes, stale = [], [], []
-        for q, pos in zip(queries, poses, strict=True):
-            if len(q.model_ids) and q.model_logits is not None:
-                cols.extend(map(pos.get, q.model_ids, repeat(-1)))
+        calls, rows, logits, sizes, stale = [], [], [], [], []
+        for i, (q, m) in enumerate(zip(batch.queries, batch.model, strict=True)):
+            if len(m) and q.model_logits is not None:
+                calls.append(i)
+                rows.append(m)
                 logits.append(q.model_logits)
-                sizes.append(len(q.model_ids))
+                sizes.append(len(m))
                 stale.append(q.stale)
         if not logits:
             return
+        assert batch.pool is not None
         logp = _segment_logp(np.concatenate(logits), sizes)  # (M,)
-        at = np.array(cols, np.intp)
-        rows = np.repeat(np.where(stale, _F["model_logp_stale"], _F["model_logp"]), sizes)
-        ranked = at >= 0
-        at, lp, rows = at[ranked], logp[ranked], rows[ranked]
+        at = batch.pool.find(np.array(calls).repeat(sizes), np.concatenate(rows))
+        features = np.where(stale, _F["model_logp_stale"], _F["model_logp"]).repeat(sizes)
+        ranked = at < batch.pool.n
+        at, lp, features = at[ranked], logp[ranked], features[ranked]
         x[_F["model_p"], at] = np.exp(lp)
         lp += LOGP_RANGE
         lp /= LOGP_RANGE
-        x[rows, at] = np.clip(lp, 0.0, 1.0)
+        x[features, at] = lp.clip(0.0, 1.0)
 
     # --- score ---
 
     def rank(
         self,
-        model_ids: Sequence[str],
+        model_ids: Sequence[str] | np.ndarray,
         model_logits: np.ndarray | None,
         clicks: Sequence[str],
         t: float,
@@ -397,74 +512,72 @@ class OnlineRanker:
         query under the same statistics and weights (equal scores keep the pool order)."""
         empty = ([], np.zeros(0), np.zeros(0, np.int64))
         out: list[tuple[list[str], np.ndarray, np.ndarray]] = [empty] * len(queries)
-        live, pools = [], []
-        for i, q in enumerate(queries):
-            pool = self._pool(q.model_ids, q.clicks, q.k)
-            for j in q.exclude:
-                pool.pop(j, None)
-            if pool and q.k > 0:
-                live.append(i)
-                pools.append(list(pool))
-        if not live:
+        asked = [i for i, q in enumerate(queries) if q.k > 0]
+        if not asked:
             return out
-        qs = [queries[i] for i in live]
-        x = self._columns(pools, qs)  # (F, N)
+        qs = [queries[i] for i in asked]
+        batch = self._gather(qs)
+        pool = batch.pool
+        assert pool is not None
+        if pool.n == 0:
+            return out
+        x = self._columns(batch)  # (F, N)
         w = self.weights  # read once: an update replaces the array, never edits it
         scores = w @ x  # (N,)
-        sizes = np.fromiter(map(len, pools), np.intp, len(pools))
-        batch = _Segments(sizes)
-        order, rank = batch.rank(scores)
-        top = order[rank[order] < np.repeat(np.minimum([q.k for q in qs], sizes), sizes)]
+        keeping = any(q.session_id for q in qs)
+        segments = _Segments(pool.sizes)
+        order, rank = segments.rank(scores)
+        top = segments.top(order, np.fromiter((q.k for q in qs), np.int64, len(qs)))
         best = (x[:, top] * w[:, None]).argmax(axis=0)  # largest contribution per answer row
-        ids = list(chain.from_iterable(pools))
-        top_ids = [ids[i] for i in top.tolist()]
-        cuts = np.searchsorted(batch.call[top], np.arange(len(qs) + 1)).tolist()
-        for i, (a, b) in zip(live, pairwise(cuts), strict=True):
-            out[i] = top_ids[a:b], scores[top[a:b]], best[a:b]
-        if any(q.session_id for q in qs):
-            self._keep(qs, ids, x, batch, order, rank)
+        top_ids = batch.names.ids(pool.rows[top])
+        cuts = segments.call[top].searchsorted(np.arange(len(qs) + 1)).tolist()
+        for i, (a, b), size in zip(asked, pairwise(cuts), pool.sizes.tolist(), strict=True):
+            if size:  # a call whose pool is empty gets nothing, and keeps nothing
+                out[i] = list(top_ids[a:b]), scores[top[a:b]], best[a:b]
+        if keeping:
+            self._keep(batch, x, segments, rank)
         return out
 
     def _keep(
         self,
-        queries: Sequence[RankQuery],
-        ids: list[str],
+        batch: _Batch,
         x: np.ndarray,
-        batch: _Segments,
-        order: np.ndarray,
+        segments: _Segments,
         rank: np.ndarray,
     ) -> None:
         """Keep, per query with a session id, the rows its session's next click will learn
         from: the top `keep`, every source's top TOP (their bits in the mask), the clicked
         items, `samples` others. x: (F, N) as _columns() gives it; rank: each row's place in
-        its call's ranking (0 = best), order: the rows by call, then rank."""
+        its call's ranking (0 = best)."""
         c = self.config
+        queries, pool = batch.queries, batch.pool
+        assert pool is not None
+        chosen = np.empty((len(SOURCES) + 1, segments.n), np.uint8)  # sources' top rows, ours
         values = self._source_matrix.T @ x  # (sources, N)
-        chosen = np.empty((len(SOURCES) + 1, batch.n), np.uint8)  # sources' top rows, ours
-        for s in range(len(SOURCES)):
-            chosen[s] = (batch.rank(values[s])[1] < TOP) & (values[s] > 0)
+        chosen[:-1] = segments.in_top(values, TOP) & (values > 0)
         chosen[-1] = rank < TOP
         mask = self._bits @ chosen  # (N,) bit s: in source s's top TOP
         keep = mask > 0
         keep |= rank < c.keep
         keep |= x[_F["clicked"]] > 0
-        rest = np.flatnonzero(~keep)
-        counts = np.bincount(batch.call[rest], minlength=len(queries))
+        rest = (~keep).nonzero()[0]
+        counts = np.bincount(segments.call[rest], minlength=len(queries))
         wanted = np.fromiter((bool(q.session_id) for q in queries), bool, len(queries))
-        draw = np.flatnonzero(wanted & (counts > 0))
+        wanted &= pool.sizes > 0
+        draw = (wanted & (counts > 0)).nonzero()[0]
         if len(draw):  # the same draws, in the same order, as one call at a time
-            first = np.searchsorted(rest, batch.starts[draw])
+            first = rest.searchsorted(segments.starts[draw])
             picks = self._rng.integers(0, counts[draw][:, None], (len(draw), c.samples))
             keep[rest[first[:, None] + picks]] = True
-        kept = np.flatnonzero(keep)
+        kept = keep.nonzero()[0]
         rows = x[:, kept].T.astype(np.float16, order="C")  # (r, F)
-        kept_ids = [ids[i] for i in kept.tolist()]
+        kept_ids = batch.names.ids(pool.rows[kept])
         kept_mask = mask[kept]
-        cuts = np.searchsorted(kept, batch.starts).tolist() + [len(kept)]
+        cuts = kept.searchsorted(segments.starts).tolist() + [len(kept)]
         answers = [
             (q.session_id, _Answer(kept_ids[a:b], rows[a:b].copy(), kept_mask[a:b], len(q.clicks)))
-            for q, (a, b) in zip(queries, pairwise(cuts), strict=True)
-            if q.session_id
+            for q, (a, b), w in zip(queries, pairwise(cuts), wanted.tolist(), strict=True)
+            if w
         ]
         with self._lock:
             for session_id, answer in answers:
