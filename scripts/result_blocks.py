@@ -294,7 +294,8 @@ def render_prnn(rec: Record) -> str:
 SERVERS = {
     "gRPC echo (ceiling)": "gRPC echo, same stack, no work (the ceiling)",
     "PyTorch per request": "plain PyTorch per request (thread pool, no cache, no batching)",
-    "service": "service (defaults: batching, online layer on)",
+    "service": "service, 1 worker (batching, online layer on)",
+    "service, 2 workers": "service, 2 workers (`--workers 2`, the default on 2 CPUs)",
     "service, cold 30 clicks": "service, cold sessions (30 clicks each, never seen)",
     "service, no batching": "service, no batching (`--max-batch 1`)",
     "service, 1 ms batching wait": "service, 1 ms batching wait (`--max-wait-ms 1`)",
@@ -325,6 +326,7 @@ def service_figures(rec: Record) -> str:
 
 def render_service(rec: Record) -> str:
     rows = []
+    echo = next((r["calls_per_s"] for r in rec["rows"] if r["server"].startswith("gRPC echo")), 0)
     for r in rec["rows"]:
         errors = r.get("error_codes") or {}
         count = sum(errors.values()) if isinstance(errors, dict) else int(errors)
@@ -333,6 +335,7 @@ def render_service(rec: Record) -> str:
                 SERVERS.get(r["server"], r["server"]),
                 str(r["concurrency"]),
                 f"{r['calls_per_s']:,.0f}",
+                f"{r['calls_per_s'] / echo:.0%}" if echo else "",
             ]
             + [
                 f"{r['p50_ms']:.2f}",
@@ -345,6 +348,7 @@ def render_service(rec: Record) -> str:
         "server",
         "concurrency",
         "calls/s",
+        "of echo",
         "p50 ms",
         "p99 ms",
         "errors",

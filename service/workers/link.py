@@ -159,6 +159,8 @@ class WorkerLink:
         self._forget: Callable[[str], None] | None = None  # the serving engine's own
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self._pending: list[bytes] = []  # records of this loop iteration, written together
+        self._pending_bytes = 0
 
     def guard(self, settings: GuardConfig, catalogue: CatalogueConfig) -> SharedGuard:
         """The guard (with its catalogue) whose decisions and items this link shares."""
@@ -199,20 +201,32 @@ class WorkerLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
         if self._writer is not None:
+            self._flush()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(self._writer.drain(), 1.0)
             self._writer.close()
             self._writer = None
 
     def send(self, message: dict[str, Any]) -> None:
-        """Queue a message for the supervisor; never waits."""
+        """Queue a message for the supervisor; never waits. The records of one event-loop
+        iteration (a batch's calls) go out in one write: a write per call was a system
+        call per call, 5% of a worker's time under load."""
         writer = self._writer
         if writer is None or writer.is_closing():
             return
-        if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+        if writer.transport.get_write_buffer_size() + self._pending_bytes > MAX_BUFFERED:
             self.stats.dropped += 1
             return
-        writer.write(encode(message))
+        record = encode(message)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(record)
+        self._pending_bytes += len(record)
+
+    def _flush(self) -> None:
+        records, self._pending, self._pending_bytes = self._pending, [], 0
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(records))
 
     def _send_learnt(self, message: dict[str, Any]) -> None:
         self.stats.published += 1
