@@ -284,6 +284,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
+        # the same weights with the output layer's product in int8 (export --quantize int8)
+        int8_dir = export_model(Path(tmp) / "model", Path(tmp) / "export-int8", quantize="int8")
         items_file = export_dir / "items.txt"
         model_times = time_model(export_dir)
         prefix_times = time_prefix(export_dir)
@@ -302,6 +304,8 @@ def main() -> None:
             ("service, 1 ms batching wait", [*service, "--max-wait-ms", "1"], "serving model",
              [32]),
             ("service, online layer off", [*service, "--online", "0"], "serving model", [32]),
+            ("service, int8 output layer",
+             [*service[:4], str(int8_dir), *service[5:]], "serving model", [32]),
         ]  # fmt: skip
         print("load (closed loop, sessions replayed click by click):")
         for name, argv, ready, levels in plans:

@@ -300,6 +300,7 @@ SERVERS = {
     "service, no batching": "service, no batching (`--max-batch 1`)",
     "service, 1 ms batching wait": "service, 1 ms batching wait (`--max-wait-ms 1`)",
     "service, online layer off": "service, online layer off (`--online 0`)",
+    "service, int8 output layer": "service, int8 output layer (`export --quantize int8`)",
 }
 
 

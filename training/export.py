@@ -1,6 +1,7 @@
 """Export a trained model for the service: ONNX graph, vocabulary, popularity, metadata.
 
     python -m training export --model runs/demo --out runs/demo/export
+    python -m training export --model runs/demo --out runs/demo/export-int8 --quantize int8
     python -m training parity --model runs/demo --export runs/demo/export
 
 The graph is one GRU4Rec step (service/runtime.py reads the files; the names below are
@@ -21,6 +22,11 @@ the body of an ONNX Scan over T; a Where keeps the state of rows whose mask is f
 
 An HRNN export adds user.onnx, the step between a user's sessions (export_user.py):
     user_state (B, U), state (B, S) -> new_user_state (B, U), start_state (B, S)
+
+--quantize int8 runs model.onnx's output-layer product on int8 weights (export_quantize.py;
+same inputs and outputs, metadata.json "quantization", model_version gru4rec-int8-...); the
+parity check's 1e-5 tolerance is not meant for it: scripts/bench_quantize.py compares its
+Recall@20 and MRR@20 with the float32 export's.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from .export_quantize import QUANTIZE_CHOICES, quantize_output_layer
 from .export_user import (
     INPUT_FINAL_STATE,
     INPUT_USER_STATE,
@@ -83,13 +90,26 @@ class StepGraph(nn.Module):
         return scores, torch.cat(new_hidden, dim=1)
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | None = None) -> Path:
+def export_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    opset: int | None = None,
+    quantize: str | None = None,
+) -> Path:
     """Write model.onnx, prefix.onnx, items.txt, popularity.npy and metadata.json to
     out_dir; returns it. prefix.onnx is left out (metadata.json says why) for a step graph
     it cannot be built from. An HRNN also gets user.onnx, its user step (export_user.py).
+    quantize="int8" runs model.onnx's output-layer product on int8 weights
+    (export_quantize.py; metadata.json "quantization" says so); None keeps it float32.
+    prefix.onnx computes no scores and stays float32 either way.
 
-    Raises ValueError for item ids that cannot go one a line, FileNotFoundError for a
-    missing model."""
+    Raises ValueError for item ids that cannot go one a line or an unknown quantize,
+    FileNotFoundError for a missing model."""
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(
+            f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE_CHOICES)} or none"
+        )
     trained = load_model(model_dir, device="cpu")
     ids = [str(i) for i in trained.vocab.ids]
     bad = next((i for i in ids if "\n" in i or "\r" in i), None)
@@ -99,11 +119,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
     out.mkdir(parents=True, exist_ok=True)
     step = StepGraph(trained.model).eval()
     graph = _to_onnx(step, opset or DEFAULT_OPSET)
+    prefix, skipped = _prefix_or_reason(graph)  # from the float32 step: same states
+    quantization = None
+    if quantize == "int8":
+        state_values = {v for n in _nodes_computing(graph.graph, OUTPUT_STATE) for v in n.output}
+        quantization = quantize_output_layer(graph, exact=state_values)
     data = graph.SerializeToString()
     (out / MODEL_FILE).write_bytes(data)
     (out / ITEMS_FILE).write_bytes(("\n".join(ids) + "\n").encode("utf-8"))
     np.save(out / POPULARITY_FILE, np.asarray(trained.popularity, dtype=np.int64))
-    prefix, skipped = _prefix_or_reason(graph)
     if prefix is None:
         # a prefix.onnx left from an earlier export would hold other weights
         (out / PREFIX_FILE).unlink(missing_ok=True)
@@ -114,7 +138,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, opset: int | Non
         (out / USER_FILE).unlink(missing_ok=True)  # one left from an earlier export
     else:
         (out / USER_FILE).write_bytes(user.SerializeToString())
-    meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest())
+    meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest(), quantization)
     meta["prefix_graph"] = None if prefix is None else PREFIX_FILE
     meta["user_graph"] = user_metadata(trained.model)
     # the service refuses a directory whose files were not written together (a graph of
@@ -289,13 +313,18 @@ def _nodes_computing(graph: onnx.GraphProto, output: str) -> list[onnx.NodeProto
     return kept[::-1]
 
 
-def _metadata(trained: Any, step: StepGraph, graph: onnx.ModelProto, digest: str) -> dict:
+def _metadata(
+    trained: Any, step: StepGraph, graph: onnx.ModelProto, digest: str, quantization: dict | None
+) -> dict:
     meta = dict(trained.meta)
     training = {k: v for k, v in meta.items() if k != "evaluation"}
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    # the version names the int8 output layer, so Status and the metrics' labels show it
+    kind = "gru4rec" if quantization is None else f"gru4rec-{quantization['output_layer']}"
     return {
         "format_version": FORMAT_VERSION,
-        "model_version": f"gru4rec-{digest[:12]}",  # same weights, same version
+        "model_version": f"{kind}-{digest[:12]}",  # same weights, same version
+        "quantization": quantization,  # None: float32 throughout
         "n_items": len(trained.vocab),
         "state_size": sum(step.sizes),
         "state_layers": step.sizes,
@@ -377,6 +406,8 @@ def check_parity(
         f"top{top}_mismatched_rows": top_mismatches,
         f"graph_top{top}_mismatched_rows": graph_top_mismatches,
         "provider": exported.provider,
+        # an int8 output layer's scores differ beyond rtol/atol by design (export_quantize.py)
+        "quantization": exported.quantization,
     }
 
 
@@ -415,7 +446,9 @@ class _OnnxRunner:
             (root / ITEMS_FILE).read_bytes().decode("utf-8").removesuffix("\n").split("\n")
         )
         self.n_items = len(self.item_ids)
-        self.state_size = int(json.loads((root / METADATA_FILE).read_text())["state_size"])
+        meta = json.loads((root / METADATA_FILE).read_text())
+        self.state_size = int(meta["state_size"])
+        self.quantization = meta.get("quantization")
 
     def zero_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.state_size), dtype=np.float32)
