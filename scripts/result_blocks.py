@@ -461,6 +461,28 @@ def render_users(rec: Record) -> str:
     return f"{lead}{table(header, bold_best(rows, [1, 2, 3, 4]))}\n\n{run_line(rec)}\n"
 
 
+def render_quantize(rec: Record) -> str:
+    """float32 against the int8 output layer: accuracy, then the step's time per batch."""
+    acc, d = rec["accuracy"], rec["data"]
+    rows = [
+        [kind, f"{acc[kind]['recall@20']:.4f}", f"{acc[kind]['mrr@20']:.4f}",
+         f"{rec['model_onnx_bytes'][kind] / 2**20:.1f}"]
+        + [f"{rec['step_us'][b][kind]:,.0f}" for b in rec["step_us"]]
+        for kind in ("fp32", "int8")
+    ]  # fmt: skip
+    header = ["output layer", "Recall@20", "MRR@20", "model.onnx MiB"]
+    header += [f"step us, batch {b}" for b in rec["step_us"]]
+    verdict = "within" if acc["within_tolerance"] else "NOT within"
+    intro = (
+        f"{d['n_items']:,} items, {d['test_events']:,} test clicks; int8 against float32: "
+        f"Recall@20 {acc['recall@20_relative_diff']:+.2%}, "
+        f"MRR@20 {acc['mrr@20_relative_diff']:+.2%}"
+        f" ({verdict} {rec['tolerance']:.1%}), {acc['hits_lost']} hits lost and "
+        f"{acc['hits_gained']} gained in the top 20."
+    )
+    return f"{intro}\n\n{table(header, rows)}\n\n{run_line(rec)}\n"
+
+
 RENDERERS: dict[str, Callable[[Record], str]] = {
     "baselines": render_baselines,
     "tuned": render_tuned,
@@ -474,4 +496,5 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "profiles": render_profiles,
     "replay": render_replay,
     "users": render_users,
+    "quantize": render_quantize,
 }
