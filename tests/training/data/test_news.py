@@ -48,7 +48,9 @@ def _block_jumps(events: pd.DataFrame, hours: float = 2.0, min_clicks: int = 300
 
 def test_prominence_makes_a_storys_clicks_jump_between_blocks():
     def events(sigma: float) -> pd.DataFrame:
-        profile = NewsProfile(promotion_sigma=sigma)
+        # 2-hour blocks, as _block_jumps' windows: the default's hourly blocks would
+        # blur inside them
+        profile = NewsProfile(promotion_sigma=sigma, promotion_hours=2.0)
         return generate_news(profile, days=2, seed=3, scale=0.1).events
 
     smooth, promoted = _block_jumps(events(0.0)), _block_jumps(events(1.0))
