@@ -3,14 +3,20 @@
 
 B users run side by side, one slot each. Every step feeds each slot's current click and asks
 for the next one. When a slot's session ends, its user's next session takes the slot
-(`new_session`: the model hands the session's final state to the user GRU and starts the
-next session from its output); when the user has no sessions left, the next unused user
-takes the slot (`new_user`: both states start from zero). With no users left, the batch
-shrinks (`keep`). Sessions of fewer than two clicks hold no example and are skipped.
+(`new_session`: the model feeds the ended session's last click, `last_click`, hands the
+session's final state to the user GRU and starts the next session from its output); when
+the user has no sessions left, the next unused user takes the slot (`new_user`: both states
+start from zero). With no users left, the batch shrinks (`keep`). Sessions of fewer than
+two clicks hold no example and are skipped.
+
+A session's last click is only ever a target here (nothing follows it), so the state the
+steps leave behind has not read it; `last_click` lets the hand-over read it first, as the
+service does (it runs every click it gets, and hands over the state after the last one).
 
     plan = UserSessions.from_events(events, vocab)      # events with a UserId column
     for step in user_parallel(plan, batch_size=64):
-        hidden = model.hand_over(keep_rows(hidden, step.keep), step.new_session, step.new_user)
+        hidden = model.hand_over(keep_rows(hidden, step.keep), step.new_session,
+                                 step.new_user, step.last_click)
         scores, hidden = model(step.inputs, hidden, step.targets)
 """
 
@@ -145,6 +151,9 @@ class UserStep:
     keep: torch.Tensor | None = None  # int64: slots that go on, when the batch shrank
     new_session: torch.Tensor | None = None  # bool (B,): the user's next session starts now
     new_user: torch.Tensor | None = None  # bool (B,): another user takes the slot now
+    # int64 (B,) with new_session: the ended session's last click where new_session (the
+    # target of the slot's previous step), to be read before the hand-over; 0 elsewhere
+    last_click: torch.Tensor | None = None
 
 
 def user_parallel(plan: UserSessions, batch_size: int) -> Iterator[UserStep]:
@@ -161,7 +170,7 @@ def user_parallel(plan: UserSessions, batch_size: int) -> Iterator[UserStep]:
     user, cur, stop = users[:n].copy(), first[users[:n]], last[users[:n]]
     pos, end = plan.offsets[valid[cur]], plan.offsets[valid[cur] + 1]
     next_user = n
-    keep = new_session = new_user = None
+    keep = new_session = new_user = last_click = None
     while True:
         yield UserStep(
             inputs=torch.from_numpy(plan.items[pos]),
@@ -172,10 +181,12 @@ def user_parallel(plan: UserSessions, batch_size: int) -> Iterator[UserStep]:
             keep=None if keep is None else torch.from_numpy(keep),
             new_session=None if new_session is None else torch.from_numpy(new_session),
             new_user=None if new_user is None else torch.from_numpy(new_user),
+            last_click=None if last_click is None else torch.from_numpy(last_click),
         )
         pos = pos + 1
         done = end - pos <= 1
         new_session = done & (cur < stop)
+        last_click = np.where(new_session, plan.items[end - 1], 0)  # before `end` moves on
         cur = np.where(new_session, cur + 1, cur)
         refill = np.flatnonzero(done & ~new_session)[: len(users) - next_user]
         user[refill] = users[next_user : next_user + len(refill)]
@@ -192,5 +203,7 @@ def user_parallel(plan: UserSessions, batch_size: int) -> Iterator[UserStep]:
         if keep is not None:
             user, cur, stop, pos, end = user[keep], cur[keep], stop[keep], pos[keep], end[keep]
             new_session, new_user = new_session[keep], new_user[keep]
+            last_click = last_click[keep]
         new_session = new_session if new_session.any() else None
+        last_click = None if new_session is None else last_click
         new_user = new_user if new_user.any() else None

@@ -4,7 +4,8 @@ same figures again over the targets of *returning* users (who had an earlier ses
 
 The plan (user_batching.with_history, then UserSessions.from_events) holds each test user's
 earlier sessions from the history file, not scored, then their test sessions in time order.
-An HRNN steps its user GRU through all of them; a session model (GRU4Rec) restarts from zero
+An HRNN steps its user GRU through all of them, each session's state handed over after its
+last click (as the service does); a session model (GRU4Rec) restarts from zero
 at every session and is run on the scored sessions alone, so both are compared on the same
 targets; the user baselines read the user and the last click.
 
@@ -54,7 +55,7 @@ class HRNNScorer:
     @torch.no_grad()
     def advance(self, step: UserStep) -> torch.Tensor:
         hidden = keep_rows(self.hidden, step.keep)
-        hidden = self.model.hand_over(hidden, step.new_session, step.new_user)
+        hidden = self.model.hand_over(hidden, step.new_session, step.new_user, step.last_click)
         x, _, self.hidden = self.model.step(step.inputs.to(self.device), hidden)
         return self.model.score(x[step.scored.to(self.device)])
 

@@ -6,7 +6,11 @@ and its shared popularity-sampled negatives.
 
 The step goes through autograd (fused.FusedStep is written for GRU4Rec's graph alone). As in
 the reference (mquad/hgru4rec), gradients stop at the step boundary: the user GRU and the
-initialisation layer learn from the first prediction of each session that they start.
+initialisation layer learn from the first prediction of each session that they start (its
+author: no BPTT, "sequences in recommender systems are rather short and BPTT didn't pay off
+the additional complexity", mquad/hgru4rec issue #3; session-long BPTT gained nothing on
+training.data.users either). The hand-over reads the ended session's last click first
+(UserStep.last_click), so the user GRU learns from the state the service hands it.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ def _train_step(
     """One update: hand the ended sessions over, score the targets and the shared negatives
     (B, B + n_sample), back-propagate the loss summed over the batch / batch_size."""
     hidden = keep_rows(hidden, step.keep)
-    hidden = model.hand_over(hidden, step.new_session, step.new_user)
+    hidden = model.hand_over(hidden, step.new_session, step.new_user, step.last_click)
     inputs, targets = step.inputs.to(device), step.targets.to(device)
     if store is not None:
         targets = torch.cat([targets, store.get()])

@@ -14,8 +14,13 @@ session and user states, so a user without history gets the plain session GRU's 
 
     model = HRNN(n_items, Config(architecture="hrnn"))
     hidden = model.init_hidden(B)                      # [*session layers, user state]
-    hidden = model.hand_over(hidden, new_session, new_user)   # bool (B,) masks or None
+    hidden = model.hand_over(hidden, new_session, new_user, last_click)  # masks or None
     scores, hidden = model(items, hidden, targets)     # as any SessionModel
+
+s_m is the state after the session's *last* click, as the service hands it over (it runs
+every click it is sent). In user-parallel training and evaluation the last click is only a
+target, so hand_over reads it first (last_click); the exported user step gets the final
+state directly.
 
 The hidden list carries the user state as its last entry, so code written for session models
 (evaluate.GRUScorer, which resets everything per session) runs an HRNN as a user-less model.
@@ -92,14 +97,23 @@ class HRNN(SessionModel):
         hidden: list[torch.Tensor],
         new_session: torch.Tensor | None,
         new_user: torch.Tensor | None,
+        last_click: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Start the slots' next sessions. hidden: [*session layers (B, H_i), user (B, U)];
         new_session bool (B,): step the user GRU with the ended session's top-layer state and
         set layer 1 to tanh(W_init c + b_init), the deeper layers to zero; new_user bool (B,):
-        zero every state. Either mask may be None (no such slot)."""
+        zero every state. Either mask may be None (no such slot).
+
+        last_click int64 (B,), with new_session: the ended sessions' last clicks, which the
+        session GRU reads first (in the new_session rows) so that the user GRU gets the state
+        after the whole session, as the service hands it over. None: `hidden` has read the
+        whole session already (the exported user step). The final state is a constant of
+        the user step (no gradient through it), as in the reference's training."""
         *session, user = hidden
         if new_session is not None:
             mask = new_session.to(user.device)[:, None]
+            if last_click is not None:
+                session = self._read_last_clicks(session, user, new_session, last_click)
             stepped = self.drop_user(self.user_cell(session[-1], user))  # c_m (B, U)
             start = self.drop_init(torch.tanh(self.init_layer(stepped)))  # s_{m+1,0} (B, H_1)
             user = torch.where(mask, stepped, user)
@@ -111,6 +125,21 @@ class HRNN(SessionModel):
             session = [h.masked_fill(mask, 0.0) for h in session]
             user = user.masked_fill(mask, 0.0)
         return [*session, user]
+
+    def _read_last_clicks(
+        self,
+        session: list[torch.Tensor],
+        user: torch.Tensor,
+        new_session: torch.Tensor,
+        last_click: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """The session states after one more step on last_click in the new_session rows."""
+        rows = torch.nonzero(new_session).flatten().to(user.device)
+        with torch.no_grad():
+            inputs = last_click.to(user.device).index_select(0, rows)
+            sub = [h.index_select(0, rows) for h in (*session, user)]
+            _, _, read = self.step(inputs, sub)
+        return [h.index_copy(0, rows, r) for h, r in zip(session, read[:-1], strict=True)]
 
     def forward(
         self,

@@ -61,8 +61,10 @@ def test_the_next_session_starts_from_tanh_of_the_init_layer_on_the_user_gru_ste
     with torch.no_grad():
         for step in user_parallel(plan, batch_size=1):
             if step.new_session is not None:
-                final = hidden[0][0].numpy().copy()  # session 1's last state, layer 1 = top
-                hidden = model.hand_over(hidden, step.new_session, step.new_user)
+                assert step.last_click.tolist() == [3]  # session a's last click, never an input
+                _, after = model(step.last_click, hidden)
+                final = after[0][0].numpy().copy()  # the state after all of a (layer 1 = top)
+                hidden = model.hand_over(hidden, step.new_session, step.new_user, step.last_click)
                 started = hidden[0][0].numpy()
             _, hidden = model(step.inputs, hidden)
     cell = model.user_cell
@@ -118,9 +120,80 @@ def test_user_parallel_hands_over_resets_and_shrinks_on_a_hand_made_layout():
     assert flags[1][0] is None and flags[1][1].tolist() == [False, True]  # C takes B's slot
     assert flags[2][0].tolist() == [True, False] and flags[2][1] is None  # A's 2nd session
     assert flags[3][2].tolist() == [1] and flags[3][0] is None  # A is done: the batch shrinks
+    # the hand-over reads the ended session's last click (a1's 2), which no step fed
+    assert [None if s.last_click is None else s.last_click.tolist() for s in steps] == [
+        None, None, [2, 0], None]  # fmt: skip
     assert [s.returning.tolist() for s in steps] == [[False, False], [False, False],
                                                      [True, False], [False]]  # fmt: skip
     assert plan.user_ids.tolist() == ["A", "B", "D", "C"]
+
+
+@pytest.mark.parametrize("propagation", ["init", "all"])
+def test_evaluation_hands_over_the_state_after_the_last_click_as_the_service_does(propagation):
+    """The service runs every click of a session and hands over the state after the last one
+    (tests/service/pipeline/test_users.py); the evaluation must score that model. Before the
+    fix the hand-over got the state before the last click (the last click is only a target
+    in user-parallel steps), and session b's scores differed from the service's."""
+    model = _fixed_hrnn(user_propagation=propagation)
+    history = pd.DataFrame({"SessionId": "a", "ItemId": ["1", "2", "3"], "Time": [0.0, 1, 2],
+                            "UserId": "u"})  # fmt: skip
+    test = pd.DataFrame({"SessionId": "b", "ItemId": ["4", "5", "0"], "Time": [10.0, 11, 12],
+                         "UserId": "u"})  # fmt: skip
+    plan = UserSessions.from_events(with_history(test, history), ItemVocab(list("012345")))
+    scorer = HRNNScorer(model)
+    scorer.start(1, plan.user_ids)
+    got = [scorer.advance(step) for step in user_parallel(plan, batch_size=1)]
+    got = torch.cat([g for g in got if len(g)])  # session b's two predictions
+    with torch.no_grad():  # the service's flow: every click of a, then the user step
+        hidden = model.init_hidden(1)
+        for item in [1, 2, 3]:
+            _, hidden = model(torch.tensor([item]), hidden)
+        hidden = model.hand_over(hidden, torch.tensor([True]), None)
+        expected = []
+        for item in [4, 5]:
+            scores, hidden = model(torch.tensor([item]), hidden)
+            expected.append(scores)
+        stale = model.init_hidden(1)  # the old hand-over: the state after 1 and 2 only
+        for item in [1, 2]:
+            _, stale = model(torch.tensor([item]), stale)
+        stale_scores, _ = model(
+            torch.tensor([4]), model.hand_over(stale, torch.tensor([True]), None)
+        )
+    torch.testing.assert_close(got, torch.cat(expected), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0], stale_scores[0], rtol=1e-3, atol=1e-4)
+
+
+def test_training_hands_the_user_gru_the_state_after_the_sessions_last_click():
+    """fit_hrnn's hand-over reads the ended session's last click first (as evaluation and the
+    service do). The learning rate is tiny, so the weights seen at the hand-over are the
+    initial ones to float precision; the user GRU's recorded input is compared with the
+    state after all of session a's clicks, and with the one before its last click."""
+    plan = _plan({"a": ("u", [1, 2, 3]), "b": ("u", [4, 5])})
+    cfg = Config(architecture="hrnn", layers=(3,), user_layer=2, n_epochs=1, batch_size=1,
+                 n_sample=4, learning_rate=1e-9)  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    initial = HRNN(6, cfg).eval()  # fit_hrnn builds the same weights from the same seed
+    seen = []
+    original = torch.nn.GRUCell.forward
+
+    def record(cell, x, h=None):
+        seen.append(x.detach().clone())
+        return original(cell, x, h)
+
+    torch.nn.GRUCell.forward = record
+    try:
+        fit_hrnn(plan, 6, cfg, progress=False)
+    finally:
+        torch.nn.GRUCell.forward = original
+    with torch.no_grad():
+        hidden = initial.init_hidden(1)
+        states = []
+        for item in [1, 2, 3]:
+            _, hidden = initial(torch.tensor([item]), hidden)
+            states.append(hidden[0])
+    assert len(seen) == 1  # one hand-over, the one user step
+    torch.testing.assert_close(seen[0], states[2], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(seen[0], states[1], rtol=1e-3, atol=1e-4)
 
 
 def test_history_sessions_build_state_but_are_not_scored():
