@@ -3,6 +3,8 @@ synthetic users who return with lasting tastes, overall and over returning users
 
     .venv/bin/python scripts/compare_users.py                  # docs/results/users.json
     .venv/bin/python scripts/compare_users.py --users 300 --epochs 1 --results ""   # smoke
+    .venv/bin/python scripts/compare_users.py --results "" --tastes p_entry=1 n_tastes=1 \
+        p_taste=1 p_follow=0 p_intent=1 p_switch=0 p_favourite=0   # intent hidden at the start
 
 Steps: training.data.users writes a log of users with several sessions over `--days` days and
 splits off the sessions ending in the last `--test-days`; every model is trained on the
@@ -11,11 +13,16 @@ run in time order through user_evaluate.evaluate_users: full ranking, ties again
 model. GRU4Rec and the item2vec baseline ignore the history; HRNN builds the user's state
 from it; BPR-MF, FM and NCF read the user id. Prints a markdown table and, with --results
 NAME, writes docs/results/NAME.json with the machine and versions.
+
+GRU4Rec and HRNN share every setting, dropout on the session layers included (--dropout,
+0.2: on these logs both do better with it than without). --tastes overrides fields of
+training.data.users.Tastes (see its docstring for what the history can add and when).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.config import Config  # noqa: E402
 from training.data.logs import USER, ItemVocab, Sessions, read_events  # noqa: E402
 from training.data.user_batching import UserSessions, with_history  # noqa: E402
-from training.data.users import users_to_dir  # noqa: E402
+from training.data.users import Tastes, users_to_dir  # noqa: E402
 from training.evaluation.user_baselines import BPRMF, Item2Vec  # noqa: E402
 from training.evaluation.user_evaluate import evaluate_users, scorer_for  # noqa: E402
 from training.evaluation.user_neural import FMScorer, NCFScorer  # noqa: E402
@@ -43,6 +50,7 @@ def model_makers(args, train_events, train_plan, n_items):
     base = dict(
         n_epochs=args.epochs, n_sample=args.n_sample, loss=args.loss, layers=(args.layers,),
         user_layer=args.layers, threads=args.threads, device="cpu",
+        dropout_p_hidden=args.dropout,
     )  # fmt: skip
     vocab = ItemVocab.from_events(train_events)
     sessions = Sessions.from_events(train_events, vocab)
@@ -63,6 +71,18 @@ def model_makers(args, train_events, train_plan, n_items):
         "fm": lambda: FMScorer.fit(train_plan, n_items),
         "ncf": lambda: NCFScorer.fit(train_plan, n_items),
     }
+
+
+def parse_tastes(pairs: list[str]) -> Tastes:
+    """Tastes with FIELD=VALUE overrides (numbers as the field's type)."""
+    fields = {f.name: f.type for f in dataclasses.fields(Tastes)}
+    values = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in fields or not value:
+            raise SystemExit(f"--tastes: {pair!r} is not FIELD=VALUE with a field of Tastes")
+        values[name] = int(value) if fields[name] in ("int", int) else float(value)
+    return Tastes(**values)
 
 
 def table(rows) -> str:
@@ -88,6 +108,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=100, help="session and user GRU units")
     ap.add_argument("--n-sample", type=int, default=512)
     ap.add_argument("--loss", default="cross-entropy")
+    ap.add_argument("--dropout", type=float, default=0.2, help="GRU4Rec's and HRNN's hidden")
+    ap.add_argument("--tastes", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="overrides of training.data.users.Tastes")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", nargs="*", help="only these rows")
     ap.add_argument("--work", type=Path, default=Path("runs/compare_users"))
@@ -95,7 +118,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = users_to_dir(args.work / "data", args.test_days, n_users=args.users,
-                         n_items=args.items, days=args.days, seed=args.seed)  # fmt: skip
+                         n_items=args.items, days=args.days, seed=args.seed,
+                         tastes=parse_tastes(args.tastes))  # fmt: skip
     train_events = read_events(paths["train"], user_key=USER)
     test_events = read_events(paths["test"], user_key=USER)
     vocab = ItemVocab.from_events(train_events)

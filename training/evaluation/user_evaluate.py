@@ -5,9 +5,9 @@ same figures again over the targets of *returning* users (who had an earlier ses
 The plan (user_batching.with_history, then UserSessions.from_events) holds each test user's
 earlier sessions from the history file, not scored, then their test sessions in time order.
 An HRNN steps its user GRU through all of them, each session's state handed over after its
-last click (as the service does); a session model (GRU4Rec) restarts from zero
-at every session and is run on the scored sessions alone, so both are compared on the same
-targets; the user baselines read the user and the last click.
+last click (as the service does); a session model (GRU4Rec) restarts from zero at every
+session and is run on the scored sessions alone, so both are compared on the same targets;
+the user baselines read the user and the last click.
 
     plan = UserSessions.from_events(with_history(test_events, train_events), vocab, "drop")
     result = evaluate_users(scorer_for(model), plan)   # {..., "returning": {...}}

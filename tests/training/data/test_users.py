@@ -50,3 +50,21 @@ def test_split_keeps_the_user_column_and_each_users_test_sessions_after_their_tr
     both = last_train.index.intersection(first_test_end.index)
     assert len(both) > 0 and (last_train[both] <= first_test_end[both]).all()
     assert USER not in read_events(tmp_path / "s" / "train.tsv").columns  # users are optional
+
+
+def test_an_entry_click_hides_the_intent_at_the_start_of_a_session():
+    """One taste, always the intent, no favourites: every first click is in the user's
+    category, unless the session opens on an entry click (a popular item anywhere)."""
+    one = dict(n_tastes=1, p_taste=1.0, p_favourite=0.0)
+    first_in_taste = {}
+    for p_entry in (0.0, 1.0):
+        log = generate_users(n_users=60, n_items=200, days=5.0, seed=1,
+                             tastes=Tastes(p_entry=p_entry, **one))  # fmt: skip
+        category = dict(zip(log.items.ItemId, log.items.category, strict=True))
+        liked = dict(zip(log.users.UserId, log.users.tastes.astype(int), strict=True))
+        first = log.events.sort_values("Time").groupby("SessionId").first()
+        first_in_taste[p_entry] = np.mean(
+            [category[i] == liked[u] for i, u in zip(first.ItemId, first.UserId, strict=True)]
+        )
+    assert first_in_taste[0.0] == 1.0
+    assert first_in_taste[1.0] < 0.3
