@@ -12,7 +12,10 @@
    defaults in one worker (--workers 1), in two worker processes (--workers 2), without
    batching (--max-batch 1), with a 1 ms batching wait, and cold sessions; every row from
    --channels connections (the kernel spreads connections, not calls, over workers);
-4. prints where the service's time goes (its per-stage metrics and its process CPU per call)
+4. measures the online layer's cost: the service with its defaults against `--online 0`, both
+   running, taken in turn for --rounds rounds at 32 callers (order swapped every round), as
+   two rows measured minutes apart differ by more than the cost on a shared machine;
+5. prints where the service's time goes (its per-stage metrics and its process CPU per call)
    and markdown rows for the README, each with its share of the echo ceiling's calls/s;
    --results NAME writes every figure to docs/results/NAME.json, from which
    scripts/render_results.py renders the README table (--results service).
@@ -228,6 +231,28 @@ def measure(server: Server, items_file: Path, concurrency: int, args, cold=False
     return {"server": label, "concurrency": concurrency, **result}
 
 
+def online_cost(service: list[str], items_file: Path, args) -> dict:
+    """Calls/s of the service against the same with `--online 0`, both servers up, measured
+    in turn for args.rounds rounds (32 callers): the medians and the cost, 1 - on / off."""
+    servers = [Server("service", service, "serving model", args.server_cpus),
+               Server("service, online layer off", [*service, "--online", "0"],
+                      "serving model", args.server_cpus)]  # fmt: skip
+    runs: dict[str, list[float]] = {s.name: [] for s in servers}
+    try:
+        for r in range(args.rounds):
+            for server in servers if r % 2 == 0 else servers[::-1]:
+                runs[server.name].append(measure(server, items_file, 32, args)["calls_per_s"])
+    finally:
+        for server in servers:
+            server.stop()
+    on, off = (float(np.median(runs[s.name])) for s in servers)
+    print(f"online layer's cost over {args.rounds} rounds: {on:,.0f} against {off:,.0f} calls/s "
+          f"(medians), {1 - on / off:.1%} fewer", flush=True)  # fmt: skip
+    return {"rounds": args.rounds, "concurrency": 32, "on": runs["service"],
+            "off": runs["service, online layer off"], "on_median": on, "off_median": off,
+            "cost": 1 - on / off}  # fmt: skip
+
+
 def profile(row: dict) -> dict:
     """Where a call's time goes in the service, from its own metrics for one load row.
     Prints it; returns us per call by stage (wall) and the batching figures."""
@@ -267,7 +292,12 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0, help="per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--channels", type=int, default=8, help="client connections, every row")
-    parser.add_argument("--only", nargs="+", help="run only the rows of these servers")
+    parser.add_argument(
+        "--only", nargs="+", help='run only the rows of these servers ("online cost": step 4)'
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the online layer's cost (0: skip it)"
+    )
     parser.add_argument("--server-cpus", type=_cpu_list,
                         help="pin the servers to these CPUs (0,1) and the load generator to the "
                              "others: does a second worker help when the client leaves it a "
@@ -320,6 +350,10 @@ def main() -> None:
                         rows.append(measure(server, items_file, concurrency, args, cold=True))
             finally:
                 server.stop()
+        cost = None
+        if args.rounds > 0 and (not args.only or "online cost" in args.only):
+            print("the online layer's cost (both servers up, measured in turn):")
+            cost = online_cost(service, items_file, args)
     main_row = next((r for r in rows if r["server"] == "service" and r["concurrency"] == 32), None)
     where = profile(main_row) if main_row else {}
     echo = next((r["calls_per_s"] for r in rows if r["server"] == "gRPC echo (ceiling)"), None)
@@ -340,7 +374,8 @@ def main() -> None:
         from provenance import write_results
 
         kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
-        figures = {"model": model_times, "prefix": prefix_times, "profile": where}
+        figures = {"model": model_times, "prefix": prefix_times, "profile": where,
+                   "online_cost": cost}  # fmt: skip
         settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s,
                     "channels": args.channels,
                     "server_cpus": sorted(args.server_cpus or []) or None}  # fmt: skip

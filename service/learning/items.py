@@ -5,6 +5,7 @@
     rows = table.find(["a", "b"])              # array([i, -1]): "b" has no index
     table.ids[i]                               # "a"
     table.release(i)                           # no holder left: the index is free again
+    table.since(i, generation)                 # i has meant the same id since `generation`
 
 The online statistics (online.py) keep the string ids they learn in dicts; the ranker's
 features for a batch of calls (ranker.py) are arrays, one row per candidate. Both clocks'
@@ -20,6 +21,7 @@ max_items, the vocabularies) however many ids pass through.
 from __future__ import annotations
 
 import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 
@@ -35,6 +37,11 @@ class ItemTable:
         self._index: dict[str, int] = {}
         self._holders: list[int] = []  # index -> how many hold it
         self._free: list[int] = []  # released indices, reused last-freed first
+        # ids given an index so far; index -> the count when it got its current id, so
+        # that an index kept for later (a ranked answer's rows) can be checked to still
+        # mean the same id
+        self.generation = 0
+        self._given_at = array("q")
 
     def __len__(self) -> int:
         """The size of the index space (free indices included): every index is below it."""
@@ -44,13 +51,16 @@ class ItemTable:
         """item's index, made if it has none; the caller holds it until release()."""
         i = self._index.get(item)
         if i is None:
+            self.generation += 1
             if self._free:
                 i = self._free.pop()
                 self.ids[i] = item
+                self._given_at[i] = self.generation
             else:
                 i = len(self.ids)
                 self.ids.append(item)
                 self._holders.append(0)
+                self._given_at.append(self.generation)
             self._index[item] = i
         self._holders[i] += 1
         return i
@@ -71,6 +81,11 @@ class ItemTable:
         """item's index, -1 when it has none (changes nothing)."""
         return self._index.get(item, -1)
 
+    def since(self, i: int, generation: int) -> bool:
+        """Whether index i has meant its present id since the table's `generation` (then
+        an index i noted at that generation stands for that id)."""
+        return self._given_at[i] <= generation
+
     def find(self, items: Sequence[str]) -> np.ndarray:
         """(len(items),) int64 indices, -1 for ids without one (changes nothing)."""
         return np.fromiter(map(self._index.get, items, repeat(-1)), np.int64, len(items))
@@ -83,5 +98,6 @@ class ItemTable:
             + sys.getsizeof(self._index)
             + sys.getsizeof(self._holders)
             + sys.getsizeof(self._free)
+            + sys.getsizeof(self._given_at)
             + big_ints * sys.getsizeof(2**40)
         )

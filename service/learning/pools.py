@@ -55,6 +55,13 @@ class BatchIds:
             rows[m] = i
         return rows
 
+    def extra(self, rows: np.ndarray) -> dict[str, int]:
+        """{id: place in rows} of the temporary indices among rows (usually none)."""
+        if not self._extra_ids:
+            return {}
+        base, extra = self.base, self._extra_ids
+        return {extra[r - base]: j for j, r in enumerate(rows.tolist()) if r >= base}
+
     def ids(self, rows: np.ndarray) -> tuple[str, ...]:
         """The ids of indices `rows` (C-speed when none is temporary)."""
         r = rows.tolist()

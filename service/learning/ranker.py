@@ -47,7 +47,8 @@ already-clicked items is thus a learnt weight (news: strongly negative; shops: t
 click comes back often), not a flag.
 
 Each answer keeps, until its session's next click, the rows of its top `keep` candidates,
-of every source's top 20, of the session's clicks and `samples` random others (float16).
+of every source's top 20, of the session's clicks and `samples` random others (int16:
+every feature lies in [-1, 1], kept to 1 / 32767).
 Sources' running hit rates (share of next clicks a source had in its top 20: an exponential
 average over about `hit_window` next clicks) come from the same rows.
 
@@ -72,6 +73,7 @@ from itertools import chain, pairwise
 
 import numpy as np
 
+from .items import ItemTable
 from .online import OnlineConfig, OnlineModel
 from .pools import BatchIds, Pool
 
@@ -114,6 +116,8 @@ SOURCES = {
     "popularity_slow": ("popularity_slow",),
 }
 RANKER = "ranker"
+# the popularity sources by clock (OnlineRanker.first: 1 h, second: 30 min)
+_POPULAR = [list(SOURCES).index("popularity_slow"), list(SOURCES).index("popularity_fast")]
 LOGP_RANGE = 10.0  # log p below -10 (p < 4.5e-5) counts as unranked
 FRESH_S = 6 * 3600.0  # freshness halves every 6 h of an item's age
 TOP = 20  # a source "has" the next click when it is in its top 20
@@ -129,6 +133,8 @@ _LOG_NORM = np.log1p(1.0 / _FLOORS)  # (6, 1)
 # trend is log2 of (fast + floor) / (slow + floor) popularity, read off the log-scale columns:
 # with the floor at POPULARITY_FLOOR it is their difference times ln(1 + 1 / floor) / ln 2
 _TREND = math.log1p(1.0 / POPULARITY_FLOOR) / math.log(2.0) / 4.0  # then clipped to [-1, 1]
+# kept rows are int16: every feature is in [-1, 1] (a conversion to float16 cost 4x as much)
+_ROW_SCALE = 32767.0
 
 
 def log_scale(v: np.ndarray, floor: float) -> np.ndarray:
@@ -140,7 +146,7 @@ def log_scale(v: np.ndarray, floor: float) -> np.ndarray:
 @dataclass(frozen=True)
 class RankerConfig:
     """Knobs of OnlineRanker. Memory: at most pending_answers answers of about
-    (keep + 20 x sources + samples) rows of 13 float16 features, ~2-3 KB each."""
+    (keep + 20 x sources + samples) rows of 13 int16 features, ~2-3 KB each."""
 
     # the second clock's statistics (the layer's OnlineModel has 1 h popularity, 12 h
     # transitions): transitions of this hour, popularity of this half hour (what a news
@@ -148,10 +154,14 @@ class RankerConfig:
     fast_transition_half_life_s: float = 3600.0
     fast_popularity_half_life_s: float = 1800.0
     fast_smoothing: float = 1.0  # decayed clicks added to out(c1) on the fast clock
-    # the model's best items among the candidates (of BlendConfig.candidates): beyond
-    # 50 its softmax holds little mass, and each candidate costs lookups
-    model_candidates: int = 50
-    popular: int = 30  # most popular items per clock added to the candidates
+    # the model's best items the service asks it for (its TopK) and the softmax behind
+    # model_logp and model_p runs over; with `popular`, what a call's pool costs. 40 and 20
+    # (scripts/bench_freshness.py): news 0.6976 / 0.3490, shop 0.7394 / 0.4037, stable
+    # 0.7240 / 0.4020 (Recall@20 / MRR@20) against 0.6958 / 0.3488, 0.7387 / 0.4036,
+    # 0.7252 / 0.4019 with 50 and 30; 30 and 20 took stable's MRR@20 to 0.4015, 0.9% below
+    # the frozen model's (BlendConfig.candidates: the mixture's)
+    model_candidates: int = 40
+    popular: int = 20  # most popular items per clock added to the candidates
     session_clicks: int = 5  # the session's last clicks added to the candidates
     learning_rate: float = 0.05
     l2: float = 1e-4  # pull towards PRIOR per update
@@ -189,15 +199,29 @@ class RankerConfig:
 
 @dataclass(slots=True)
 class _Answer:
-    """What an answer keeps for its feedback: rows' ids, features (r, F) float16, source
-    bitmask (r,) (bit s: in source s's top 20; the last bit: in the answer's top 20), and
-    the session length it answered."""
+    """What an answer keeps for its feedback: rows' ItemTable indices (r,) noted at the
+    table's `generation` with the ids of those that had none (by place), features (r, F)
+    int16 (times _ROW_SCALE), source bitmask (r,) (bit s: in source s's top 20; the last
+    bit: in the answer's top 20), and the session length it answered. Ids stay indices
+    until a next click is looked up: most rows are never asked for."""
 
-    ids: tuple[str, ...]
+    rows: np.ndarray
+    generation: int
+    extra: dict[str, int]
     x: np.ndarray
     mask: np.ndarray
     n_clicks: int
     updates: int = 0
+
+    def place(self, item: str, table: ItemTable) -> int:
+        """item's row, -1 if none. An item whose index was freed and given again since
+        the answer counts as not kept (rare: only an item evicted meanwhile)."""
+        i = table.get(item)
+        if i >= 0 and table.since(i, self.generation):
+            at = (self.rows == i).nonzero()[0]
+            if len(at):
+                return int(at[0])
+        return self.extra.get(item, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +258,12 @@ class _Batch:
     clicks: np.ndarray
     n_clicks: list[int]
     pool: Pool | None = None
+    # every model candidate is its call's pool row of the same rank (slot j: candidate j),
+    # as _pool() lays them out; set by _model_columns(), which checks it
+    model_first: bool = False
+    # each clock's most popular items, most popular first (first clock, second), when no
+    # call excludes an item: then every call's pool holds them all (set by _pool())
+    popular: list[np.ndarray] | None = None
 
 
 def _model_rows(names: BatchIds, model_ids: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -316,7 +346,10 @@ class OnlineRanker:
         # the same ItemTable: an item is one index on both clocks
         self.second = OnlineModel(c.second_clock(first.config), first.table)
         self.prior = np.array([c.prior.get(f, 0.0) for f in FEATURES])
-        self.weights = self.prior.copy()
+        self._weights = self.prior.copy()
+        # feedback() queues its steps (the kept rows, the clicked one's place); `weights`
+        # takes them all in one step when it is next read: one numpy pass per batch of calls
+        self._steps: list[tuple[np.ndarray, int]] = []
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._pending: OrderedDict[str, _Answer] = OrderedDict()
@@ -406,6 +439,8 @@ class OnlineRanker:
             rows = names.rows(list(chain.from_iterable(q.exclude for q in queries)))
             excluded = np.repeat(np.arange(len(queries)), [len(q.exclude) for q in queries])
             excluded = excluded * names.width + rows
+        else:
+            batch.popular = tops
         return Pool.first_seen(calls, np.concatenate(parts), excluded, names.width, len(queries))
 
     def _columns(self, batch: _Batch) -> np.ndarray:
@@ -474,16 +509,55 @@ class OnlineRanker:
                 stale.append(q.stale)
         if not logits:
             return
-        assert batch.pool is not None
+        pool = batch.pool
+        assert pool is not None
         logp = _segment_logp(np.concatenate(logits), sizes)  # (M,)
-        at = batch.pool.find(np.array(calls).repeat(sizes), np.concatenate(rows))
+        rows_m, n = np.concatenate(rows), np.array(sizes)
+        calls_m = np.array(calls)
+        # _pool() puts each call's model candidates first, in order: then candidate j is
+        # the call's slot j (checked), and no search is needed
+        starts = pool.sizes.cumsum() - pool.sizes
+        at = starts[calls_m].repeat(n) + np.arange(len(rows_m)) - (n.cumsum() - n).repeat(n)
+        batch.model_first = bool((n <= pool.sizes[calls_m]).all()) and bool(
+            (pool.rows.take(at, mode="clip") == rows_m).all()
+        )
+        if not batch.model_first:
+            at = pool.find(calls_m.repeat(n), rows_m)
         features = np.where(stale, _F["model_logp_stale"], _F["model_logp"]).repeat(sizes)
-        ranked = at < batch.pool.n
+        ranked = at < pool.n
         at, lp, features = at[ranked], logp[ranked], features[ranked]
         x[_F["model_p"], at] = np.exp(lp)
         lp += LOGP_RANGE
         lp /= LOGP_RANGE
         x[features, at] = lp.clip(0.0, 1.0)
+
+    def _source_tops(self, batch: _Batch, x: np.ndarray, segments: _Segments) -> np.ndarray:
+        """(sources, N) bool: the row is among its call's TOP best by the source's value,
+        which is positive (ties in row order). Without sorting where the answer is known:
+        a source with at most TOP positive rows in every call has them all; the model's
+        best are its first slots when _model_columns() found them there (best first); a
+        popularity source's are its clock's first TOP when no call excluded any (ties in
+        the clock's order)."""
+        values = self._source_matrix.T @ x  # (sources, N)
+        tops = values > 0
+        n_calls = len(segments.sizes)
+        at = segments.call + n_calls * np.arange(len(SOURCES))[:, None]
+        counts = np.bincount(at[tops], minlength=len(SOURCES) * n_calls)
+        sort = counts.reshape(len(SOURCES), n_calls).max(axis=1) > TOP
+        if batch.model_first and sort[0]:  # candidates best first: positive, then 0
+            tops[0] &= segments.slot < TOP
+            sort[0] = False
+        if batch.popular is not None and sort[_POPULAR].any():
+            assert batch.pool is not None
+            first = np.zeros(batch.names.width, bool)
+            for s, clock_top in zip(_POPULAR, batch.popular, strict=True):
+                first[clock_top[:TOP]] = True
+                tops[s] &= first[batch.pool.rows]
+                first[clock_top[:TOP]] = False
+            sort[_POPULAR] = False
+        if sort.any():
+            tops[sort] &= segments.in_top(values[sort], TOP)
+        return tops
 
     # --- score ---
 
@@ -502,16 +576,18 @@ class OnlineRanker:
         each one's largest contribution's feature index (k,) int. With a session_id the
         answer is kept for feedback() on that session's next click. rank_many() of one."""
         query = RankQuery(model_ids, model_logits, clicks, t, k, exclude, stale, session_id)
-        return self.rank_many([query])[0]
+        return self.rank_many([query])[0][:3]
 
     def rank_many(
         self, queries: Sequence[RankQuery]
-    ) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    ) -> list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]]:
         """rank() for every query of a batch, with one feature matrix, one product with the
         weights and one segmented sort for them all: the same answers as one rank() per
-        query under the same statistics and weights (equal scores keep the pool order)."""
-        empty = ([], np.zeros(0), np.zeros(0, np.int64))
-        out: list[tuple[list[str], np.ndarray, np.ndarray]] = [empty] * len(queries)
+        query under the same statistics and weights (equal scores keep the pool order).
+        Each answer also has its items' ItemTable indices (k,) (an id without one: an
+        index past the table), for checks by index rather than by id."""
+        empty = ([], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        out: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = [empty] * len(queries)
         asked = [i for i, q in enumerate(queries) if q.k > 0]
         if not asked:
             return out
@@ -529,11 +605,13 @@ class OnlineRanker:
         order, rank = segments.rank(scores)
         top = segments.top(order, np.fromiter((q.k for q in qs), np.int64, len(qs)))
         best = (x[:, top] * w[:, None]).argmax(axis=0)  # largest contribution per answer row
-        top_ids = batch.names.ids(pool.rows[top])
+        top_rows = pool.rows[top]
+        top_ids = batch.names.ids(top_rows)
+        top_scores = scores[top]
         cuts = segments.call[top].searchsorted(np.arange(len(qs) + 1)).tolist()
         for i, (a, b), size in zip(asked, pairwise(cuts), pool.sizes.tolist(), strict=True):
             if size:  # a call whose pool is empty gets nothing, and keeps nothing
-                out[i] = list(top_ids[a:b]), scores[top[a:b]], best[a:b]
+                out[i] = list(top_ids[a:b]), top_scores[a:b], best[a:b], top_rows[a:b]
         if keeping:
             self._keep(batch, x, segments, rank)
         return out
@@ -553,8 +631,7 @@ class OnlineRanker:
         queries, pool = batch.queries, batch.pool
         assert pool is not None
         chosen = np.empty((len(SOURCES) + 1, segments.n), np.uint8)  # sources' top rows, ours
-        values = self._source_matrix.T @ x  # (sources, N)
-        chosen[:-1] = segments.in_top(values, TOP) & (values > 0)
+        chosen[:-1] = self._source_tops(batch, x, segments)
         chosen[-1] = rank < TOP
         mask = self._bits @ chosen  # (N,) bit s: in source s's top TOP
         keep = mask > 0
@@ -567,18 +644,21 @@ class OnlineRanker:
         draw = (wanted & (counts > 0)).nonzero()[0]
         if len(draw):  # the same draws, in the same order, as one call at a time
             first = rest.searchsorted(segments.starts[draw])
-            picks = self._rng.integers(0, counts[draw][:, None], (len(draw), c.samples))
+            # floor(u * count) < count for u < 1 (exact or rounded down in float64)
+            picks = (self._rng.random((len(draw), c.samples)) * counts[draw][:, None]).astype(int)
             keep[rest[first[:, None] + picks]] = True
         kept = keep.nonzero()[0]
-        rows = x[:, kept].T.astype(np.float16, order="C")  # (r, F)
-        kept_ids = batch.names.ids(pool.rows[kept])
+        rows = (x[:, kept].T * _ROW_SCALE).astype(np.int16)  # (r, F), C order
+        kept_rows = pool.rows[kept]
         kept_mask = mask[kept]
         cuts = kept.searchsorted(segments.starts).tolist() + [len(kept)]
+        names, generation = batch.names, self.first.table.generation
         answers = [
-            (q.session_id, _Answer(kept_ids[a:b], rows[a:b].copy(), kept_mask[a:b], len(q.clicks)))
+            (q.session_id, _Answer(kept_rows[a:b].copy(), generation, names.extra(kept_rows[a:b]),
+                                   rows[a:b].copy(), kept_mask[a:b], len(q.clicks)))
             for q, (a, b), w in zip(queries, pairwise(cuts), wanted.tolist(), strict=True)
             if w
-        ]
+        ]  # fmt: skip
         with self._lock:
             for session_id, answer in answers:
                 old = self._pending.pop(session_id, None)
@@ -601,10 +681,7 @@ class OnlineRanker:
                 return False
             answer.n_clicks = -1  # an answer teaches once
             self._feedback += 1
-            try:
-                i = answer.ids.index(clicked)
-            except ValueError:
-                i = -1
+            i = answer.place(clicked, self.first.table)
             mask = int(answer.mask[i]) if i >= 0 else 0
             rate = 1.0 / min(self._feedback, c.hit_window)
             for s, name in enumerate(self._hits):
@@ -612,32 +689,51 @@ class OnlineRanker:
             if i < 0 or answer.updates >= c.max_updates_per_session:
                 return False
             answer.updates += 1
-            self._update(answer, i)
+            self._steps.append((answer.x, i))
             self._updates += 1
             return True
 
-    def _update(self, answer: _Answer, i: int) -> None:
-        """One listwise step: the log-likelihood of the clicked row i under a softmax of
-        the scores over the kept rows, w += lr * (x_i - E_p[x]) - lr * l2 * (w - PRIOR).
-        Unlike pairwise steps against the rows above, a click no evidence explains does
-        not flatten every weight: the softmax's sharpness settles where it is calibrated."""
-        c = self.config
-        x = answer.x.astype(np.float64)  # (r, F)
-        w = self.weights
+    @property
+    def weights(self) -> np.ndarray:
+        """(F,) the current weights, the steps queued by feedback() taken first. An update
+        replaces the array, never edits it."""
+        if self._steps:
+            with self._lock:
+                self._update()
+        return self._weights
+
+    def _update(self) -> None:
+        """The queued listwise steps, each from the same weights w: the log-likelihood of
+        the clicked row i under a softmax of the scores over its answer's kept rows,
+        w += lr * (x_i - E_p[x]) - lr * l2 * (w - PRIOR), summed. One step at a time when
+        calls come one by one (replay); a batch of calls takes its steps together. Unlike
+        pairwise steps against the rows above, a click no evidence explains does not
+        flatten every weight: the softmax's sharpness settles where it is calibrated."""
+        steps, self._steps = self._steps, []
+        if not steps:
+            return
+        c, w = self.config, self._weights
+        sizes = np.array([len(rows) for rows, _ in steps])
+        starts = sizes.cumsum() - sizes
+        x = np.concatenate([rows for rows, _ in steps]).astype(np.float64)  # (R, F)
+        x /= _ROW_SCALE
         s = x @ w
-        p = np.exp(s - s.max())
-        p /= p.sum()
-        step = x[i] - p @ x - c.l2 * (w - self.prior)
-        self.weights = w + c.learning_rate * step
+        s -= np.maximum.reduceat(s, starts).repeat(sizes)
+        p = np.exp(s)
+        p /= np.add.reduceat(p, starts).repeat(sizes)
+        clicked = starts + np.array([i for _, i in steps])
+        step = x[clicked].sum(axis=0) - p @ x - len(steps) * c.l2 * (w - self.prior)
+        self._weights = w + c.learning_rate * step
 
     # --- report ---
 
     def report(self) -> dict:
         """Learnt weights by feature, running hit rates by source (and "ranker": the answer's
         own top 20), how many next clicks gave feedback and how many moved the weights."""
+        weights = self.weights
         with self._lock:
             return {
-                "weights": dict(zip(FEATURES, map(float, self.weights), strict=True)),
+                "weights": dict(zip(FEATURES, map(float, weights), strict=True)),
                 "hit_rate": dict(self._hits),
                 "feedback": self._feedback,
                 "updates": self._updates,

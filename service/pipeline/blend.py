@@ -58,8 +58,9 @@ class BlendConfig:
     # scales model_weight when the last click is unknown to the model: 0.5 beat 0.25 and 1
     # on churn Recall@20 and MRR@20 (stable data has no such click)
     stale_factor: float = 0.5
-    # items each side proposes: 50 lost 0.006 Recall@20 with hourly updates, 150 gained
-    # 0.001 for half as much work again
+    # items each side proposes to the mixture scorer (the ranker asks the model for its
+    # RankerConfig.model_candidates): 50 lost 0.006 Recall@20 with hourly updates, 150
+    # gained 0.001 for half as much work again
     candidates: int = 100
     # "ranker": ranker.OnlineRanker, the linear ranker whose weights learn from the next
     # clicks (docs/online.md); "mixture": the fixed blend above (model_weight, stale_factor)
@@ -159,6 +160,13 @@ class OnlineLayer:
         self.on_learn: Callable[[str, list[str], float], None] | None = None
 
     @property
+    def model_candidates(self) -> int:
+        """How many of the model's best items the layer reads: the ranker's
+        model_candidates (its softmax and pool), the mixture's `candidates`. The model's
+        TopK costs by k (40,000 items: 11 us a call more from 20 to 50, 21 from 50 to 100)."""
+        return self.ranker.config.model_candidates if self.ranker else self.config.candidates
+
+    @property
     def table(self) -> ItemTable:
         """The statistics' ItemTable: where callers get indices for RankQuery.model_ids."""
         return self.model.table
@@ -234,20 +242,22 @@ class OnlineLayer:
         model_ids = model_part.ids if model_part is not None else []
         logits = model_part.scores if model_part is not None else None
         query = RankQuery(model_ids, logits, clicks, now, k, exclude, stale, session_id)
-        return self.answer_many([query])[0]
+        ids, scores, sources, _ = self.answer_many([query])[0]
+        return ids, scores, sources
 
     def answer_many(
         self, queries: Sequence[RankQuery]
-    ) -> list[tuple[list[str], list[float], list[str]]]:
+    ) -> list[tuple[list[str], list[float], list[str], np.ndarray | None]]:
         """answer() for every call of a batch (its fields in a ranker.RankQuery: t is the
         call's time, model_ids and model_logits its model part, empty and None without one),
-        ranked together by OnlineRanker.rank_many(); the mixture scorer answers one by one."""
+        ranked together by OnlineRanker.rank_many(); the mixture scorer answers one by one.
+        Each answer comes with its items' ItemTable indices (ranker) or None (mixture)."""
         if self.ranker is None:
-            return [self._mixture(q) for q in queries]
+            return [(*self._mixture(q), None) for q in queries]
         out = []
-        for ids, scores, top in self.ranker.rank_many(queries):
+        for ids, scores, top, rows in self.ranker.rank_many(queries):
             sources = _SIDE_OF_FEATURE[top].tolist()
-            out.append((ids, scores.tolist(), sources))
+            out.append((ids, scores.tolist(), sources, rows))
         return out
 
     def _mixture(self, q: RankQuery) -> tuple[list[str], list[float], list[str]]:

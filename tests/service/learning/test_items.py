@@ -33,3 +33,15 @@ def test_the_table_stays_within_what_is_held_however_many_ids_pass():
     for k in range(1000):
         table.release(table.acquire(f"i{k}"))
     assert len(table) == 1
+
+
+def test_an_index_given_to_another_id_is_no_longer_what_it_meant_before():
+    table = ItemTable()
+    a = table.acquire("a")
+    seen = table.generation  # an answer noting index a now
+    assert table.since(a, seen)
+    table.acquire("b")
+    assert table.since(a, seen)  # other ids coming in change nothing for a
+    table.release(a)
+    assert table.acquire("c") == a  # a's index reused
+    assert not table.since(a, seen)

@@ -264,3 +264,73 @@ def test_the_grid_ranking_and_top_membership_match_a_stable_sort_per_call():
             expected[np.argsort(-values[s, start : start + size], kind="stable")] = range(size)
             assert rank[start : start + size].tolist() == expected.tolist()
         assert (segments.in_top(values, 20)[s] == (rank < 20)).all()
+
+
+def test_a_batch_of_feedback_takes_the_sum_of_its_steps_from_the_same_weights():
+    ranker = OnlineRanker(OnlineModel(), RankerConfig(l2=0.01))
+    for s, clicks in enumerate((["a", "b"], ["a", "c"], ["d", "b"])):
+        for n in (1, 2):
+            ranker.first.learn(clicks[:n], T0 + s)
+            ranker.learn(clicks[:n], T0 + s)
+    ranker.rank([], None, ["a"], T0 + 5, 5, session_id="s1")
+    ranker.rank([], None, ["d"], T0 + 5, 5, session_id="s2")
+    answers = [ranker._pending["s1"], ranker._pending["s2"]]
+    w = ranker.weights.copy()
+    assert ranker.feedback("s1", 2, "c") and ranker.feedback("s2", 2, "b")
+
+    def step(answer, item):  # one listwise step from w, as the module docstring has it
+        x = answer.x.astype(np.float64) / 32767.0
+        p = np.exp(x @ w - (x @ w).max())
+        p /= p.sum()
+        i = answer.place(item, ranker.first.table)
+        return x[i] - p @ x - 0.01 * (w - ranker.prior)
+
+    expected = w + 0.05 * (step(answers[0], "c") + step(answers[1], "b"))
+    assert ranker.weights == pytest.approx(expected)
+
+
+def test_a_kept_row_is_found_by_its_id_and_not_through_an_index_given_again():
+    ranker = OnlineRanker(OnlineModel())
+    ranker.first.learn(["a"], T0)
+    ranker.first.learn(["a", "b"], T0)
+    ranker.rank([], None, ["a"], T0, 5, session_id="s", exclude=())
+    answer = ranker._pending["s"]
+    table = ranker.first.table
+    assert answer.place("b", table) >= 0 and answer.place("zzz", table) == -1
+    b = table.get("b")
+    answer.generation = -1  # as if b's index had been given to it after the answer
+    assert not table.since(b, answer.generation) and answer.place("b", table) == -1
+
+
+def test_the_sources_tops_match_their_sorted_definition_in_a_batch():
+    """_source_tops() skips sorting where the order is known (the model's candidates come
+    first, a clock's popular items are its own ranking): it must agree with each source's
+    TOP best values per call, ties aside, with and without exclusions."""
+    from service.learning.ranker import TOP, RankQuery
+
+    rng = np.random.default_rng(5)
+    ranker = OnlineRanker(OnlineModel())
+    items = [f"i{j}" for j in range(300)]
+    for s in range(400):  # distinct click counts, so popularity has no ties
+        clicks = [items[int(j)] for j in rng.zipf(1.3, 3) % 300]
+        for n in range(1, 4):
+            t = T0 + s + n / 10
+            ranker.first.learn(clicks[:n], t)
+            ranker.learn(clicks[:n], t)
+    for exclude in ((), ("i0", "i1", "i2")):
+        queries = []
+        for q in range(6):
+            model = rng.choice(300, 60, replace=False)
+            model = [items[j] for j in model if items[j] not in exclude]
+            model = model[: ranker.config.model_candidates]  # what the service passes
+            logits = np.sort(rng.normal(size=len(model)))[::-1].copy()
+            clicks = [items[int(j)] for j in rng.integers(300, size=3)]
+            queries.append(RankQuery(model, logits, clicks, T0 + 500, 20, set(exclude), False,
+                                     f"q{q}"))  # fmt: skip
+        batch = ranker._gather(queries)
+        x = ranker._columns(batch)
+        segments = _Segments(batch.pool.sizes)
+        values = ranker._source_matrix.T @ x
+        expected = segments.in_top(values, TOP) & (values > 0)
+        assert (ranker._source_tops(batch, x, segments) == expected).all()
+        assert batch.model_first and (batch.popular is None) == bool(exclude)
