@@ -314,7 +314,7 @@ def service_figures(rec: Record) -> str:
     p = rec["profile"]
     stages = ", ".join(f"{stage} {us:,.0f} us" for stage, us in p["stage_us"].items())
     batch = f" in batches of {p['mean_batch']:.1f} on average" if p.get("mean_batch") else ""
-    return (
+    text = (
         f"Measured in the same run: the model step (GRU, scores over all {rec['model']['items']:,}"
         f" items, TopK; 1 thread) at batch {sizes}: {per_call} us per call, {ratios}x the time of"
         f" its (B, H) x (H, items) matrix product alone; a cold session's 29 earlier clicks in one"
@@ -323,6 +323,18 @@ def service_figures(rec: Record) -> str:
         f" each stage: {stages}; the model's run {p['model_us']:,.0f} us{batch}; server process"
         f" CPU {p['cpu_us']:,.0f} us."
     )
+    cost = rec.get("online_cost")
+    if cost:
+        pairs = ", ".join(
+            f"{on:,.0f}/{off:,.0f}" for on, off in zip(cost["on"], cost["off"], strict=True)
+        )
+        text += (
+            f" The online layer's cost, both servers up and measured in turn ({cost['rounds']}"
+            f" rounds at {cost['concurrency']} callers, order swapped each round; calls/s on/off:"
+            f" {pairs}): medians {cost['on_median']:,.0f} against {cost['off_median']:,.0f},"
+            f" {cost['cost']:.1%} fewer calls/s with the layer."
+        )
+    return text
 
 
 def render_service(rec: Record) -> str:
