@@ -272,13 +272,13 @@ class Handlers:
                     t3 = time.perf_counter()
                     result = engine.popularity(query, now)
                     t2, t4 = t1, time.perf_counter()
-                else:  # the model, then learning and answering with the whole batch
+                else:  # the model (learning meanwhile), then answering with the batch
                     call = await engine.submit(query, job, now)
                     assert call.result is not None
                     result = call.result
                     t4 = time.perf_counter()
                     t3 = t4 - call.finish_s
-                    t2 = t3 - call.learn_s
+                    t2 = t3 - call.learn_s  # learnt while the model ran: its share of the wait
                 response = _response(method, result, engine.model.model_version)
                 stats.record_outcome(
                     result.cache,

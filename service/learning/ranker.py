@@ -353,6 +353,9 @@ class OnlineRanker:
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._pending: OrderedDict[str, _Answer] = OrderedDict()
+        # rank_many()'s batches whose answers are still to be kept (_keep's arguments):
+        # kept by settle(), after the callers have their answers
+        self._unkept: list[tuple[_Batch, np.ndarray, _Segments, np.ndarray, int]] = []
         # (features, sources) 0/1: a source's ranking value is the sum of its columns
         self._source_matrix = np.zeros((len(FEATURES), len(SOURCES)))
         for s, cols in enumerate(SOURCES.values()):
@@ -588,6 +591,7 @@ class OnlineRanker:
         index past the table), for checks by index rather than by id."""
         empty = ([], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         out: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = [empty] * len(queries)
+        self.settle()  # at most one batch waits to be kept
         asked = [i for i, q in enumerate(queries) if q.k > 0]
         if not asked:
             return out
@@ -612,9 +616,18 @@ class OnlineRanker:
         for i, (a, b), size in zip(asked, pairwise(cuts), pool.sizes.tolist(), strict=True):
             if size:  # a call whose pool is empty gets nothing, and keeps nothing
                 out[i] = list(top_ids[a:b]), top_scores[a:b], best[a:b], top_rows[a:b]
-        if keeping:
-            self._keep(batch, x, segments, rank)
+        if keeping:  # the table's generation now: its indices are the answers'
+            self._unkept.append((batch, x, segments, rank, self.first.table.generation))
         return out
+
+    def settle(self) -> None:
+        """Keep the answers of the rank_many() calls since the last settle() for the
+        sessions' next clicks. Deferred so that a server can send the answers first and
+        keep them while the model runs the next batch (Recommender.learn_batch);
+        rank_many(), feedback() and report() settle first themselves, so nothing is missed
+        when nobody calls it."""
+        while self._unkept:
+            self._keep(*self._unkept.pop(0))
 
     def _keep(
         self,
@@ -622,11 +635,12 @@ class OnlineRanker:
         x: np.ndarray,
         segments: _Segments,
         rank: np.ndarray,
+        generation: int,
     ) -> None:
         """Keep, per query with a session id, the rows its session's next click will learn
         from: the top `keep`, every source's top TOP (their bits in the mask), the clicked
         items, `samples` others. x: (F, N) as _columns() gives it; rank: each row's place in
-        its call's ranking (0 = best)."""
+        its call's ranking (0 = best); generation: the table's when they were ranked."""
         c = self.config
         queries, pool = batch.queries, batch.pool
         assert pool is not None
@@ -652,7 +666,7 @@ class OnlineRanker:
         kept_rows = pool.rows[kept]
         kept_mask = mask[kept]
         cuts = kept.searchsorted(segments.starts).tolist() + [len(kept)]
-        names, generation = batch.names, self.first.table.generation
+        names = batch.names
         answers = [
             (q.session_id, _Answer(kept_rows[a:b].copy(), generation, names.extra(kept_rows[a:b]),
                                    rows[a:b].copy(), kept_mask[a:b], len(q.clicks)))
@@ -675,6 +689,7 @@ class OnlineRanker:
         session's kept answer was for the n_clicks - 1 before it, update the hit rates and
         (when the click's row was kept) the weights. True if the weights moved."""
         c = self.config
+        self.settle()
         with self._lock:
             answer = self._pending.get(session_id)
             if answer is None or answer.n_clicks != n_clicks - 1:
@@ -730,6 +745,7 @@ class OnlineRanker:
     def report(self) -> dict:
         """Learnt weights by feature, running hit rates by source (and "ranker": the answer's
         own top 20), how many next clicks gave feedback and how many moved the weights."""
+        self.settle()
         weights = self.weights
         with self._lock:
             return {

@@ -3,6 +3,7 @@
     batcher = Batcher(run, max_batch=64, max_wait_s=0.0, max_queue=512)
     await batcher.submit(job)      # returns once `run` has filled the job in
     Batcher(run, finish=answer_all) # and `answer_all` has taken the batch's jobs together
+    Batcher(run, meanwhile=learn_all, finish=answer_all)  # learn_all while `run` works
 
 One run is in flight at a time, in a worker thread. Calls that arrive meanwhile queue up
 and form the next batch, so under load batches grow by themselves and at low load a call
@@ -63,8 +64,13 @@ class Batcher(Generic[J]):
         max_queue: int = 512,
         stats: BatchStats | None = None,
         finish: Callable[[list[J]], None] | None = None,
+        meanwhile: Callable[[list[J]], None] | None = None,
     ):
         self.run = run
+        # called on the event loop with a batch's jobs while `run` works on them in the
+        # thread (onnxruntime releases the GIL): work that needs the calls but not the
+        # model's answer (the online layer learning their clicks) is off the calls' path
+        self.meanwhile = meanwhile
         # called on the event loop with the batch's jobs whose callers still wait, once
         # `run` has filled them in and before their callers resume: stages that work on
         # the batch rather than the call (the online ranking). It runs before the next
@@ -124,15 +130,34 @@ class Batcher(Generic[J]):
                 continue
             jobs = [job for job, _, _ in batch]
             started = time.monotonic()
+            running = loop.run_in_executor(self._executor, self.run, jobs)
             try:
-                await loop.run_in_executor(self._executor, self.run, jobs)
-            except Exception as err:  # the model failed: every caller of the batch hears it
+                failed = self._meanwhile(jobs)
+                await running  # before a failure of meanwhile is raised: the thread is done
+                if failed is not None:
+                    raise failed
+            except Exception as err:  # the model (or meanwhile) failed: every caller hears it
                 for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(err)
                 continue
             self._account(batch, started, time.monotonic())
             self._complete(batch)
+
+    def _meanwhile(self, jobs: list[J]) -> Exception | None:
+        """Run `meanwhile` on the batch; its failure, which is every caller's error."""
+        if self.meanwhile is None:
+            return None
+        # a moment without the GIL, for the model's thread to take it and get into
+        # onnxruntime (which releases it): without it the thread starts only once meanwhile
+        # is done, and nothing overlaps (1,010 against 760 us a batch of one with 230 us of
+        # meanwhile, in a bench of the two)
+        time.sleep(0)
+        try:
+            self.meanwhile(jobs)
+        except Exception as err:
+            return err
+        return None
 
     def _complete(self, batch: list[tuple[J, asyncio.Future[None], float]]) -> None:
         """Finish the batch's live jobs together, then resume their callers; a failure of

@@ -198,6 +198,12 @@ class OnlineLayer:
                 self.on_learn(session_id, prefix, now)
         return n - start
 
+    def settle(self) -> None:
+        """Bookkeeping that no answer waits for, left until after the answers: the ranker
+        keeping its answers for the sessions' next clicks (OnlineRanker.settle)."""
+        if self.ranker is not None:
+            self.ranker.settle()
+
     def learn_shared(self, session_id: str, n: int, recent: list[str], now: float) -> bool:
         """Learn the n-th click of a session that another replica learnt (recent: its last
         few clicks, the learnt one last), unless this layer learnt the session that far

@@ -156,6 +156,7 @@ class Recommender:
             max_queue,
             stats,
             finish=self.finish_batch,
+            meanwhile=self.learn_batch,
         )
 
     async def submit(self, query: Query, job: Job, now: float) -> Call:
@@ -166,20 +167,30 @@ class Recommender:
         await self.batcher.submit(call)
         return call
 
-    def finish_batch(self, calls: list[Call]) -> None:
-        """Once a batch's model work has run: the layer learns every call's new clicks, in
-        arrival order, then all the calls are answered together (finish_many). So a call
-        is ranked with the clicks of its whole batch learnt, not only those before it."""
+    def learn_batch(self, calls: list[Call]) -> None:
+        """While a batch's model work runs: the online layer keeps the answers of the
+        batch before (OnlineLayer.settle, left until now so that they went out first),
+        then learns every call's new clicks in arrival order, before any of them is
+        answered (finish_batch). So a call is ranked with the clicks of its whole batch
+        learnt, not only those before it."""
         started = time.perf_counter()
+        if self.online is not None:
+            self.online.settle()
         for call in calls:
             self.learn(call.query, call.now)
-        learnt = time.perf_counter()
+        share = (time.perf_counter() - started) / len(calls)
+        for call in calls:
+            call.learn_s = share
+
+    def finish_batch(self, calls: list[Call]) -> None:
+        """Once a batch's model work has run (and learn_batch): all its calls are answered
+        together (finish_many)."""
+        started = time.perf_counter()
         results = self.finish_many([c.query for c in calls], [c.job for c in calls],
                                    [c.now for c in calls])  # fmt: skip
-        share = 1.0 / len(calls)
-        learn_s, finish_s = (learnt - started) * share, (time.perf_counter() - learnt) * share
+        share = (time.perf_counter() - started) / len(calls)
         for call, result in zip(calls, results, strict=True):
-            call.result, call.learn_s, call.finish_s = result, learn_s, finish_s
+            call.result, call.finish_s = result, share
 
     async def recommend(self, query: Query, deadline: float = float("inf")) -> Result:
         """The call through the batcher; raises batching.Overloaded / DeadlineExpired."""

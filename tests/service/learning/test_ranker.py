@@ -274,6 +274,7 @@ def test_a_batch_of_feedback_takes_the_sum_of_its_steps_from_the_same_weights():
             ranker.learn(clicks[:n], T0 + s)
     ranker.rank([], None, ["a"], T0 + 5, 5, session_id="s1")
     ranker.rank([], None, ["d"], T0 + 5, 5, session_id="s2")
+    ranker.settle()
     answers = [ranker._pending["s1"], ranker._pending["s2"]]
     w = ranker.weights.copy()
     assert ranker.feedback("s1", 2, "c") and ranker.feedback("s2", 2, "b")
@@ -294,12 +295,33 @@ def test_a_kept_row_is_found_by_its_id_and_not_through_an_index_given_again():
     ranker.first.learn(["a"], T0)
     ranker.first.learn(["a", "b"], T0)
     ranker.rank([], None, ["a"], T0, 5, session_id="s", exclude=())
+    ranker.settle()
     answer = ranker._pending["s"]
     table = ranker.first.table
     assert answer.place("b", table) >= 0 and answer.place("zzz", table) == -1
     b = table.get("b")
     answer.generation = -1  # as if b's index had been given to it after the answer
     assert not table.since(b, answer.generation) and answer.place("b", table) == -1
+
+
+def test_answers_are_kept_after_the_callers_have_them_and_before_any_feedback():
+    """rank_many() leaves keeping its answers to settle() (the server calls it once the
+    batch's answers are out); feedback() settles first, and the kept answer carries the
+    table's generation of when it was ranked, not of when it was kept."""
+    ranker = OnlineRanker(OnlineModel())
+    for clicks in (["a"], ["a", "b"], ["a"], ["a", "c"]):
+        ranker.first.learn(clicks, T0)
+    ranker.rank([], None, ["a"], T0, 5, session_id="s")
+    assert "s" not in ranker._pending
+    ranked_at = ranker.first.table.generation
+    ranker.first.learn(["x"], T0)  # a new item after the answer, before it is kept
+    assert ranker.first.table.generation != ranked_at
+    assert ranker.feedback("s", 2, "b")  # settled first: the answer to ["a"] teaches
+    assert ranker._pending["s"].generation == ranked_at
+    ranker.rank([], None, ["a", "b"], T0, 5, session_id="t")
+    ranker.rank([], None, ["a"], T0, 5, session_id="u")  # settles t's, leaves u's
+    assert "t" in ranker._pending and "u" not in ranker._pending
+    assert ranker.report()["pending_answers"] == 3
 
 
 def test_the_sources_tops_match_their_sorted_definition_in_a_batch():
