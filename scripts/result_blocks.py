@@ -455,22 +455,29 @@ def render_replay(rec: Record) -> str:
 
 
 def render_users(rec: Record) -> str:
-    """Session and user models on synthetic returning users (compare_users.py)."""
-    rows = [
-        [
-            r["method"],
-            f4(r["overall"]["recall@20"]),
-            f4(r["overall"]["mrr@20"]),
-            f4(r["returning"]["recall@20"]),
-            f4(r["returning"]["mrr@20"]),
-        ]
-        for r in rec["rows"]
-    ]
+    """Session and user models on synthetic returning users (compare_users.py); the
+    tastes-oracle row, a ceiling rather than a method, last and never bold."""
+
+    def row(r: dict) -> list[str]:
+        cells = [r["method"]]
+        for part in ("overall", "returning", "returning_first"):
+            if part in r:
+                cells += [f4(r[part]["recall@20"]), f4(r[part]["mrr@20"])]
+        return cells
+
+    methods = [row(r) for r in rec["rows"] if r["method"] != "tastes-oracle"]
+    ceiling = [row(r) for r in rec["rows"] if r["method"] == "tastes-oracle"]
+    for cells in ceiling:
+        cells[0] = "tastes-oracle (a ceiling: GRU4Rec + the true tastes)"
     header = ["method", "Recall@20", "MRR@20", "returning, Recall@20", "returning, MRR@20"]
+    if all("returning_first" in r for r in rec["rows"]):
+        header += ["returning, first click, Recall@20", "returning, first click, MRR@20"]
+    columns = list(range(1, len(header)))
     data = rec.get("data", {})
     sizes = ", ".join(f"{num(v)} {k.replace('_', ' ')}" for k, v in data.items())
     lead = f"Data: {sizes}.\n\n" if sizes else ""
-    return f"{lead}{table(header, bold_best(rows, [1, 2, 3, 4]))}\n\n{run_line(rec)}\n"
+    body = table(header, bold_best(methods, columns) + ceiling)
+    return f"{lead}{body}\n\n{run_line(rec)}\n"
 
 
 def render_quantize(rec: Record) -> str:

@@ -119,3 +119,20 @@ def test_check_exits_non_zero_and_prints_a_diff_when_the_readme_is_stale(
     out = capsys.readouterr().out
     assert "-old figures" in out and "+| V-SKNN |" in out
     assert doc.read_text() == BLOCK.replace("NAME", "baselines")  # --check changes nothing
+
+
+def test_the_users_table_shows_the_first_click_columns_and_never_bolds_the_oracle(tmp_path):
+    def row(method, value):
+        part = {"recall@20": value, "mrr@20": value / 2}
+        return {"method": method, "overall": part, "returning": part, "returning_first": part}
+
+    rows = [row("gru4rec", 0.5), row("hrnn-init", 0.6), row("tastes-oracle", 0.9)]
+    write(tmp_path, "users", {**PROVENANCE, "rows": rows})
+    rendered = render_text(BLOCK.replace("NAME", "users"), tmp_path, Notes())
+    lines = [line for line in rendered.splitlines() if line.startswith("|")]
+    assert "returning, first click, MRR@20" in lines[0]
+    assert (
+        lines[3]
+        == "| hrnn-init | **0.6000** | **0.3000** | **0.6000** | **0.3000** | **0.6000** | **0.3000** |"
+    )  # noqa: E501
+    assert lines[-1].startswith("| tastes-oracle (a ceiling") and "**" not in lines[-1]

@@ -166,7 +166,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             test_events = _read(args.test, args)
             result = _with_users(model, test_events, events, vocab, "drop", args.test, args.cutoffs)
             meta["evaluation"] = result
-            print(format_table({"hrnn": result, "returning": result["returning"]}, args.cutoffs))
+            print(format_table({"hrnn": result, "returning": result["returning"],
+                                "returning, first click": result["returning_first"]},
+                               args.cutoffs))  # fmt: skip
         else:
             test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
             meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
@@ -215,7 +217,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             trained.model, events, history, trained.vocab, unknown, args.test, args.cutoffs,
             args.batch_size, args.tie_mode,
         )  # fmt: skip
-        print(format_table({args.model: result, "returning": result["returning"]}, args.cutoffs))
+        print(format_table({args.model: result, "returning": result["returning"],
+                            "returning, first click": result["returning_first"]},
+                           args.cutoffs))  # fmt: skip
         print(f"{result['returning']['n_events']:,} predictions for returning users")
     else:
         test = Sessions.from_events(events, trained.vocab, unknown, args.test)

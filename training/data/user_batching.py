@@ -148,6 +148,7 @@ class UserStep:
     users: torch.Tensor  # int64 (B,), each slot's user (index into UserSessions.user_ids)
     scored: torch.Tensor  # bool (B,), whether the target counts in an evaluation
     returning: torch.Tensor  # bool (B,), whether the user had an earlier session
+    position: torch.Tensor  # int64 (B,), the input's place in its session (0: the first click)
     keep: torch.Tensor | None = None  # int64: slots that go on, when the batch shrank
     new_session: torch.Tensor | None = None  # bool (B,): the user's next session starts now
     new_user: torch.Tensor | None = None  # bool (B,): another user takes the slot now
@@ -178,6 +179,7 @@ def user_parallel(plan: UserSessions, batch_size: int) -> Iterator[UserStep]:
             users=torch.from_numpy(user.copy()),
             scored=torch.from_numpy(plan.scored[valid[cur]]),
             returning=torch.from_numpy(cur > first[user]),
+            position=torch.from_numpy(pos - plan.offsets[valid[cur]]),
             keep=None if keep is None else torch.from_numpy(keep),
             new_session=None if new_session is None else torch.from_numpy(new_session),
             new_user=None if new_user is None else torch.from_numpy(new_user),

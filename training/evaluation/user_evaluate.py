@@ -1,6 +1,8 @@
 """Evaluation with users' history: every scored click but a session's last predicts the next
 one, ranked against all items with ties against the model (evaluate.rank_of_target), and the
-same figures again over the targets of *returning* users (who had an earlier session).
+same figures again over the targets of *returning* users (who had an earlier session), and
+over their sessions' first targets alone (the click after the first: where the session has
+shown least and the history can add most).
 
 The plan (user_batching.with_history, then UserSessions.from_events) holds each test user's
 earlier sessions from the history file, not scored, then their test sessions in time order.
@@ -10,7 +12,8 @@ session and is run on the scored sessions alone, so both are compared on the sam
 the user baselines read the user and the last click.
 
     plan = UserSessions.from_events(with_history(test_events, train_events), vocab, "drop")
-    result = evaluate_users(scorer_for(model), plan)   # {..., "returning": {...}}
+    result = evaluate_users(scorer_for(model), plan)   # {..., "returning": {...},
+                                                       #  "returning_first": {...}}
 """
 
 from __future__ import annotations
@@ -124,10 +127,11 @@ def collect_user_ranks(
     batch_size: int = 512,
     mode: str = "conservative",
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ranks, returning): the rank of every scored target and whether its user is returning,
-    in the order the user-parallel pass meets them."""
-    ranks, returning = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ranks, returning, positions): the rank of every scored target, whether its user is
+    returning, and the place in its session of the click before it (0: the first), in the
+    order the user-parallel pass meets them."""
+    ranks, returning, positions = [], [], []
     n_events = int(np.maximum(np.diff(plan.offsets) - 1, 0).sum())
     started = False
     with tqdm(total=n_events, desc="evaluate", unit="ev", disable=not progress) as bar:
@@ -141,10 +145,11 @@ def collect_user_ranks(
                 targets = step.targets[scored].to(scores.device)
                 ranks.append(rank_of_target(scores, targets, mode).cpu().numpy())
                 returning.append(step.returning[scored].numpy())
+                positions.append(step.position[scored].numpy())
             bar.update(len(step.inputs))
     if not ranks:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    return np.concatenate(ranks), np.concatenate(returning)
+        return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    return np.concatenate(ranks), np.concatenate(returning), np.concatenate(positions)
 
 
 def evaluate_users(
@@ -156,11 +161,13 @@ def evaluate_users(
     progress: bool = False,
 ) -> dict[str, Any]:
     """{"recall@20": ..., "mrr@20": ..., "n_events": ..., "returning": {the same over the
-    targets of users with an earlier session}} over the plan's scored sessions."""
-    ranks, returning = collect_user_ranks(scorer, plan, batch_size, mode, progress)
-    back = ranks[returning]
+    targets of users with an earlier session}, "returning_first": {the same over those of
+    them that follow a session's first click}} over the plan's scored sessions."""
+    ranks, returning, positions = collect_user_ranks(scorer, plan, batch_size, mode, progress)
+    back, first = ranks[returning], ranks[returning & (positions == 0)]
     return {
         **metrics_from_ranks(ranks, cutoffs),
         "n_events": int(len(ranks)),
         "returning": {**metrics_from_ranks(back, cutoffs), "n_events": int(len(back))},
+        "returning_first": {**metrics_from_ranks(first, cutoffs), "n_events": int(len(first))},
     }

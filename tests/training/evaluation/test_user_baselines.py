@@ -165,3 +165,26 @@ def test_each_baseline_learns_a_users_habit_through_evaluate_users(kind):
     }[kind]()  # fmt: skip
     result = evaluate_users(fitted, test, cutoffs=(3,))
     assert result["n_events"] == 3 and result["recall@3"] == 1.0
+
+
+def test_the_tastes_oracle_adds_its_bonus_to_the_users_taste_items_only():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+    from compare_users import ORACLE_BONUS, TastesOracle
+
+    class Flat:  # a session scorer whose scores are all zero
+        def start(self, batch_size, user_ids):
+            pass
+
+        def advance(self, step):
+            return torch.zeros(int(step.scored.sum()), 4)
+
+    # items 0-3 in categories 0, 1, 1, 2; user "a" likes 1, user "b" likes 0 and 2
+    oracle = TastesOracle(Flat(), {"a": {1}, "b": {0, 2}}, np.array([0, 1, 1, 2]), 3)
+    oracle.start(2, np.array(["b", "a"]))
+    step = type("Step", (), {"users": torch.tensor([1, 0, 1]),
+                             "scored": torch.tensor([True, True, False])})()  # fmt: skip
+    b = ORACLE_BONUS
+    assert oracle.advance(step).tolist() == [[0, b, b, 0], [b, 0, 0, b]]

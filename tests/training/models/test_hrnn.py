@@ -93,7 +93,7 @@ def test_session_one_is_the_one_hot_gru_from_zero_by_hand():
 def test_a_user_without_history_gets_the_session_models_answer(propagation):
     model = _fixed_hrnn(user_propagation=propagation)
     plan = _plan({"a": ("new", [1, 2, 3, 4]), "b": ("other", [2, 5])})
-    ranks, returning = collect_user_ranks(HRNNScorer(model), plan, batch_size=2)
+    ranks, returning, _ = collect_user_ranks(HRNNScorer(model), plan, batch_size=2)
     as_sessions = Sessions(plan.items, plan.offsets, plan.session_ids)
     expected = collect_ranks(GRUScorer(model), as_sessions, batch_size=2)
     assert sorted(ranks.tolist()) == sorted(expected.tolist())
@@ -115,6 +115,7 @@ def test_user_parallel_hands_over_resets_and_shrinks_on_a_hand_made_layout():
     steps = list(user_parallel(plan, batch_size=2))
     assert [s.inputs.tolist() for s in steps] == [[0, 3], [1, 7], [5, 8], [7]]
     assert [s.targets.tolist() for s in steps] == [[1, 4], [2, 8], [6, 7], [8]]
+    assert [s.position.tolist() for s in steps] == [[0, 0], [1, 0], [0, 1], [2]]
     flags = [(s.new_session, s.new_user, s.keep) for s in steps]
     assert flags[0] == (None, None, None)
     assert flags[1][0] is None and flags[1][1].tolist() == [False, True]  # C takes B's slot
@@ -203,8 +204,9 @@ def test_history_sessions_build_state_but_are_not_scored():
     test = history.assign(SessionId="t", Time=[10.0, 11.0])
     plan = UserSessions.from_events(with_history(test, history), ItemVocab(["1", "2"]))
     assert plan.scored.tolist() == [False, True]
-    ranks, returning = collect_user_ranks(HRNNScorer(_fixed_hrnn()), plan, batch_size=4)
-    assert len(ranks) == 1 and returning.tolist() == [True]
+    ranks, returning, positions = collect_user_ranks(HRNNScorer(_fixed_hrnn()), plan,
+                                                     batch_size=4)  # fmt: skip
+    assert len(ranks) == 1 and returning.tolist() == [True] and positions.tolist() == [0]
 
 
 def test_fit_hrnn_trains_and_the_model_file_rebuilds_it(tmp_path):
@@ -218,8 +220,8 @@ def test_fit_hrnn_trains_and_the_model_file_rebuilds_it(tmp_path):
     save_model(tmp_path, model, cfg, ItemVocab([str(i) for i in range(10)]), np.ones(10))
     loaded = load_model(tmp_path)
     assert isinstance(loaded.model, HRNN) and loaded.config == cfg
-    ranks, _ = collect_user_ranks(HRNNScorer(loaded.model), plan)
-    again, _ = collect_user_ranks(HRNNScorer(model), plan)
+    ranks, _, _ = collect_user_ranks(HRNNScorer(loaded.model), plan)
+    again, _, _ = collect_user_ranks(HRNNScorer(model), plan)
     np.testing.assert_array_equal(ranks, again)
 
 
@@ -242,6 +244,11 @@ def test_evaluate_with_history_reports_returning_users_for_hrnn_and_gru4rec(tmp_
         assert set(r["returning"]) >= {"recall@20", "mrr@20", "n_events"}
         assert 0 < r["returning"]["n_events"] <= r["n_events"]
     assert results["hrnn"]["returning"]["n_events"] == results["gru"]["returning"]["n_events"]
+    for r in results.values():  # the first targets of returning users' sessions, a subset
+        first = r["returning_first"]["n_events"]
+        assert 0 < first < r["returning"]["n_events"]
+    assert (results["hrnn"]["returning_first"]["n_events"]
+            == results["gru"]["returning_first"]["n_events"])  # fmt: skip
     # GRU4Rec ignores the history: its overall figures are the plain evaluation's
     assert results["gru"]["recall@20"] == pytest.approx(json.loads(plain.read_text())["recall@20"])
 
