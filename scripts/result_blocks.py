@@ -515,5 +515,6 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "profiles": render_profiles,
     "replay": render_replay,
     "users": render_users,
+    "users_short": render_users,
     "quantize": render_quantize,
 }
