@@ -11,7 +11,7 @@ splits off the sessions ending in the last `--test-days`; every model is trained
 training clicks; then each test user's training sessions (the history) and test sessions
 run in time order through user_evaluate.evaluate_users: full ranking, ties against the
 model. GRU4Rec and the item2vec baseline ignore the history; HRNN builds the user's state
-from it; BPR-MF, FM and NCF read the user id. The tastes-oracle row is a ceiling, not a
+from it; BPR-MF, FM and NCF read the user id. The tastes-oracle row is a reference, not a
 method: GRU4Rec with a bonus for the items of the user's true taste categories, which only
 the generator knows. "returning, first click" are the returning users' targets that follow
 a session's first click, where the session has shown least. Prints a markdown table and,
@@ -52,9 +52,10 @@ ORACLE_BONUS = 2.0  # added to a taste item's logit: e^2, 7.4 times the odds
 
 
 class TastesOracle:
-    """A ceiling, not a method: GRU4Rec's scores plus ORACLE_BONUS for the items of the
+    """A reference, not a method: GRU4Rec's scores plus ORACLE_BONUS for the items of the
     user's true taste categories, which only the generator knows (users.tsv). What knowing
-    the lasting tastes can add to a session model at most, in this simple form."""
+    the lasting taste categories adds to a session model in this simple form (favourite
+    items aside, which a user model may also find)."""
 
     def __init__(self, session_scorer, tastes: dict[str, set[int]], item_category, n_categories):
         self.session = session_scorer

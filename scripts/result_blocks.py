@@ -456,7 +456,7 @@ def render_replay(rec: Record) -> str:
 
 def render_users(rec: Record) -> str:
     """Session and user models on synthetic returning users (compare_users.py); the
-    tastes-oracle row, a ceiling rather than a method, last and never bold."""
+    tastes-oracle row, a reference rather than a method, last and never bold."""
 
     def row(r: dict) -> list[str]:
         cells = [r["method"]]
@@ -466,9 +466,9 @@ def render_users(rec: Record) -> str:
         return cells
 
     methods = [row(r) for r in rec["rows"] if r["method"] != "tastes-oracle"]
-    ceiling = [row(r) for r in rec["rows"] if r["method"] == "tastes-oracle"]
-    for cells in ceiling:
-        cells[0] = "tastes-oracle (a ceiling: GRU4Rec + the true tastes)"
+    reference = [row(r) for r in rec["rows"] if r["method"] == "tastes-oracle"]
+    for cells in reference:
+        cells[0] = "tastes-oracle (reference: GRU4Rec + the true taste categories)"
     header = ["method", "Recall@20", "MRR@20", "returning, Recall@20", "returning, MRR@20"]
     if all("returning_first" in r for r in rec["rows"]):
         header += ["returning, first click, Recall@20", "returning, first click, MRR@20"]
@@ -476,7 +476,7 @@ def render_users(rec: Record) -> str:
     data = rec.get("data", {})
     sizes = ", ".join(f"{num(v)} {k.replace('_', ' ')}" for k, v in data.items())
     lead = f"Data: {sizes}.\n\n" if sizes else ""
-    body = table(header, bold_best(methods, columns) + ceiling)
+    body = table(header, bold_best(methods, columns) + reference)
     return f"{lead}{body}\n\n{run_line(rec)}\n"
 
 

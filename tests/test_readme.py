@@ -131,8 +131,6 @@ def test_the_users_table_shows_the_first_click_columns_and_never_bolds_the_oracl
     rendered = render_text(BLOCK.replace("NAME", "users"), tmp_path, Notes())
     lines = [line for line in rendered.splitlines() if line.startswith("|")]
     assert "returning, first click, MRR@20" in lines[0]
-    assert (
-        lines[3]
-        == "| hrnn-init | **0.6000** | **0.3000** | **0.6000** | **0.3000** | **0.6000** | **0.3000** |"
-    )  # noqa: E501
-    assert lines[-1].startswith("| tastes-oracle (a ceiling") and "**" not in lines[-1]
+    bold = " | ".join(["**0.6000**", "**0.3000**"] * 3)
+    assert lines[3] == f"| hrnn-init | {bold} |"
+    assert lines[-1].startswith("| tastes-oracle (reference") and "**" not in lines[-1]

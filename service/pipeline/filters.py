@@ -28,7 +28,10 @@ def top_k_excluding_arrays(
     in numpy, such as the online layer's softmax over the model's candidates."""
     if len(excluded) == 0:
         return items[:k], scores[:k]
-    allowed = ~np.isin(items, excluded)
+    if len(items) * len(excluded) <= 4096:  # np.isin's own setup costs ~40 us a call
+        allowed = (items[:, None] != excluded[None, :]).all(axis=1)
+    else:
+        allowed = ~np.isin(items, excluded)
     return items[allowed][:k], scores[allowed][:k]
 
 
