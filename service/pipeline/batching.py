@@ -150,8 +150,7 @@ class Batcher(Generic[J]):
             return None
         # a moment without the GIL, for the model's thread to take it and get into
         # onnxruntime (which releases it): without it the thread starts only once meanwhile
-        # is done, and nothing overlaps (1,010 against 760 us a batch of one with 230 us of
-        # meanwhile, in a bench of the two)
+        # is done, and nothing overlaps (docs/service.md, "The pipeline")
         time.sleep(0)
         try:
             self.meanwhile(jobs)
