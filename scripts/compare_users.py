@@ -6,16 +6,18 @@ synthetic users who return with lasting tastes, overall and over returning users
     .venv/bin/python scripts/compare_users.py --results "" --tastes p_entry=1 n_tastes=1 \
         p_taste=1 p_follow=0 p_intent=1 p_switch=0 p_favourite=0   # intent hidden at the start
 
-Steps: training.data.users writes a log of users with several sessions over `--days` days and
-splits off the sessions ending in the last `--test-days`; every model is trained on the
-training clicks; then each test user's training sessions (the history) and test sessions
-run in time order through user_evaluate.evaluate_users: full ranking, ties against the
-model. GRU4Rec and the item2vec baseline ignore the history; HRNN builds the user's state
-from it; BPR-MF, FM and NCF read the user id. The tastes-oracle row is a reference, not a
-method: GRU4Rec with a bonus for the items of the user's true taste categories, which only
-the generator knows. "returning, first click" are the returning users' targets that follow
-a session's first click, where the session has shown least. Prints a markdown table and,
-with --results NAME, writes docs/results/NAME.json with the machine and versions.
+Steps: training.data.users writes a log of users with several sessions over `--days` days
+and splits off the sessions ending in the last `--test-days`; every model is trained on the
+training clicks; then each test user's training sessions (the history) and test sessions run
+in time order through user_evaluate.evaluate_users: full ranking, ties against the model.
+GRU4Rec and the item2vec baseline ignore the history; HRNN builds the user's state from it;
+BPR-MF, FM and NCF read the user id. The last two rows are references, not methods: GRU4Rec
+with a bonus for the items of the user's true taste categories, which only the generator
+knows (tastes-oracle), or of the categories the user's training sessions were mostly in
+(history-tastes: what the history shows of the tastes, read the simplest way). "returning,
+first click" are the returning users' targets that follow a session's first click, where the
+session has shown least. Prints a markdown table and, with --results NAME, writes
+docs/results/NAME.json with the machine and versions.
 
 GRU4Rec and HRNN share every setting, dropout on the session layers included (--dropout,
 0.2: on these logs both do better with it than without). --tastes overrides fields of
@@ -38,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import Config  # noqa: E402
-from training.data.logs import USER, ItemVocab, Sessions, read_events  # noqa: E402
+from training.data.logs import ITEM, SESSION, USER, ItemVocab, Sessions, read_events  # noqa: E402
 from training.data.user_batching import UserSessions, with_history  # noqa: E402
 from training.data.users import Tastes, users_to_dir  # noqa: E402
 from training.evaluation.user_baselines import BPRMF, Item2Vec  # noqa: E402
@@ -75,6 +77,18 @@ class TastesOracle:
         return scores + ORACLE_BONUS * self.liked[users][:, self.item_category]
 
 
+def history_tastes(events: pd.DataFrame, vocab, item_category: np.ndarray) -> dict[str, set[int]]:
+    """Each user's categories that one of their sessions in `events` was mostly in (the
+    most clicked category of the session, the lowest on a tie)."""
+    known = events[events[ITEM].isin(vocab.index)]
+    category = item_category[known[ITEM].map(vocab.index).to_numpy()]
+    frame = known.assign(category=category)
+    counts = frame.groupby([USER, SESSION, "category"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["n", "category"], ascending=[False, True])
+    main = counts.drop_duplicates([USER, SESSION])
+    return {user: set(group.category.tolist()) for user, group in main.groupby(USER)}
+
+
 def read_tastes(paths, vocab) -> tuple[dict[str, set[int]], np.ndarray, int]:
     """The generator's truth: each user's taste categories, each vocab item's category."""
     users = pd.read_csv(paths["users"], sep="\t", dtype=str)
@@ -88,7 +102,7 @@ def read_tastes(paths, vocab) -> tuple[dict[str, set[int]], np.ndarray, int]:
 
 def model_makers(args, train_events, train_plan, n_items, oracle=None):
     """{row name: () -> a user_evaluate scorer}, each trained on the training clicks;
-    oracle: read_tastes(...), for the tastes-oracle row."""
+    oracle: read_tastes(...), for the two reference rows."""
     base = dict(
         n_epochs=args.epochs, n_sample=args.n_sample, loss=args.loss, layers=(args.layers,),
         user_layer=args.layers, threads=args.threads, device="cpu",
@@ -114,7 +128,10 @@ def model_makers(args, train_events, train_plan, n_items, oracle=None):
         "ncf": lambda: NCFScorer.fit(train_plan, n_items),
     }
     if oracle is not None:
-        makers["tastes-oracle"] = lambda: TastesOracle(gru4rec(), *oracle)
+        tastes, category, n_categories = oracle
+        seen = history_tastes(train_events, vocab, category)
+        makers["tastes-oracle"] = lambda: TastesOracle(gru4rec(), tastes, category, n_categories)
+        makers["history-tastes"] = lambda: TastesOracle(gru4rec(), seen, category, n_categories)
     return makers
 
 

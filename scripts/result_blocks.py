@@ -456,7 +456,7 @@ def render_replay(rec: Record) -> str:
 
 def render_users(rec: Record) -> str:
     """Session and user models on synthetic returning users (compare_users.py); the
-    tastes-oracle row, a reference rather than a method, last and never bold."""
+    reference rows (tastes-oracle, history-tastes), not methods, last and never bold."""
 
     def row(r: dict) -> list[str]:
         cells = [r["method"]]
@@ -465,10 +465,14 @@ def render_users(rec: Record) -> str:
                 cells += [f4(r[part]["recall@20"]), f4(r[part]["mrr@20"])]
         return cells
 
-    methods = [row(r) for r in rec["rows"] if r["method"] != "tastes-oracle"]
-    reference = [row(r) for r in rec["rows"] if r["method"] == "tastes-oracle"]
+    labels = {
+        "tastes-oracle": "tastes-oracle (reference: GRU4Rec + the true taste categories)",
+        "history-tastes": "history-tastes (reference: GRU4Rec + the training sessions' categories)",
+    }
+    methods = [row(r) for r in rec["rows"] if r["method"] not in labels]
+    reference = [row(r) for r in rec["rows"] if r["method"] in labels]
     for cells in reference:
-        cells[0] = "tastes-oracle (reference: GRU4Rec + the true taste categories)"
+        cells[0] = labels[cells[0]]
     header = ["method", "Recall@20", "MRR@20", "returning, Recall@20", "returning, MRR@20"]
     if all("returning_first" in r for r in rec["rows"]):
         header += ["returning, first click, Recall@20", "returning, first click, MRR@20"]

@@ -188,3 +188,25 @@ def test_the_tastes_oracle_adds_its_bonus_to_the_users_taste_items_only():
                              "scored": torch.tensor([True, True, False])})()  # fmt: skip
     b = ORACLE_BONUS
     assert oracle.advance(step).tolist() == [[0, b, b, 0], [b, 0, 0, b]]
+
+
+def test_history_tastes_are_the_categories_a_users_sessions_were_mostly_in():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+    from compare_users import history_tastes
+
+    # items a-e in categories 0, 0, 1, 1, 2; "z" is not in the vocabulary
+    vocab = ItemVocab(["a", "b", "c", "d", "e"])
+    category = np.array([0, 0, 1, 1, 2])
+    events = pd.DataFrame(
+        {
+            "SessionId": ["s1", "s1", "s1", "s2", "s2", "s3", "s3", "s3"],
+            "ItemId": ["a", "c", "d", "e", "a", "z", "z", "b"],
+            "Time": np.arange(8.0),
+            "UserId": ["u", "u", "u", "u", "u", "v", "v", "v"],
+        }
+    )
+    # s1: category 1 twice; s2: a tie of 0 and 2, the lower wins; s3: only b is known
+    assert history_tastes(events, vocab, category) == {"u": {1, 0}, "v": {0}}
