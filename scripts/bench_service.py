@@ -15,6 +15,10 @@
 4. measures the online layer's cost: the service with its defaults against `--online 0`, both
    running, taken in turn for --rounds rounds at 32 callers (order swapped every round), as
    two rows measured minutes apart differ by more than the cost on a shared machine;
+   With --against DIR (another checkout of this repository, e.g. `git worktree add
+   /tmp/before HEAD~1`), also this tree's service against that one's, with and without the
+   online layer, all four up and taken in turn for --rounds rounds at 1 and 32 callers: a
+   change's effect, free of the drift between runs minutes apart;
 5. prints where the service's time goes (its per-stage metrics and its process CPU per call)
    and markdown rows for the README, each with its share of the echo ceiling's calls/s;
    --results NAME writes every figure to docs/results/NAME.json, from which
@@ -140,9 +144,18 @@ def time_prefix(export_dir: Path, clicks: int = 29, k: int = 20, reps: int = 300
 class Server:
     """A server process; its port from its log line, its CPU time from /proc."""
 
-    def __init__(self, name: str, argv: list[str], ready: str, cpus: set[int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        ready: str,
+        cpus: set[int] | None = None,
+        tree: Path = ROOT,
+    ):
+        """tree: the checkout whose code the process runs (its working directory and path)."""
         self.name = name
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True,
+        env = {**ENV, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen(argv, cwd=tree, env=env, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=_pinned(cpus))  # fmt: skip
         self.port = 0
         self.metrics_port = 0
@@ -253,6 +266,46 @@ def online_cost(service: list[str], items_file: Path, args) -> dict:
             "cost": 1 - on / off}  # fmt: skip
 
 
+def against(service: list[str], items_file: Path, args) -> dict:
+    """This tree's service (defaults, and --online 0) against args.against's, all four up and
+    measured in turn for args.rounds rounds at 1 and 32 callers (the order reversed every
+    round): per tree, setting and concurrency the calls/s and p50 of every round and their
+    medians."""
+    trees = {"this": ROOT, "against": args.against.resolve()}
+    settings = {"on": [], "off": ["--online", "0"]}
+    servers = [Server(f"{t}, online {o}", [*service, *extra], "serving model",
+                      args.server_cpus, tree)
+               for t, tree in trees.items() for o, extra in settings.items()]  # fmt: skip
+    runs: dict[str, dict[int, list[tuple[float, float]]]] = {s.name: {} for s in servers}
+    try:
+        for r in range(args.rounds):
+            for server in servers if r % 2 == 0 else servers[::-1]:
+                for concurrency in (1, 32):
+                    row = measure(server, items_file, concurrency, args)
+                    runs[server.name].setdefault(concurrency, []).append(
+                        (row["calls_per_s"], row["p50_ms"])
+                    )
+    finally:
+        for server in servers:
+            server.stop()
+    out: dict = {"against": str(trees["against"]), "rounds": args.rounds, "servers": {}}
+    for name, by_level in runs.items():
+        out["servers"][name] = {
+            str(c): {"calls_per_s": [v for v, _ in rows], "p50_ms": [p for _, p in rows],
+                     "calls_per_s_median": float(np.median([v for v, _ in rows])),
+                     "p50_ms_median": float(np.median([p for _, p in rows]))}
+            for c, rows in by_level.items()
+        }  # fmt: skip
+        one, many = out["servers"][name]["1"], out["servers"][name]["32"]
+        print(f"  {name:<22} 1 caller p50 {one['p50_ms_median']:.2f} ms; 32 callers "
+              f"{many['calls_per_s_median']:,.0f} calls/s (medians of {args.rounds})")  # fmt: skip
+    for t in trees:
+        on = out["servers"][f"{t}, online on"]["32"]["calls_per_s_median"]
+        off = out["servers"][f"{t}, online off"]["32"]["calls_per_s_median"]
+        print(f"  {t}: the online layer's cost {1 - on / off:.1%}")
+    return out
+
+
 def profile(row: dict) -> dict:
     """Where a call's time goes in the service, from its own metrics for one load row.
     Prints it; returns us per call by stage (wall) and the batching figures."""
@@ -302,6 +355,9 @@ def main() -> None:
                         help="pin the servers to these CPUs (0,1) and the load generator to the "
                              "others: does a second worker help when the client leaves it a "
                              "core?")  # fmt: skip
+    parser.add_argument("--against", type=Path,
+                        help="another checkout of this repository: its service against this "
+                             "one's, interleaved (step 4)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument("--results", help="also write docs/results/NAME.json (README: service)")
     args = parser.parse_args()
@@ -311,6 +367,9 @@ def main() -> None:
         if not args.client_cpus or not args.server_cpus <= os.sched_getaffinity(0):
             parser.error(f"--server-cpus must leave the load generator one of the CPUs "
                          f"{sorted(os.sched_getaffinity(0))}")  # fmt: skip
+    if args.against and not (args.against / "service" / "__main__.py").is_file():
+        parser.error(f"--against {args.against} is not a checkout of this repository (no "
+                     "service/__main__.py); make one with git worktree add DIR COMMIT")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
@@ -354,6 +413,10 @@ def main() -> None:
         if args.rounds > 0 and (not args.only or "online cost" in args.only):
             print("the online layer's cost (both servers up, measured in turn):")
             cost = online_cost(service, items_file, args)
+        compared = None
+        if args.against:
+            print(f"this tree against {args.against} (all four up, measured in turn):")
+            compared = against(service, items_file, args)
     main_row = next((r for r in rows if r["server"] == "service" and r["concurrency"] == 32), None)
     where = profile(main_row) if main_row else {}
     echo = next((r["calls_per_s"] for r in rows if r["server"] == "gRPC echo (ceiling)"), None)
@@ -375,7 +438,7 @@ def main() -> None:
 
         kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
         figures = {"model": model_times, "prefix": prefix_times, "profile": where,
-                   "online_cost": cost}  # fmt: skip
+                   "online_cost": cost, "against": compared}  # fmt: skip
         settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s,
                     "channels": args.channels,
                     "server_cpus": sorted(args.server_cpus or []) or None}  # fmt: skip
