@@ -10,8 +10,9 @@
    sessions replayed click by click, closed loop): the gRPC echo ceiling and the plain
    per-request PyTorch server (scripts/baseline_servers.py), and `python -m service` with its
    defaults in one worker (--workers 1), in two worker processes (--workers 2), without
-   batching (--max-batch 1), with a 1 ms batching wait, and cold sessions; every row from
-   --channels connections (the kernel spreads connections, not calls, over workers);
+   batching (--max-batch 1), without the batching wait (--max-wait-ms 0), and cold
+   sessions; every row from --channels connections (the kernel spreads connections, not
+   calls, over workers);
 4. measures the online layer's cost: the service with its defaults against `--online 0`, both
    running, taken in turn for --rounds rounds at 32 callers (order swapped every round), as
    two rows measured minutes apart differ by more than the cost on a shared machine;
@@ -390,7 +391,7 @@ def main() -> None:
             ("service", service, "serving model", args.concurrency),
             ("service, 2 workers", [*service, "--workers", "2"], ready_all, [32]),
             ("service, no batching", [*service, "--max-batch", "1"], "serving model", [32]),
-            ("service, 1 ms batching wait", [*service, "--max-wait-ms", "1"], "serving model",
+            ("service, no batching wait", [*service, "--max-wait-ms", "0"], "serving model",
              [32]),
             ("service, online layer off", [*service, "--online", "0"], "serving model", [32]),
             ("service, int8 output layer",

@@ -299,6 +299,7 @@ SERVERS = {
     "service, cold 30 clicks": "service, cold sessions (30 clicks each, never seen)",
     "service, no batching": "service, no batching (`--max-batch 1`)",
     "service, 1 ms batching wait": "service, 1 ms batching wait (`--max-wait-ms 1`)",
+    "service, no batching wait": "service, no batching wait (`--max-wait-ms 0`)",
     "service, online layer off": "service, online layer off (`--online 0`)",
     "service, int8 output layer": "service, int8 output layer (`export --quantize int8`)",
 }

@@ -56,10 +56,11 @@ class ServiceConfig:
     max_item_id_bytes: int = 128  # longest item id a request may carry
     max_exclude: int = 1000  # exclude_items per request
     max_candidates: int = 1000  # ScoreItems candidates per request
-    # dynamic batching: calls that arrive while a batch runs form the next one (no added
-    # wait by default); see docs/service.md for the measured trade-off
+    # dynamic batching: calls that arrive while a batch runs form the next one; under load
+    # a batch is held up to max_wait_ms to fill (pipeline/batching.py; a lone caller never
+    # waits); docs/service.md and the README's serving table have the measured trade-off
     max_batch: int = 64
-    max_wait_ms: float = 0.0
+    max_wait_ms: float = 4.0
     max_queue: int = 512  # calls waiting for the model; beyond, RESOURCE_EXHAUSTED at once
     # onnxruntime intra-op threads per batch run (0 = one per core). The event loop needs
     # a core of its own on a 2-core machine
@@ -242,7 +243,8 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         "--max-wait-ms",
         "RECSYS_MAX_WAIT_MS",
         float,
-        "how long a batch may wait to fill; 0 = run as soon as the model is free",
+        "how long a batch may wait to fill under load (not for a lone caller); 0 = run as "
+        "soon as the model is free",
     ),
     "max_queue": ("--max-queue", "RECSYS_MAX_QUEUE", int, "calls waiting before refusing more"),
     "ort_threads": (

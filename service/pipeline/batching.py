@@ -1,16 +1,19 @@
 """Dynamic batching: calls that arrive together share one model run.
 
-    batcher = Batcher(run, max_batch=64, max_wait_s=0.0, max_queue=512)
+    batcher = Batcher(run, max_batch=64, max_wait_s=0.004, max_queue=512)
     await batcher.submit(job)      # returns once `run` has filled the job in
     Batcher(run, finish=answer_all) # and `answer_all` has taken the batch's jobs together
     Batcher(run, meanwhile=learn_all, finish=answer_all)  # learn_all while `run` works
 
 One run is in flight at a time, in a worker thread. Calls that arrive meanwhile queue up
 and form the next batch, so under load batches grow by themselves and at low load a call
-waits for nobody (max_wait_s=0). A positive max_wait_s holds a batch that is not yet full
-until that long after its first call arrived (fewer, larger runs for more latency; the
-trade-off is measured in docs/service.md). The knobs are the ones Triton's dynamic batcher
-names: max_batch_size, max_queue_delay, and a bounded queue.
+waits for nobody. Under load (the batch before had more than one call) a batch that is not
+yet full is held for more calls: until max_wait_s after its first call, or until no call
+has arrived for QUIET_S, whichever comes first. Fewer, larger runs cost the event loop less
+per call, and the callers of the batch before are about to send their next calls; a lone
+caller never waits, and a few callers wait only until they have all come (measured by
+scripts/bench_service.py against max_wait_s=0). The knobs are the ones Triton's dynamic
+batcher names: max_batch_size, max_queue_delay, and a bounded queue.
 
 A full queue refuses at once (Overloaded -> RESOURCE_EXHAUSTED), so latency and memory stay
 bounded under any load; a call whose deadline has passed by the time its batch forms is
@@ -25,6 +28,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
+
+# a batch held to fill (max_wait_s) goes once no call has arrived for this long: 0.5 ms
+# cut the batches at 32 callers short, before the calls on their way had come
+QUIET_S = 0.001
 
 
 class Overloaded(Exception):
@@ -60,7 +67,7 @@ class Batcher(Generic[J]):
         self,
         run: Callable[[list[J]], None],
         max_batch: int = 64,
-        max_wait_s: float = 0.0,
+        max_wait_s: float = 0.004,
         max_queue: int = 512,
         stats: BatchStats | None = None,
         finish: Callable[[list[J]], None] | None = None,
@@ -85,6 +92,7 @@ class Batcher(Generic[J]):
         self._queue: deque[tuple[J, asyncio.Future[None], float]] = deque()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._last_size = 0  # calls in the batch before: more than one means load
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
@@ -120,15 +128,13 @@ class Batcher(Generic[J]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.max_wait_s > 0 and len(self._queue) < self.max_batch:
-                first_arrival = self._queue[0][2]
-                delay = first_arrival + self.max_wait_s - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if self.max_wait_s > 0 and self._last_size > 1:
+                await self._fill()
             batch = self._take()
             if not batch:
                 continue
             jobs = [job for job, _, _ in batch]
+            self._last_size = len(jobs)
             started = time.monotonic()
             running = loop.run_in_executor(self._executor, self.run, jobs)
             try:
@@ -143,6 +149,18 @@ class Batcher(Generic[J]):
                 continue
             self._account(batch, started, time.monotonic())
             self._complete(batch)
+
+    async def _fill(self) -> None:
+        """Hold the queue's batch until it is full, max_wait_s after its first call, or no
+        call has arrived for QUIET_S (the callers that were coming have come: at 8 callers,
+        waiting on for a ninth only made every call later)."""
+        deadline = self._queue[0][2] + self.max_wait_s
+        while len(self._queue) < self.max_batch:
+            now = time.monotonic()
+            quiet_until = self._queue[-1][2] + QUIET_S
+            if now >= deadline or now >= quiet_until:
+                return
+            await asyncio.sleep(min(deadline, quiet_until) - now)
 
     def _meanwhile(self, jobs: list[J]) -> Exception | None:
         """Run `meanwhile` on the batch; its failure, which is every caller's error."""

@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_ones():
     assert (cfg.host, cfg.port, cfg.metrics_port, cfg.device) == ("0.0.0.0", 50051, 9090, "auto")
     assert (cfg.cache_size, cfg.cache_mb, cfg.cache_ttl_s) == (100_000, 256.0, 1800.0)
     assert (cfg.drain_s, cfg.grace_s, cfg.reload_poll_s) == (2.0, 10.0, 5.0)
-    assert (cfg.max_batch, cfg.max_wait_ms, cfg.max_queue) == (64, 0.0, 512)
+    assert (cfg.max_batch, cfg.max_wait_ms, cfg.max_queue) == (64, 4.0, 512)
     assert (cfg.max_clicks, cfg.max_item_id_bytes, cfg.log_level) == (200, 128, "INFO")
     assert cfg.reuse_port is False and cfg.tls_cert is None
     assert (cfg.online, cfg.blend_model_weight, cfg.online_half_life_s) == (True, 0.7, 3600.0)

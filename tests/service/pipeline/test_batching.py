@@ -63,3 +63,52 @@ def test_a_failure_of_meanwhile_reaches_every_caller_once_the_model_is_done():
     results = asyncio.run(main())
     assert [type(r) for r in results] == [RuntimeError, RuntimeError]
     assert [str(r) for r in results] == ["learning failed", "learning failed"]
+
+
+def _sizes_of(batches):
+    def run(jobs):
+        batches.append(len(jobs))
+
+    return run
+
+
+def test_under_load_a_batch_waits_for_the_calls_on_their_way(monkeypatch):
+    """After a batch of two, the next call's batch is held (QUIET_S made long here) until
+    max_wait_s, so a call 50 ms behind it joins it; without the wait it would run alone."""
+    import service.pipeline.batching as batching
+
+    monkeypatch.setattr(batching, "QUIET_S", 5.0)
+    batches: list[int] = []
+
+    async def main(wait_s):
+        batcher = Batcher(_sizes_of(batches), max_wait_s=wait_s)
+        await asyncio.gather(batcher.submit(Job(1)), batcher.submit(Job(2)))
+        first = batcher.submit(Job(3))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, batcher.submit(Job(4)))
+        await batcher.close()
+
+    asyncio.run(main(0.3))
+    assert batches == [2, 2]
+    batches.clear()
+    asyncio.run(main(0.0))
+    assert batches == [2, 1, 1]
+
+
+def test_a_lone_caller_never_waits_and_a_held_batch_goes_once_calls_stop_coming(monkeypatch):
+    """max_wait_s of 60 s: a first call (no load seen) and a call after a batch of two with
+    nobody behind it (gone after QUIET_S) both run at once, not a minute later."""
+    import service.pipeline.batching as batching
+
+    monkeypatch.setattr(batching, "QUIET_S", 0.01)
+    batches: list[int] = []
+
+    async def main():
+        batcher = Batcher(_sizes_of(batches), max_wait_s=60.0)
+        await asyncio.wait_for(batcher.submit(Job(1)), 10)  # lone: the batch before had none
+        await asyncio.gather(batcher.submit(Job(2)), batcher.submit(Job(3)))
+        await asyncio.wait_for(batcher.submit(Job(4)), 10)  # held, then quiet: goes
+        await batcher.close()
+
+    asyncio.run(main())
+    assert batches == [1, 2, 1]
