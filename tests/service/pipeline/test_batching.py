@@ -112,3 +112,36 @@ def test_a_lone_caller_never_waits_and_a_held_batch_goes_once_calls_stop_coming(
 
     asyncio.run(main())
     assert batches == [1, 2, 1]
+
+
+def test_a_call_queued_during_a_run_waits_for_the_callers_just_answered(monkeypatch):
+    """A call that arrives while a batch of two runs has waited past max_wait_s and QUIET_S
+    by the time that batch is answered; its batch is held from the answer on, so the two
+    callers' next calls join it instead of running as a batch of their own after it."""
+    import time
+
+    import service.pipeline.batching as batching
+
+    monkeypatch.setattr(batching, "QUIET_S", 0.02)
+    batches: list[int] = []
+
+    def slow_run(jobs):
+        batches.append(len(jobs))
+        time.sleep(0.1)
+
+    async def main():
+        batcher = Batcher(slow_run, max_wait_s=0.05)
+
+        async def caller(first, then):
+            await batcher.submit(Job(first))
+            await batcher.submit(Job(then))
+
+        async def during_the_run():
+            await asyncio.sleep(0.02)
+            await batcher.submit(Job(3))
+
+        await asyncio.gather(caller(1, 4), caller(2, 5), during_the_run())
+        await batcher.close()
+
+    asyncio.run(main())
+    assert batches == [2, 3]
