@@ -59,8 +59,11 @@ class TastesOracle:
     the lasting taste categories adds to a session model in this simple form (favourite
     items aside, which a user model may also find)."""
 
-    def __init__(self, session_scorer, tastes: dict[str, set[int]], item_category, n_categories):
-        self.session = session_scorer
+    def __init__(
+        self, session_scorer, tastes: dict[str, set[int]], item_category, n_categories,
+        bonus: float = ORACLE_BONUS,
+    ):  # fmt: skip
+        self.session, self.bonus = session_scorer, bonus
         self.tastes, self.item_category = tastes, torch.as_tensor(item_category)
         self.n_categories = n_categories
 
@@ -74,7 +77,7 @@ class TastesOracle:
     def advance(self, step):
         scores = self.session.advance(step)
         users = step.users[step.scored]
-        return scores + ORACLE_BONUS * self.liked[users][:, self.item_category]
+        return scores + self.bonus * self.liked[users][:, self.item_category]
 
 
 def history_tastes(events: pd.DataFrame, vocab, item_category: np.ndarray) -> dict[str, set[int]]:

@@ -469,6 +469,8 @@ def render_users(rec: Record) -> str:
     labels = {
         "tastes-oracle": "tastes-oracle (reference: GRU4Rec + the true taste categories)",
         "history-tastes": "history-tastes (reference: GRU4Rec + the training sessions' categories)",
+        "topics-oracle": "topics-oracle (reference: GRU4Rec + the reader's true topics)",
+        "history-topics": "history-topics (reference: GRU4Rec + the training sessions' topics)",
     }
     methods = [row(r) for r in rec["rows"] if r["method"] not in labels]
     reference = [row(r) for r in rec["rows"] if r["method"] in labels]
@@ -483,6 +485,25 @@ def render_users(rec: Record) -> str:
     lead = f"Data: {sizes}.\n\n" if sizes else ""
     body = table(header, bold_best(methods, columns) + reference)
     return f"{lead}{body}\n\n{run_line(rec)}\n"
+
+
+def render_news_readers(rec: Record) -> str:
+    """GRU4Rec against HRNN on the news log with readers (compare_news_readers.py): the
+    means over the seeds, then HRNN-init's gain over GRU4Rec per seed."""
+    seeds = rec["seeds"]
+    table_part = render_users({**rec, "data": {}}).split("\n\nSource:")[0]
+    d = rec["data"]
+    lead = (
+        f"Means over seeds {', '.join(map(str, seeds))}. Seed {seeds[0]}: "
+        f"{d['train_clicks']:,} training clicks, {d['test_clicks']:,} test clicks of "
+        f"{d['test_readers']:,} readers on {d['test_stories']:,} stories.\n\n"
+    )
+    per_seed = "; ".join(
+        f"seed {seed}: {g['recall@20']:+.1%} / {g['mrr@20']:+.1%}"
+        for seed, g in zip(seeds, rec["hrnn_gains"], strict=True)
+    )
+    versus = f"HRNN-init against GRU4Rec, returning readers, Recall@20 / MRR@20: {per_seed}."
+    return f"{lead}{table_part}\n\n{versus}\n\n{run_line(rec)}\n"
 
 
 def render_quantize(rec: Record) -> str:
@@ -521,5 +542,6 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "replay": render_replay,
     "users": render_users,
     "users_short": render_users,
+    "news_readers": render_news_readers,
     "quantize": render_quantize,
 }

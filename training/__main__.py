@@ -4,6 +4,7 @@ Commands: generate, split, train, tune, update, evaluate, baselines, report, exp
 
 python -m training generate --out data/demo [--churn --days 10 --new-items-per-day 300]
 python -m training generate --profile news --out data/news [--days 6 --seed 0 --scale 1]
+python -m training generate --profile news-readers --out data/news_readers   # with UserId
 python -m training train --train data/demo/train.tsv --test data/demo/test.tsv --out runs/demo
 python -m training tune --train data/demo/train.tsv --out runs/tune --trials 20
 python -m training evaluate --model runs/demo --test data/demo/test.tsv --json metrics.json
@@ -97,7 +98,7 @@ def _generate_profile(args: argparse.Namespace) -> None:
     scale = _or(args.scale, 1.0)
     paths = profile_to_dir(args.out, args.profile, days, args.seed, scale, args.test_days)
     print(f"wrote {args.out}/events.tsv, items.tsv, train.tsv, test.tsv ({args.profile})")
-    if args.profile == "news":
+    if args.profile in ("news", "news-readers"):
         train, test = read_events(paths["train"]), read_events(paths["test"])
         targets = test[test.groupby("SessionId").cumcount() > 0].ItemId
         unseen = float((~targets.isin(set(train.ItemId))).mean())
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=None)
     p.add_argument(
         "--profile",
-        choices=["news", "shop"],
+        choices=["news", "news-readers", "shop"],
         default=None,
         help="a real log's shape (training/data/profiles.py); every test click kept",
     )

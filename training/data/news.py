@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .users import Readers, assign_readers
+
 DAY = 86_400.0
 HOUR = 3_600.0
 SLOT = 900.0  # seconds; weights are taken at the start of each 15-minute slot
@@ -152,7 +154,8 @@ class NewsLog:
 
     events: SessionId, ItemId (str), Time (float Unix s); sessions in start order.
     item_ids: (n,) str. release: (n,) Unix s. life: (n,) s. mass: (n,) Zipf weights.
-    topic: (n,) int64. related: (n, n_related) int64 story indices (-1: none)."""
+    topic: (n,) int64. related: (n, n_related) int64 story indices (-1: none).
+    reader_topics: with readers, {UserId: (n_tastes,) int64 topics the reader follows}."""
 
     events: pd.DataFrame
     item_ids: np.ndarray
@@ -161,6 +164,7 @@ class NewsLog:
     mass: np.ndarray
     topic: np.ndarray
     related: np.ndarray
+    reader_topics: dict[str, np.ndarray] | None = None
 
 
 def traffic(hours: np.ndarray, profile: NewsProfile) -> np.ndarray:
@@ -270,6 +274,14 @@ class _SlotSampler:
     def draw(self, rng: np.random.Generator, slots: np.ndarray) -> np.ndarray:
         return self._any.draw(rng, slots)
 
+    def weight(self, slots: np.ndarray) -> np.ndarray:
+        """The live stories' total front-page weight at each slot."""
+        return self._any.total[slots]
+
+    def topic_weight(self, slots: np.ndarray, topics: np.ndarray) -> np.ndarray:
+        """The total weight of the topic's live stories at the slot (broadcast)."""
+        return self._topic.total[slots * self.n_topics + topics]
+
     def draw_topic(self, rng, slots: np.ndarray, topics: np.ndarray) -> np.ndarray:
         """A live story of the topic; -1 where the topic has none in the slot."""
         return self._topic.draw(rng, slots * self.n_topics + topics)
@@ -296,13 +308,19 @@ class _Groups:
 
 
 def generate_news(
-    profile: NewsProfile | None = None, days: float = 6.0, seed: int = 0, scale: float = 1.0
+    profile: NewsProfile | None = None,
+    days: float = 6.0,
+    seed: int = 0,
+    scale: float = 1.0,
+    readers: Readers | None = None,
 ) -> NewsLog:
     """Draw `days` days of news clicks (see the module docstring).
 
     scale multiplies the clicks and the stories a day, so statistics per click, per
-    session and per story stay put while the run gets smaller. Raises ValueError when
-    days or scale are not positive."""
+    session and per story stay put while the run gets smaller. readers: who reads each
+    session, with lasting topics (users.py, Readers): events gain a UserId column and
+    NewsLog.reader_topics says each reader's topics; None draws exactly the log without
+    them. Raises ValueError when days or scale are not positive."""
     profile = profile or NewsProfile()
     if days <= 0 or scale <= 0:
         raise ValueError(f"days={days} and scale={scale} must be positive")
@@ -317,7 +335,12 @@ def generate_news(
     times = _click_times(rng, lengths, starts, profile)  # (max_length, n), sessions as given
     n_slots = int((np.nanmax(times) - START_TIME) // SLOT) + 1
     sampler = _SlotSampler(rng, stories, n_slots, profile)
-    clicks, lengths = _draw_clicks(rng, lengths, times, sampler, stories, related, profile)
+    cast = None
+    if readers is not None:
+        day_of = ((starts - START_TIME) // DAY).astype(np.int64)
+        cast = assign_readers(readers, day_of, lengths, profile.n_topics, seed)
+    clicks, lengths = _draw_clicks(rng, lengths, times, sampler, stories, related, profile,
+                                   None if cast is None else cast.front_page)  # fmt: skip
     n = len(lengths)
     valid = np.arange(clicks.shape[0])[:, None] < lengths[None, :]  # (max_length, n)
     session_ids = np.array([f"s{i:0{len(str(n - 1))}d}" for i in range(n)], dtype=object)
@@ -330,7 +353,13 @@ def generate_news(
             "Time": times.T[valid.T],
         }
     )
-    return NewsLog(events, item_ids, release, life, mass, topic, related)
+    if cast is None:
+        return NewsLog(events, item_ids, release, life, mass, topic, related)
+    width = len(str(len(cast.topics) - 1))
+    reader_ids = np.array([f"u{i:0{width}d}" for i in range(len(cast.topics))], dtype=object)
+    events["UserId"] = reader_ids[cast.reader[np.nonzero(valid.T)[0]]]
+    return NewsLog(events, item_ids, release, life, mass, topic, related,
+                   dict(zip(reader_ids, cast.topics, strict=True)))  # fmt: skip
 
 
 def _related(rng, release, mass, topic, profile: NewsProfile) -> np.ndarray:
@@ -376,16 +405,24 @@ def _click_times(rng, lengths: np.ndarray, starts: np.ndarray, profile: NewsProf
     return np.where(np.arange(lengths.max())[:, None] < lengths[None, :], times, np.nan)
 
 
-def _draw_clicks(rng, lengths, times, sampler: _SlotSampler, stories, related, profile):
+def _draw_clicks(rng, lengths, times, sampler: _SlotSampler, stories, related, profile,
+                 front_page=None):  # fmt: skip
     """(clicks (max_length, n) int64, lengths (n,)) with every session's clicks distinct;
-    a session that repeats after `redraws` front-page redraws ends before that click."""
+    a session that repeats after `redraws` front-page redraws ends before that click.
+    front_page(rng, sampler, slots, sessions): the front-page draws of those sessions
+    (default: by weight alone, whoever reads)."""
+    if front_page is None:
+
+        def front_page(rng, sampler, slots, sessions):
+            return _front_page(rng, sampler, slots)
+
     release, life, _, topic = stories
     slots = np.where(np.isnan(times), 0, (times - START_TIME) // SLOT).astype(np.int64)
     link_weight = np.arange(1, profile.n_related + 1) ** -profile.link_weight_exponent
     link_weight /= link_weight.sum()
     n, max_length = len(lengths), int(lengths.max())
     clicks = np.full((max_length, n), -1, dtype=np.int64)
-    clicks[0] = _front_page(rng, sampler, slots[0])
+    clicks[0] = front_page(rng, sampler, slots[0], np.arange(n))
     lengths = lengths.copy()
     for t in range(1, max_length):
         live = np.flatnonzero(lengths > t)
@@ -404,14 +441,14 @@ def _draw_clicks(rng, lengths, times, sampler: _SlotSampler, stories, related, p
         by_topic = ~followed & (u < profile.p_related + profile.p_back + profile.p_topic)
         nxt[by_topic] = sampler.draw_topic(rng, slot[by_topic], topic[current[by_topic]])
         front = nxt < 0
-        nxt[front] = _front_page(rng, sampler, slot[front])
+        nxt[front] = front_page(rng, sampler, slot[front], live[front])
         seen = (clicks[:t, live] == nxt).any(axis=0)
         tries = profile.redraws if t >= 2 else 1000  # a session keeps its first two clicks
         for _ in range(tries):
             if not seen.any():
                 break
             again = np.flatnonzero(seen)
-            nxt[again] = _front_page(rng, sampler, slot[again])
+            nxt[again] = front_page(rng, sampler, slot[again], live[again])
             seen[again] = (clicks[:t, live[again]] == nxt[again]).any(axis=0)
         clicks[t, live] = nxt
         lengths[live[seen]] = t  # still a repeat: the session ends before it

@@ -1,12 +1,15 @@
 """Named data profiles: click logs shaped like a real news portal's or a real shop's.
 
     python -m training generate --profile news --out data/news [--days 6 --seed 0 --scale 1]
+    python -m training generate --profile news-readers --out data/news_readers   # + UserId
     python -m training generate --profile shop --out data/shop
 
     events = generate_profile("news", days=6, seed=0, scale=0.1)   # SessionId, ItemId, Time
 
 news: training.data.news with its defaults (~180,000 clicks a day at scale 1; the statistics of
 the real portal's log within about 20%: training.data.profile_stats, scripts/profile_stats.py).
+news-readers: the same log with a UserId column: readers who come back over the days with
+lasting topics (training.data.users.Readers, its defaults), for HRNN and `evaluate --history`.
 shop: the churn generator (training.data.synthetic + training.data.churn) with ShopProfile's
 settings, slower churn and longer sessions than news, and then reloads: every click may be
 followed by copies of itself (a second look, a reload), which is what makes a quarter of
@@ -31,8 +34,10 @@ from .churn import Churn
 from .news import START_TIME as NEWS_START
 from .news import NewsProfile, generate_news
 from .synthetic import DAY, START_TIME, generate
+from .users import Readers
 
-PROFILES = ("news", "shop")
+PROFILES = ("news", "shop")  # the real logs' shapes, which the benchmarks run through
+GENERATED = (*PROFILES, "news-readers")  # what generate --profile accepts
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,13 @@ class ShopProfile:
 
 
 def generate_profile(name: str, days: float = 6.0, seed: int = 0, scale: float = 1.0):
-    """Events (SessionId, ItemId, Time) of profile `name` ("news" or "shop").
+    """Events (SessionId, ItemId, Time, and UserId for news-readers) of profile `name`.
 
     scale multiplies the clicks and the items (at least 2 of each). Returns
     (events, items frame, log start (Unix s)). Raises ValueError for an unknown name."""
-    if name == "news":
-        log = generate_news(NewsProfile(), days=days, seed=seed, scale=scale)
+    if name in ("news", "news-readers"):
+        readers = Readers() if name == "news-readers" else None
+        log = generate_news(NewsProfile(), days=days, seed=seed, scale=scale, readers=readers)
         items = pd.DataFrame(
             {
                 "ItemId": log.item_ids,
@@ -76,7 +82,7 @@ def generate_profile(name: str, days: float = 6.0, seed: int = 0, scale: float =
     if name == "shop":
         events, items = generate_shop(ShopProfile(), days, seed, scale)
         return events, items, START_TIME
-    raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(GENERATED)}")
 
 
 def generate_shop(

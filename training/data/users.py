@@ -1,5 +1,7 @@
 """Synthetic users with lasting tastes, who come back over several days for several sessions:
-data on which personalisation (HRNN, the user baselines) has something to find.
+data on which personalisation (HRNN, the user baselines) has something to find. Two kinds:
+users of the synthetic catalogue (generate_users, below) and readers of the news log
+(Readers, at the end of the module).
 
     log = generate_users(n_users=2000, n_items=2000, seed=0)
     log.events          # SessionId, ItemId, Time (Unix s), UserId
@@ -208,3 +210,107 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- readers of the news log ---------------------------------------------------------------
+#
+# Readers for the news log (news.generate_news(readers=Readers())): who reads each session,
+# and the topics a reader keeps coming back for.
+#
+#     log = generate_news(NewsProfile(), days=6, scale=0.25, readers=Readers())
+#     log.events.UserId       # u0042 ...; log.reader_topics["u0042"] -> array([3, 17])
+#
+# Each reader has an activity drawn from a gamma distribution of shape `activity_shape` (a few
+# read every day, most now and then) and `n_tastes` topics, drawn uniformly. Sessions go to
+# readers in proportion to their activity, as many readers as it takes for `returning_share`
+# of the last day's next clicks to come from readers who had a session on an earlier day (the
+# real news log with user ids: 86%). A front-page click (a session's first, and every click
+# that follows no link) is a live story by its front-page weight times `taste_boost` for the
+# stories of the reader's topics. As tastes are spread evenly over the topics, every story
+# keeps its expected share of all clicks, so the log's statistics stay the plain news log's
+# (scripts/profile_stats.py). Links and the front page are the same for everyone: what a
+# reader's history can add is the topics, as the stories themselves are gone within days.
+
+
+@dataclass(frozen=True)
+class Readers:
+    returning_share: float = 0.86  # of the last day's next clicks: readers seen on an earlier day
+    n_tastes: int = 2  # topics a reader follows (of the news profile's n_topics)
+    taste_boost: float = 4.0  # how much likelier a front-page story of those topics is
+    activity_shape: float = 0.5  # gamma shape of the readers' activity (1: exponential)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.returning_share < 1:
+            raise ValueError("readers: returning_share must lie strictly between 0 and 1")
+        if self.n_tastes < 1 or self.taste_boost < 1 or self.activity_shape <= 0:
+            raise ValueError(
+                "readers: n_tastes must be at least 1, taste_boost at least 1 (1: no tastes), "
+                "activity_shape positive"
+            )
+
+
+@dataclass
+class Cast:
+    """Who reads what: reader (n_sessions,) int64 index; topics (n_readers, n_tastes)."""
+
+    reader: np.ndarray
+    topics: np.ndarray
+    taste_boost: float
+
+    def front_page(self, rng, sampler, slots: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+        """A front-page story for each of `sessions` at `slots`, by weight x taste_boost for
+        its reader's topics: with the odds of the liked topics' weight, a story of one of
+        them (the topic by its weight), else a story of any topic by weight."""
+        mine = self.topics[self.reader[sessions]]  # (m, n_tastes)
+        liked = sampler.topic_weight(slots[:, None], mine)  # (m, n_tastes)
+        extra = (self.taste_boost - 1.0) * liked
+        total = sampler.weight(slots) + extra.sum(axis=1)
+        topical = rng.random(len(slots)) * np.maximum(total, 1e-300) < extra.sum(axis=1)
+        drawn = sampler.draw(rng, slots)
+        if topical.any():
+            cum = np.cumsum(extra[topical], axis=1)
+            u = rng.random(int(topical.sum())) * cum[:, -1]
+            pick = mine[topical, np.minimum((cum < u[:, None]).sum(axis=1), mine.shape[1] - 1)]
+            drawn[topical] = sampler.draw_topic(rng, slots[topical], pick)
+        if (drawn < 0).any():
+            raise ValueError("a slot has no live story: raise warm_up_days or new_items_per_day")
+        return drawn
+
+
+def assign_readers(
+    readers: Readers, day_of: np.ndarray, lengths: np.ndarray, n_topics: int, seed: int
+) -> Cast:
+    """Sessions (their day index day_of and lengths, (n,)) to readers, with as many readers
+    as give `returning_share` on the last day (bisection over the count; the draws come
+    from their own generator, so a log without readers is drawn as before)."""
+    rng = np.random.default_rng([seed, 86])
+    n = len(day_of)
+    most = 8 * n  # readers enough for low shares: most of them read once or never
+    activity = rng.gamma(readers.activity_shape, size=most)
+    u = rng.random(n)
+
+    def cast(n_readers: int) -> np.ndarray:
+        cdf = np.cumsum(activity[:n_readers])
+        return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_readers - 1)
+
+    lo, hi = 1, most  # share(lo) >= target > share(hi), to within half a percent of the count
+    while hi - lo > max(1, lo // 200):
+        mid = (lo + hi) // 2
+        if returning_share(cast(mid), day_of, lengths) >= readers.returning_share:
+            lo = mid
+        else:
+            hi = mid
+    k = min(readers.n_tastes, n_topics)
+    topics = np.argsort(rng.random((lo, n_topics)), axis=1)[:, :k]  # k distinct topics each
+    return Cast(cast(lo), topics, readers.taste_boost)
+
+
+def returning_share(reader: np.ndarray, day_of: np.ndarray, lengths: np.ndarray) -> float:
+    """Of the last day's next clicks (all but each session's first), the share in sessions
+    of readers who had a session on an earlier day."""
+    first_day = np.full(reader.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first_day, reader, day_of)
+    last = day_of == day_of.max()
+    returning = first_day[reader] < day_of
+    next_clicks = lengths - 1
+    return float(next_clicks[last & returning].sum() / max(next_clicks[last].sum(), 1))

@@ -104,6 +104,17 @@ def test_cli_profile_writes_every_click_split_by_session_start_day(tmp_path, cap
         main(["generate", "--profile", "shop", "--out", str(tmp_path), "--churn"])
 
 
+def test_cli_news_readers_profile_writes_whose_session_it_is(tmp_path):
+    """The same news log with a UserId column that the HRNN commands read (--user-key)."""
+    main(["generate", "--profile", "news-readers", "--out", str(tmp_path), "--days", "3",
+          "--scale", "0.03", "--seed", "2"])  # fmt: skip
+    train = pd.read_csv(tmp_path / "train.tsv", sep="\t", dtype=str)
+    test = pd.read_csv(tmp_path / "test.tsv", sep="\t", dtype=str)
+    assert list(train.columns) == ["SessionId", "ItemId", "Time", "UserId"]
+    assert train.groupby("SessionId").UserId.nunique().max() == 1
+    assert set(test.UserId) & set(train.UserId)  # readers come back on the test day
+
+
 def _tiny_log() -> pd.DataFrame:
     day = 86_400.0
     rows = [  # (session, item, seconds from a midnight); hand counts in the test below
