@@ -188,6 +188,31 @@ def test_the_tastes_oracle_adds_its_bonus_to_the_users_taste_items_only():
                              "scored": torch.tensor([True, True, False])})()  # fmt: skip
     b = ORACLE_BONUS
     assert oracle.advance(step).tolist() == [[0, b, b, 0], [b, 0, 0, b]]
+    # the news check gives the odds its generator gives the topics, log(taste_boost)
+    odds = TastesOracle(Flat(), {"a": {1}, "b": {0, 2}}, np.array([0, 1, 1, 2]), 3, bonus=0.5)
+    odds.start(2, np.array(["b", "a"]))
+    assert odds.advance(step).tolist() == [[0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5]]
+
+
+def test_the_news_check_averages_seeds_and_gives_hrnn_s_gain_per_seed():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+    from compare_news_readers import gains, mean_rows
+
+    def row(method, recall, mrr):
+        part = {"recall@20": recall, "mrr@20": mrr}
+        return {"method": method, "overall": part, "returning": part,
+                "returning_first": part, "train_seconds": 1.0}  # fmt: skip
+
+    seeds = [[row("gru4rec", 0.5, 0.2), row("hrnn-init", 0.55, 0.25)],
+             [row("gru4rec", 0.4, 0.1), row("hrnn-init", 0.4, 0.12)]]  # fmt: skip
+    means = mean_rows(seeds)
+    assert [r["method"] for r in means] == ["gru4rec", "hrnn-init"]
+    assert means[1]["returning"] == pytest.approx({"recall@20": 0.475, "mrr@20": 0.185})
+    assert gains(seeds) == [pytest.approx({"recall@20": 0.1, "mrr@20": 0.25}),
+                            pytest.approx({"recall@20": 0.0, "mrr@20": 0.2})]  # fmt: skip
 
 
 def test_history_tastes_are_the_categories_a_users_sessions_were_mostly_in():
