@@ -4,15 +4,17 @@ test, one epoch, the reference RSC15 parameters, clicks on unknown stories dropp
 
     .venv/bin/python scripts/compare_news_readers.py        # docs/results/news_readers.json
     .venv/bin/python scripts/compare_news_readers.py --scale 0.05 --results ""   # smoke
-    .venv/bin/python scripts/compare_news_readers.py --readers p_taste=0.8 --results ""
+    .venv/bin/python scripts/compare_news_readers.py --readers taste_boost=1 --results ""
 
 Steps: training.data.news draws `--days` days at `--scale` with training.data.users.Readers
 (86% of the last day's next clicks from readers seen on an earlier day, as on the real log;
 each reader follows a few topics); GRU4Rec's filtering (preprocess); the last day is the test
 (split_by_time drops clicks on stories unseen in training). GRU4Rec and HRNN share the preset
 (--preset, default rsc15_xe_shared_100_best) and --epochs; evaluate_users runs each test
-reader's training sessions (the history), then the test sessions, in time order. Two
-reference rows, not methods: GRU4Rec plus a bonus for the stories of the reader's true topics
+reader's training sessions (the history), then the test sessions, in time order.
+"hrnn-init, no history" is the same trained HRNN run as a session model (its user state
+zero): what HRNN's lead owes to the history rather than to its training. Two reference
+rows, not methods: GRU4Rec plus a bonus for the stories of the reader's true topics
 (topics-oracle, known only to the generator), or of the topics their training sessions were
 mostly in (history-topics). Prints a markdown table (compare_users.table) and, with
 --results NAME, writes docs/results/NAME.json.
@@ -40,7 +42,7 @@ from training.data.logs import ITEM, USER, ItemVocab, Sessions, preprocess, spli
 from training.data.news import NewsProfile, generate_news  # noqa: E402
 from training.data.user_batching import UserSessions, with_history  # noqa: E402
 from training.data.users import Readers  # noqa: E402
-from training.evaluation.user_evaluate import evaluate_users, scorer_for  # noqa: E402
+from training.evaluation.user_evaluate import SessionScorer, evaluate_users, scorer_for  # noqa: E402
 from training.fit.hrnn_fit import fit_hrnn  # noqa: E402
 from training.fit.train import fit  # noqa: E402
 
@@ -74,11 +76,16 @@ def makers(args, seed, readers, train_events, n_items, topics, item_topic, n_top
             trained.append(fit(sessions, n_items, Config.from_dict(base), progress=False)[0])
         return scorer_for(trained[0])
 
-    def hrnn(propagation):
-        extra = dict(pair.split("=", 1) for pair in args.hrnn_param)
-        cfg = Config.from_dict({**base, "architecture": "hrnn", "user_propagation": propagation,
-                                **extra})  # fmt: skip
-        return scorer_for(fit_hrnn(plan, n_items, cfg, progress=False)[0])
+    hrnns: dict = {}  # each propagation trained once, for its row and its no-history row
+
+    def hrnn(propagation, history=True):
+        if propagation not in hrnns:
+            extra = dict(pair.split("=", 1) for pair in args.hrnn_param)
+            cfg = Config.from_dict({**base, "architecture": "hrnn",
+                                    "user_propagation": propagation, **extra})  # fmt: skip
+            hrnns[propagation] = fit_hrnn(plan, n_items, cfg, progress=False)[0]
+        model = hrnns[propagation]
+        return scorer_for(model) if history else SessionScorer(model)
 
     seen = history_tastes(train_events, vocab, item_topic)
     bonus = float(np.log(readers.taste_boost))  # the odds the generator gives the topics
@@ -86,6 +93,7 @@ def makers(args, seed, readers, train_events, n_items, topics, item_topic, n_top
         "gru4rec": gru4rec,
         "hrnn-init": lambda: hrnn("init"),
         "hrnn-all": lambda: hrnn("all"),
+        "hrnn-init, no history": lambda: hrnn("init", history=False),
         "topics-oracle": lambda: TastesOracle(gru4rec(), topics, item_topic, n_topics, bonus),
         "history-topics": lambda: TastesOracle(gru4rec(), seen, item_topic, n_topics, bonus),
     }
@@ -163,7 +171,13 @@ def main() -> None:
         "--methods",
         nargs="*",
         help="rows (default: all but hrnn-all)",
-        default=["gru4rec", "hrnn-init", "topics-oracle", "history-topics"],
+        default=[
+            "gru4rec",
+            "hrnn-init",
+            "hrnn-init, no history",
+            "topics-oracle",
+            "history-topics",
+        ],  # fmt: skip
     )
     ap.add_argument("--results", default="news_readers", help='docs/results/NAME.json; ""')
     args = ap.parse_args()

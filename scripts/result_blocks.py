@@ -498,11 +498,22 @@ def render_news_readers(rec: Record) -> str:
         f"{d['train_clicks']:,} training clicks, {d['test_clicks']:,} test clicks of "
         f"{d['test_readers']:,} readers on {d['test_stories']:,} stories.\n\n"
     )
-    per_seed = "; ".join(
-        f"seed {seed}: {g['recall@20']:+.1%} / {g['mrr@20']:+.1%}"
-        for seed, g in zip(seeds, rec["hrnn_gains"], strict=True)
+
+    def gains(method: str) -> str:
+        parts = []
+        for seed, rows in zip(seeds, rec["per_seed"], strict=True):
+            by = {r["method"]: r["returning"] for r in rows}
+            if method in by and "gru4rec" in by:
+                g = {k: by[method][k] / by["gru4rec"][k] - 1 for k in ("recall@20", "mrr@20")}
+                parts.append(f"seed {seed} {g['recall@20']:+.1%} / {g['mrr@20']:+.1%}")
+        return "; ".join(parts)
+
+    versus = "Against GRU4Rec, returning readers, Recall@20 / MRR@20: HRNN-init " + gains(
+        "hrnn-init"
     )
-    versus = f"HRNN-init against GRU4Rec, returning readers, Recall@20 / MRR@20: {per_seed}."
+    if any(r["method"] == "hrnn-init, no history" for r in rec["rows"]):
+        versus += "; the same HRNN without history " + gains("hrnn-init, no history")
+    versus += "."
     return f"{lead}{table_part}\n\n{versus}\n\n{run_line(rec)}\n"
 
 
