@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .runtime import METADATA_FILE, MODEL_FILE
-
-Signature = tuple[str, tuple[int, int] | None, tuple[int, int] | None]
+Signature = tuple[str, tuple[tuple[str, int, int], ...]]
 
 
 class ModelSource:
@@ -28,9 +26,12 @@ class ModelSource:
         return Path(os.path.realpath(self.path))
 
     def signature(self) -> Signature:
-        """What identifies the export now: its real path and its files' mtime and size."""
+        """What identifies the export now: its real path and every file's name, mtime and
+        size. Every file: an export copied in place file by file may be polled half-way
+        (rejected: its files disagree), and the files copied after that must make it new
+        again, or the complete export is never tried."""
         root = self.resolved()
-        return (str(root), _stat(root / METADATA_FILE), _stat(root / MODEL_FILE))
+        return (str(root), tuple(sorted(_stats(root))))
 
     def changed(self) -> bool:
         """True when the path holds something other than what was last tried."""
@@ -40,9 +41,17 @@ class ModelSource:
         self._last = signature  # type: ignore[assignment]
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stats(root: Path) -> list[tuple[str, int, int]]:
+    """(name, mtime ns, size) of the directory's files; none when it cannot be read."""
     try:
-        st = path.stat()
+        entries = list(os.scandir(root))
     except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
+        return []
+    stats = []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except OSError:  # removed meanwhile
+            continue
+        stats.append((entry.name, st.st_mtime_ns, st.st_size))
+    return stats

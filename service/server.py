@@ -235,8 +235,8 @@ class RecommendationServer:
                 self._watcher = asyncio.get_running_loop().create_task(self._watch())
         elif self.link is not None:
             self.link.send({"k": "reloaded"})
-        if old is not None and old.batcher is not None:
-            await old.batcher.close()  # calls already queued on the old model finish there
+        if old is not None:
+            await old.close()  # calls already queued on the old model finish there
         log.info("serving model %s from %s", model.model_version, self.source.resolved())
 
     async def _serve(self) -> None:
@@ -366,8 +366,8 @@ class RecommendationServer:
                      time.monotonic() - t0)  # fmt: skip
             self._server = None
         engine = self.handlers.engine
-        if engine is not None and engine.batcher is not None:
-            await engine.batcher.close()
+        if engine is not None:
+            await engine.close()
         if self.bus is not None:
             await self.bus.stop()  # after the last calls, so their clicks go out too
         if self.link is not None:
@@ -418,7 +418,15 @@ def make_online_layer(cfg: ServiceConfig) -> OnlineLayer | None:
     settings = online_config_for(
         blend, half_life_s=cfg.online_half_life_s, max_items=cfg.online_max_items
     )
-    return OnlineLayer(OnlineModel(settings), blend, max_sessions=max(cfg.cache_size, 1))
+    return OnlineLayer(OnlineModel(settings), blend, max_sessions=session_records(cfg))
+
+
+def session_records(cfg: ServiceConfig) -> int:
+    """Sessions the online layer and the guard keep records of: as many as the state cache
+    holds, or its default with the cache off. `--cache-size 0` turns off the cached states,
+    not the per-session learning rules (with one record, two interleaved sessions taught a
+    click on every call)."""
+    return cfg.cache_size or ServiceConfig.cache_size
 
 
 def make_guard(cfg: ServiceConfig, link: WorkerLink | None = None) -> LearningGuard:
@@ -434,7 +442,7 @@ def make_guard(cfg: ServiceConfig, link: WorkerLink | None = None) -> LearningGu
         session_clicks=cfg.learn_session_clicks,
         client_clicks=cfg.learn_client_clicks,
         client_window_s=cfg.learn_client_window_s,
-        max_sessions=max(cfg.cache_size, 1),  # as the online layer's session records
+        max_sessions=session_records(cfg),  # as the online layer's
         max_clients=cfg.learn_max_clients,
     )
     if link is not None:

@@ -155,6 +155,7 @@ class OnlineLayer:
         # the default scorer; None with scorer="mixture"
         self.ranker = OnlineRanker(model, ranker) if config.scorer == "ranker" else None
         self._seen: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (n, last click)
+        self.clicks_learnt = 0  # since the layer began, shared ones included
         # called with (session id, the session's clicks up to the one learnt, time) for each
         # click learnt: clickbus.ClickBus.publish shares it with the other replicas
         self.on_learn: Callable[[str, list[str], float], None] | None = None
@@ -187,6 +188,7 @@ class OnlineLayer:
             self._seen[session_id] = (n, last)
             if len(self._seen) > self.max_sessions:
                 self._seen.popitem(last=False)
+        self.clicks_learnt += n - start
         for i in range(start, n):
             prefix = clicks[: i + 1]
             self.model.learn(prefix, now)
@@ -217,6 +219,7 @@ class OnlineLayer:
             self._seen[session_id] = (n, last)
             if len(self._seen) > self.max_sessions:
                 self._seen.popitem(last=False)
+        self.clicks_learnt += 1
         self.model.learn(recent, now)
         if self.ranker is not None:
             self.ranker.learn(recent, now)

@@ -30,6 +30,7 @@ class Job:
     want_scores: bool = False  # the full (N,) score row (ScoreItems)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
     cache_hit: bool = False  # the state came from the session cache
+    owner: int = 0  # whose start state it ran from (sessions.SessionState.owner)
     skipped: int = 0  # older clicks left out because the deadline was near
     # results
     before_last: np.ndarray | None = None  # (1, S)

@@ -56,6 +56,9 @@ SOURCE_BLEND = "blend"
 DEADLINE_MARGIN_S = 0.002  # what answering takes after the model ran
 # online answers asked again without the items found outside the catalogue, at most
 ADMIT_RETRIES = 3
+# clicks the online layer learns before it ranks for calls without a known click
+# (_popular); the guard lets one client teach 20 a minute
+COLD_MIN_CLICKS = 100
 
 __all__ = ["InvalidRequest", "Limits", "NoKnownClicks", "Recommender", "Result"]
 
@@ -158,6 +161,18 @@ class Recommender:
             finish=self.finish_batch,
             meanwhile=self.learn_batch,
         )
+
+    async def close(self) -> None:
+        """Stop batching once the queued calls have run, then let go of the model's item
+        indices in the online layer's table (a reload's old engine: its successor holds
+        its own; else every retrained vocabulary stayed in the table for good)."""
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._online_rows is not None and self.online is not None:
+            release = self.online.table.release
+            for i in self._online_rows.tolist():
+                release(i)
+        self._online_rows = self._vocabulary = None
 
     async def submit(self, query: Query, job: Job, now: float) -> Call:
         """The call through the batcher, learnt and answered with its batch (call.result);
@@ -304,7 +319,8 @@ class Recommender:
                 )
             return None
         user_start = self._user_start(query)  # (1, S) or None, the zero state
-        resume = self.cache.resume(query.session_id, known, self._fills_window(query))
+        owner = 0 if user_start is None else hash(query.user_id)
+        resume = self.cache.resume(query.session_id, known, self._fills_window(query), owner)
         start = resume.start
         state = resume.state if resume.state is not None else user_start
         if state is None:
@@ -330,6 +346,7 @@ class Recommender:
             want_scores=query.candidates is not None or query.bottom_k > 0,
             deadline=deadline,
             cache_hit=resume.hit,
+            owner=owner,
             skipped=skipped,
         )
 
@@ -381,10 +398,13 @@ class Recommender:
         """Keep the session's new state in the cache; the call's cache outcome."""
         if query.session_id and not job.skipped:  # a cut-short state is not the session's
             assert job.before_last is not None and job.after is not None
-            entry = make_entry(query.known, job.before_last, job.after, self._fills_window(query))
-            self.cache.put(query.session_id, entry)
-            if self.users is not None and query.user_id:
-                self.users.seen(query.user_id, query.session_id, job.after)
+            user = self.users is not None and query.user_id
+            # a user forgotten (ForgetUser) while the call was in the model: nothing of the
+            # session may be kept
+            if not user or self.users.seen(query.user_id, query.session_id, job.after):
+                entry = make_entry(query.known, job.before_last, job.after,
+                                   self._fills_window(query), job.owner)  # fmt: skip
+                self.cache.put(query.session_id, entry)
         return ("hit" if job.cache_hit else "miss") if query.session_id else ""
 
     def _model_part(self, query: Query, job: Job) -> tuple[np.ndarray, np.ndarray]:
@@ -444,11 +464,16 @@ class Recommender:
         return result
 
     def _popular(self, query: Query, now: float | None) -> Result:
-        model = self.model
-        if self.online is not None and query.candidates is None:
+        """The online layer's ranking once it has learnt COLD_MIN_CLICKS clicks and when it
+        fills top_k, else training-set popularity: a fresh layer's few clicks must not
+        decide what every caller without a known click sees (one click from one client
+        made its item the whole list), nor may a thin layer shorten the list."""
+        model, online = self.model, self.online
+        warm = online is not None and online.clicks_learnt >= COLD_MIN_CLICKS
+        if warm and query.candidates is None:
             now = time.time() if now is None else now
             ids, scores, _ = self._online_answers([query], [None], [now], [False])[0]
-            if ids:
+            if len(ids) >= query.top_k:
                 return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
         if query.candidates is not None:
             counts = model.popularity[query.candidates].astype(np.float32)

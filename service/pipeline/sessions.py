@@ -44,6 +44,10 @@ class SessionState:
     clicks: np.ndarray
     states: np.ndarray
     full: bool = False  # the request filled the click window (a sliding session)
+    # whose start state the clicks ran from: 0 the zero state, else the user's (an
+    # in-process hash of the user id): a call of another user, or of none, must not resume
+    # a user's personalised state
+    owner: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -127,12 +131,15 @@ class SessionCache:
                 break
             self._drop(key)
 
-    def resume(self, session_id: str, clicks: np.ndarray, full: bool = False) -> Resume:
+    def resume(
+        self, session_id: str, clicks: np.ndarray, full: bool = False, owner: int = 0
+    ) -> Resume:
         """How much of `clicks` (known item indices, oldest first, at least one) the cached
         entry covers. The last click always runs, since it produces the scores. full: the
-        request filled the click window, so it may have slid past the cached clicks."""
+        request filled the click window, so it may have slid past the cached clicks;
+        owner: the call's start state (SessionState.owner), which the entry's must be."""
         entry = self.get(session_id) if session_id else None
-        if entry is None:
+        if entry is None or entry.owner != owner:
             return MISS
         cached, n = entry.clicks, len(clicks)
         m = len(cached)
@@ -150,11 +157,15 @@ class SessionCache:
 
 
 def make_entry(
-    clicks: np.ndarray, before_last: np.ndarray, last: np.ndarray, full: bool = False
+    clicks: np.ndarray,
+    before_last: np.ndarray,
+    last: np.ndarray,
+    full: bool = False,
+    owner: int = 0,
 ) -> SessionState:
     """An entry for known clicks (n,) with the (1, S) states before and after the last."""
     states = np.concatenate([before_last, last])  # float32 rows from the model: a copy
-    return SessionState(np.asarray(clicks, dtype=np.int32), states, full)
+    return SessionState(np.asarray(clicks, dtype=np.int32), states, full, owner)
 
 
 def _key_bytes(session_id: str) -> int:

@@ -308,19 +308,23 @@ class RedisUserStore:
         entry.used = now
         return entry, True
 
-    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> None:
+    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> bool:
         """Set the latest state of the user's session, if session_id is still the one under
-        way (another replica may have begun the next). Lost when Redis does not answer."""
-        if self.max_entries == 0 or not self._usable():
-            return
+        way (another replica may have begun the next); whether it was set. Lost when Redis
+        does not answer (True then: nothing is known to be forgotten either)."""
+        if self.max_entries == 0:
+            return False
+        if not self._usable():
+            return True
         session_field, last_field = self._fields[0], self._fields[5]
         args = [session_field, session_id, last_field, _row(state)]
         try:
-            self._record_last(keys=[self._key(user_id)], args=args)
+            recorded = self._record_last(keys=[self._key(user_id)], args=args)
         except _errors() as err:
             self._failed(err)
-            return
+            return True
         self._answered()
+        return bool(recorded)
 
     def forget(self, user_id: str) -> list[str]:
         """Delete the user's entries of every model version; the session ids they named.

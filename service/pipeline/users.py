@@ -98,11 +98,14 @@ class UserStore:
                 break
             self._entries.popitem(last=False)
 
-    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> None:
-        """Set the entry's latest session state, (1, S), if its session is session_id."""
+    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> bool:
+        """Set the entry's latest session state, (1, S), if its session is session_id;
+        whether it was set."""
         entry = self.get(user_id)
-        if entry is not None and entry.session_id == session_id:
-            entry.last = state
+        if entry is None or entry.session_id != session_id:
+            return False
+        entry.last = state
+        return True
 
     def continue_session(
         self, user_id: str, session_id: str, now: float, idle_s: float
@@ -137,7 +140,7 @@ class Store(Protocol):
     def continue_session(
         self, user_id: str, session_id: str, now: float, idle_s: float
     ) -> tuple[UserEntry | None, bool]: ...
-    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> None: ...
+    def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> bool: ...
     def forget(self, user_id: str) -> list[str]: ...
     def forgotten(self) -> list[str]: ...
 
@@ -183,11 +186,12 @@ class UserSessions:
         self.store.put(user_id, entry)
         return entry.start
 
-    def seen(self, user_id: str, session_id: str, state: np.ndarray) -> None:
-        """Record the session's state after a call's clicks, (1, S); ignored when the user
-        has begun another session meanwhile (or was forgotten)."""
+    def seen(self, user_id: str, session_id: str, state: np.ndarray) -> bool:
+        """Record the session's state after a call's clicks, (1, S); ignored, and False,
+        when the user has begun another session meanwhile or was forgotten (ForgetUser
+        while the call was in the model: its state must not be cached either)."""
         # a copy: batch rows are views
-        self.store.record_last(user_id, session_id, np.array(state, dtype=np.float32))
+        return self.store.record_last(user_id, session_id, np.array(state, dtype=np.float32))
 
     def forget(self, user_id: str) -> None:
         """Drop the user's entry and the cached states of the user's recent sessions (in

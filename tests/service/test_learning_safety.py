@@ -199,6 +199,29 @@ def test_the_same_push_from_many_clients_is_learnt(start, tiny):
     assert rare in served.top([p], session="another-shopper")
 
 
+def test_callers_without_a_known_click_get_a_full_list_that_one_click_cannot_decide(start, tiny):
+    served = start()
+
+    def cold(k: int) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(session_id="cold", clicks=["NOT-AN-ITEM"], top_k=k)
+        return served.stub.Recommend(request, timeout=10)
+
+    before = cold(20)
+    assert before.source == pb.SOURCE_POPULARITY and len(before.items) == 20
+    rare = next(i for i in reversed(tiny.item_ids) if i not in [x.item_id for x in before.items])
+    assert served.call("one-click", [rare], client="c1") is grpc.StatusCode.OK
+    again = cold(20)
+    assert again.source == pb.SOURCE_POPULARITY and again.items == before.items
+    # live traffic from many clients: now the online layer ranks these calls
+    p, followers = popular(tiny), others(tiny, 25)
+    served.attack(400, shoppers("bg", p, lambda n: followers[n % 25], lambda n: f"bg-{n}"))
+    after = cold(20)
+    assert after.source == pb.SOURCE_ONLINE and len(after.items) == 20
+    # it tracks 26 items: a list of 50 comes from popularity, whole
+    wide = cold(50)
+    assert wide.source == pb.SOURCE_POPULARITY and len(wide.items) == 50
+
+
 def test_put_items_needs_a_configured_token(start):
     served = start()
     with pytest.raises(grpc.RpcError) as off:
@@ -245,6 +268,17 @@ def test_a_session_teaches_each_transition_once(start, tiny):
     # p (first click), p -> q and q -> p: 3 learnt; the other 37 clicks repeat those
     assert served.server.guard.stats.learnt == 3
     assert served.not_learnt("repeat_transition") == 37
+
+
+@pytest.mark.parametrize("cache_size", [100_000, 0])
+def test_the_session_rules_hold_with_the_state_cache_off(start, tiny, cache_size):
+    """--cache-size 0 turns off the cached states, not the guard's session records: two
+    sessions that resend one call each in turn teach its transition once each."""
+    served = start(cache_size=cache_size)
+    p, q = popular(tiny), others(tiny)[0]
+    for i in range(60):
+        assert served.call("AB"[i % 2], [p, q]) is grpc.StatusCode.OK
+    assert served.server.guard.stats.learnt == 2  # each session's last click, once
 
 
 def test_a_session_teaches_at_most_its_cap(start, tiny):

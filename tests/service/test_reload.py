@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -207,3 +208,55 @@ def test_an_export_whose_graph_and_lists_disagree_is_refused_over_a_live_server(
     reply = running.client.recommend("after-mixed", [last], top_k=len(tiny.item_ids))
     assert reply.model_version == version_of(tiny.export_dir) and len(reply.items) > 0
     assert {item.item_id for item in reply.items} <= set(tiny.item_ids)
+
+
+def test_an_export_copied_in_place_is_loaded_once_its_last_file_lands(
+    start_server, tiny, second_export, tmp_path
+):
+    """A poll that sees the copy half-way refuses the mix; the files copied after it make
+    the directory new again, so a later poll tries the whole export."""
+    served_dir = tmp_path / "model"
+    shutil.copytree(tiny.export_dir, served_dir)
+    running = start_server(model_dir=served_dir, reload_poll_s=0.05)
+
+    def wait_for(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not done():
+            assert time.monotonic() < deadline, running.client.status()
+            time.sleep(0.05)
+
+    for name in ("model.onnx", "prefix.onnx", "metadata.json"):  # the graphs first
+        shutil.copy(second_export / name, served_dir / name)
+    wait_for(lambda: running.client.status().last_reload_result != "ok")  # the mix: refused
+    time.sleep(0.3)  # more polls
+    for name in ("items.txt", "popularity.npy"):
+        shutil.copy(second_export / name, served_dir / name)
+    wait_for(lambda: running.client.status().model_version == version_of(second_export))
+    assert running.client.status().last_reload_result == "ok"
+
+
+def test_reloads_of_retrained_vocabularies_leave_the_online_table_its_size(start_server, tmp_path):
+    """Each export holds its items in the online layer's table while it serves; a reload
+    lets the old one's go, so retrained models with new ids do not pile up there."""
+    exports = []
+    for gen in range(4):
+        ids = [f"gen{gen}-item-{i}" for i in range(30)]
+        torch.manual_seed(gen)
+        cfg = Config(layers=(8,), n_epochs=0)
+        root = tmp_path / f"gen{gen}"
+        save_model(root / "model", build_model(len(ids), cfg).eval(), cfg, ItemVocab(ids),
+                   np.ones(len(ids), dtype=np.int64), {})  # fmt: skip
+        exports.append((export_model(root / "model", root / "export"), ids))
+    link = tmp_path / "current"
+    point(link, exports[0][0])
+    running = start_server(model_dir=link, reload_poll_s=0)
+    table = running.server.online.table
+    sizes = []
+    for export, ids in exports * 2:
+        point(link, export)
+        assert running.server.reload() is True
+        running.client.recommend("s", ids[:2], top_k=5)  # its first call takes the indices
+        sizes.append(len(table))
+    # the serving vocabulary and the items learnt (at most the 2 clicks of each call); held
+    # for good, the vocabularies took 30, 60, 90, 120
+    assert max(sizes) <= 30 + 2 * len(sizes), sizes

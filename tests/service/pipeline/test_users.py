@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.pipeline.inference import run_jobs
 from service.pipeline.users import UserEntry, UserSessions, UserStore
 from service.proto import recommender_pb2 as pb
 from service.runtime import ExportedModel
@@ -168,6 +169,35 @@ def test_forget_user_deletes_the_user_state_and_the_sessions_cached_state(start_
     with pytest.raises(grpc.RpcError) as err:
         forget(running, "")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_call_without_the_user_or_of_another_does_not_resume_the_users_state(start_hrnn, hrnn):
+    """The session cache is keyed by session id; the state it holds ran from the user's
+    start, which a call without user_id (as without it) or of another user must not get."""
+    running = start_hrnn()
+    ask(running, "s1", FIRST, user_id="alice")
+    ask(running, "s2", SECOND, user_id="alice")  # personalised: starts from alice's state
+    anonymous = SECOND + FIRST[:1]
+    assert_answer(ask(running, "s2", anonymous), hrnn.top([anonymous]))
+    bob = SECOND + FIRST[:2]  # bob's first session: the zero state
+    assert_answer(ask(running, "s2", bob, user_id="bob"), hrnn.top([bob]))
+
+
+def test_forget_user_while_a_call_is_in_the_model_keeps_nothing_of_it(start_hrnn, hrnn):
+    """The call's state comes back from the model after ForgetUser: it is not cached (the
+    server's order of events, run by hand on its engine so that the race is certain)."""
+    running = start_hrnn()
+    ask(running, "s1", FIRST, user_id="u")
+    engine = running.server.handlers.engine
+    assert engine is not None
+    query = engine.decode(pb.RecommendRequest(session_id="s2", clicks=SECOND, user_id="u"))
+    job = engine.prepare(query)  # queued for the model
+    assert job is not None
+    forget(running, "u")
+    run_jobs(engine.model, [job])
+    engine.finish(query, job)
+    assert engine.cache.get("s2") is None and len(engine.users.store) == 0
+    assert_answer(ask(running, "s2", SECOND + FIRST[:1]), hrnn.top([SECOND + FIRST[:1]]))
 
 
 def test_a_session_model_ignores_user_id(start_model_only_server, tiny):
