@@ -17,9 +17,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .pipeline.decode import Limits
 from .runtime import DEVICES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PUT_ITEMS = Limits.max_put_items  # items (and removals) a PutItems call may carry
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message size limits are int32
 USER_STORES = ("memory", "redis")
 
 
@@ -150,6 +153,12 @@ class ServiceConfig:
             problems.append("catalogue_token and catalogue_token_file: give one or neither")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log_level={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if not problems and self.max_request_bytes > MAX_MESSAGE_BYTES:
+            problems.append(
+                f"max_clicks, max_exclude, max_candidates and max_item_id_bytes allow requests "
+                f"of {self.max_request_bytes:,} bytes, more than gRPC's {MAX_MESSAGE_BYTES:,}; "
+                "lower them"
+            )
         if problems:
             raise ValueError("invalid service configuration: " + "; ".join(problems))
 
@@ -161,9 +170,14 @@ class ServiceConfig:
     def max_request_bytes(self) -> int:
         """The largest valid request on the wire, with room to spare: the receive limit.
 
-        Every id costs its bytes plus at most 3 of framing (tag and length)."""
+        Every id costs its bytes plus at most 3 of framing (tag and length); a PutItems
+        entry (an item, or a removal) its id plus at most 16 (the item's own framing and
+        its expires_at): PutItems takes its fixed PUT_ITEMS per call whatever the
+        Recommend limits are."""
         ids = self.max_clicks + self.max_exclude + self.max_candidates
-        return 4096 + ids * (self.max_item_id_bytes + 3)
+        recommend = ids * (self.max_item_id_bytes + 3)
+        put_items = 2 * PUT_ITEMS * (self.max_item_id_bytes + 16)
+        return 4096 + max(recommend, put_items)
 
 
 def _flag(text: str) -> bool:

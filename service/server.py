@@ -61,6 +61,9 @@ GOAWAY_S = 0.1
 # gRPC's stop gets at least this long, so that held refusals answer rather than be cancelled
 STOP_GRACE_MIN_S = 1.0
 
+# Status's last_reload_result until the first model is loaded
+LOADING = "loading"
+
 T = TypeVar("T")
 # the cyclic collector's first threshold (Python's default: 700). Every call allocates
 # gRPC and asyncio objects, so at 700 the collector ran ~50 times a second and its full
@@ -80,6 +83,9 @@ class RecommendationServer:
         self.link = link
         self.stats = ServerStats()
         self.handlers = Handlers(self.stats)
+        self.handlers.status = pb.StatusResponse(
+            model_dir=str(config.model_dir), last_reload_result=LOADING
+        )
         self.metrics = MetricsEndpoint(self.stats)
         self.source = ModelSource(config.model_dir)
         self.online = make_online_layer(config)  # outlives model reloads
@@ -488,6 +494,15 @@ def _tls_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials:
             f"({err.reason or err}): give the certificate's own private key, both PEM "
             "(--tls-cert / --tls-key)"
         ) from err
+    if cfg.tls_client_ca:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cfg.tls_client_ca)
+        except (ssl.SSLError, ValueError) as err:
+            raise ValueError(
+                f"TLS client CA bundle {cfg.tls_client_ca} holds no usable CA certificate "
+                f"({getattr(err, 'reason', None) or err}): give the PEM certificate of the CA "
+                "that signs the clients' certificates (--tls-client-ca)"
+            ) from err
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

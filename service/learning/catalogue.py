@@ -103,10 +103,15 @@ class Catalogue:
 
     def put(self, items: Iterable[tuple[str, float]], now: float) -> int:
         """Announce (id, expires_at) pairs, expires_at in Unix seconds or 0 for never; an
-        announced id gets the new expiry. Returns how many ids are new. Raises CatalogueFull
-        (nothing changed) when they would not fit in max_items."""
+        announced id gets the new expiry, and one already past withdraws it (as expiry
+        would). Returns how many ids are new. Raises CatalogueFull (nothing changed) when
+        they would not fit in max_items."""
         self.expire(now)
         items = [(item, expiry if expiry > 0 else NEVER) for item, expiry in items]
+        past = [item for item, expiry in items if expiry <= now]
+        if past:
+            self.remove(past)
+            items = [(item, expiry) for item, expiry in items if expiry > now]
         new = {item for item, _ in items if item not in self._expiry}
         if len(self._expiry) + len(new) > self.config.max_items:
             raise CatalogueFull(

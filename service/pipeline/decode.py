@@ -85,7 +85,7 @@ def decode_recommend(
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
     _check_client(client_id, limits)
-    _check_user(request.user_id, limits)
+    _check_user(request.user_id, limits, request.session_id)
     k = request.top_k or limits.default_top_k
     if not 1 <= k <= limits.max_top_k:
         raise InvalidRequest(
@@ -128,7 +128,7 @@ def decode_score_items(
     clicks = list(request.clicks)
     _check_session(request.session_id, clicks, limits)
     _check_client(client_id, limits)
-    _check_user(request.user_id, limits)
+    _check_user(request.user_id, limits, request.session_id)
     candidates = list(request.candidates)
     if not candidates:
         raise InvalidRequest(
@@ -136,6 +136,7 @@ def decode_score_items(
         )
     _check_count("candidates", candidates, limits.max_candidates, "item ids to score")
     _check_ids("candidates", candidates, limits)
+    candidates = list(dict.fromkeys(candidates))  # each id scored once, at its first place
     known, unknown = encode(clicks, index)
     cand = lookup(candidates, index)
     ok = cand >= 0
@@ -240,7 +241,13 @@ def _check_client(client_id: str, limits: Limits) -> None:
         )
 
 
-def _check_user(user_id: str, limits: Limits) -> None:
+def _check_user(user_id: str, limits: Limits, session_id: str | None = None) -> None:
+    """session_id: the call's, for calls that carry one (not ForgetUser)."""
+    if user_id and session_id == "":
+        raise InvalidRequest(
+            "user_id needs a session_id: a user's sessions are told apart by it; send the "
+            "session's id as well, or no user_id"
+        )
     size = len(user_id.encode())  # the id itself is never quoted: it names a person
     if size > limits.max_user_id_bytes:
         raise InvalidRequest(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ServiceConfig, load_config
+from service.config import PUT_ITEMS, ServiceConfig, load_config
 
 
 def test_defaults_are_the_documented_ones():
@@ -34,6 +34,16 @@ def test_the_receive_limit_is_close_to_the_largest_valid_request():
     )
     assert largest <= cfg.max_request_bytes <= 1.1 * largest + 8192
     assert cfg.max_request_bytes < 512 * 1024  # far below gRPC's 4 MB default
+
+
+def test_the_receive_limit_keeps_room_for_put_items_when_the_call_limits_are_low():
+    from service.proto import recommender_pb2 as pb
+
+    cfg = ServiceConfig(model_dir=Path("m"), max_clicks=5, max_exclude=5, max_candidates=5)
+    item_id = "i" * cfg.max_item_id_bytes
+    items = [pb.CatalogueItem(item_id=item_id, expires_at=2e9)] * PUT_ITEMS
+    largest = pb.PutItemsRequest(items=items, remove_item_ids=[item_id] * PUT_ITEMS)
+    assert largest.ByteSize() <= cfg.max_request_bytes
 
 
 def test_every_setting_comes_from_its_environment_variable():
@@ -89,6 +99,7 @@ def test_an_unparsable_variable_is_named():
         (["--drain-s", "-1"], "drain_s=-1.0 must not be negative"),
         (["--cache-size", "-1"], "cache_size=-1 must be >= 0"),
         (["--log-level", "LOUD"], "log_level='LOUD'"),
+        (["--max-clicks", "20000000"], "more than gRPC's 2,147,483,647; lower them"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_reason(flags, message):

@@ -235,6 +235,12 @@ def test_put_items_needs_a_configured_token(start):
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_put_items_takes_its_thousand_items_however_low_the_call_limits_are(start):
+    served = start(catalogue_token=TOKEN, max_clicks=5, max_exclude=5, max_candidates=5)
+    items = [f"sku-{i:06d}-" + "x" * 100 for i in range(1000)]
+    assert served.put_items(items).added == 1000
+
+
 def test_an_announced_item_becomes_recommendable(start, tiny):
     served = start(catalogue_token=TOKEN)
     p = popular(tiny)

@@ -98,6 +98,13 @@ def test_score_items_ranks_known_candidates_and_lists_unknown_ones(served, tiny)
     assert list(response.unknown_candidates) == ["ghost"]
 
 
+def test_score_items_scores_a_repeated_candidate_once(served, tiny):
+    a, b = tiny.item_ids[9], tiny.item_ids[2]
+    response = served.client.score_items("s6", [tiny.item_ids[1]], [a, b, a, "ghost", "ghost"])
+    assert sorted(it.item_id for it in response.items) == sorted([a, b])
+    assert list(response.unknown_candidates) == ["ghost"]
+
+
 def test_each_answer_has_a_fresh_uuid_and_the_exported_model_version(served, tiny):
     meta = json.loads((tiny.export_dir / "metadata.json").read_text())
     first = served.client.recommend("s5", [tiny.item_ids[4]])
@@ -122,6 +129,8 @@ BAD_REQUESTS = [
      "longer than 128 bytes"),
     ("strict without known click", dict(clicks=["nope", "nada"], strict=True),
      grpc.StatusCode.NOT_FOUND, "unset strict"),
+    ("user id without session id", dict(session_id="", user_id="u1"),
+     grpc.StatusCode.INVALID_ARGUMENT, "user_id needs a session_id"),
 ]  # fmt: skip
 
 
@@ -166,9 +175,12 @@ def test_health_is_not_serving_until_the_model_is_loaded(start_server):
     with pytest.raises(grpc.RpcError) as caught:
         running.client.recommend("s", ["item-001"])
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    status = running.client.status()
+    assert (status.last_reload_result, status.model_version) == ("loading", "")
     running.server.load_model()
     for service in ("", SERVICE):
         assert health_of(running.target, service) == SERVING
+    assert running.client.status().last_reload_result == "ok"
 
 
 def test_health_watch_follows_loading_and_shutdown(start_server):

@@ -123,3 +123,10 @@ def test_a_certificate_with_another_certificates_key_is_named_not_the_port(start
     )  # fmt: skip
     assert done.returncode == 2
     assert str(pki["server"]) in done.stderr and "cannot be used together" in done.stderr
+
+
+def test_a_client_ca_file_without_a_certificate_is_named_not_the_port(start_server, pki):
+    with pytest.raises(ValueError, match="holds no usable CA certificate") as caught:
+        start_server(tls_cert=pki["server"], tls_key=pki["server_key"],
+                     tls_client_ca=pki["client_key"])  # fmt: skip
+    assert str(pki["client_key"]) in str(caught.value) and "port" not in str(caught.value)

@@ -33,6 +33,14 @@ def test_announcing_again_replaces_the_expiry_and_expire_drops_only_the_due():
     assert catalogue.admits("a", 1e9) and not catalogue.admits("b", 0.0)
 
 
+def test_an_expiry_already_past_withdraws_the_item_instead_of_announcing_it():
+    catalogue = Catalogue()
+    assert catalogue.put([("sale-1", 5.0), ("a", 0.0)], now=10.0) == 1
+    assert len(catalogue) == 1 and not catalogue.admits("sale-1", 10.0)
+    assert catalogue.put([("a", 9.0)], now=10.0) == 0  # announced, now ended
+    assert len(catalogue) == 0 and not catalogue.admits("a", 10.0)
+
+
 def test_a_full_catalogue_refuses_the_whole_call():
     catalogue = Catalogue(CatalogueConfig(max_items=2))
     catalogue.put([("a", 0.0)], now=0.0)
