@@ -72,7 +72,7 @@ def check(
             hint = ""
             if tls is not None and code is grpc.StatusCode.UNAVAILABLE:
                 hint = (f"; over TLS trusting {tls.ca}: is that the CA that signed the "
-                        "server's certificate (RECSYS_HEALTHCHECK_TLS_CA or --tls-ca)?")  # fmt: skip
+                        "server's certificate? (RECSYS_HEALTHCHECK_TLS_CA, --tls-ca)")  # fmt: skip
             return False, f"{target}: {name} ({_details(err)}){hint}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == SERVING, status

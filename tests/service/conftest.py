@@ -8,6 +8,8 @@ model's own scores."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from service.config import ServiceConfig, load_config
 from service.server import RecommendationServer
@@ -129,3 +135,53 @@ def served(start_server: Callable[..., Running]) -> Running:
 def served_model_only(start_model_only_server: Callable[..., Running]) -> Running:
     """A loaded server with the online layer off: answers are the model's alone."""
     return start_model_only_server()
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _issue(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate | None = None, key=None) -> Path:
+    if cert is not None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1, and a client certificate, as PEM files."""
+    root = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("test ca", ca_key, "test ca", ca_key, ca=True)
+    files = {"ca": _write(root / "ca.pem", ca)}
+    for who in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[who] = _write(root / f"{who}.pem", _issue(who, key, "test ca", ca_key, ca=False))
+        files[f"{who}_key"] = _write(root / f"{who}.key", key=key)
+    return files

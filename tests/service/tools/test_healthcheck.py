@@ -13,7 +13,6 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.tools import healthcheck
-from tests.service.test_tls import pki  # noqa: F401  (the fixture: a CA and its certificates)
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICE = "recsys.v1.Recommender"
@@ -138,8 +137,12 @@ def test_a_tls_server_is_checked_over_tls_trusting_its_ca(tls_health_server, pki
 
 def test_mutual_tls_shows_the_client_certificate(tls_health_server, pki):
     port = tls_health_server(True)
-    env = {"RECSYS_TLS_CERT": str(pki["server"]), "RECSYS_TLS_KEY": str(pki["server_key"]),
-           "RECSYS_TLS_CLIENT_CA": str(pki["ca"]), "RECSYS_HEALTHCHECK_TLS_CA": str(pki["ca"])}
+    env = {
+        "RECSYS_TLS_CERT": str(pki["server"]),
+        "RECSYS_TLS_KEY": str(pki["server_key"]),
+        "RECSYS_TLS_CLIENT_CA": str(pki["ca"]),
+        "RECSYS_HEALTHCHECK_TLS_CA": str(pki["ca"]),
+    }
     # the server's own pair, signed by the same CA, is a client certificate it accepts
     assert healthcheck.main(["--port", str(port)], environ=env) == 0
     client = ["--tls-cert", str(pki["client"]), "--tls-key", str(pki["client_key"])]
