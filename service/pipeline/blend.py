@@ -65,6 +65,10 @@ class BlendConfig:
     # "ranker": ranker.OnlineRanker, the linear ranker whose weights learn from the next
     # clicks (docs/online.md); "mixture": the fixed blend above (model_weight, stale_factor)
     scorer: str = "ranker"
+    # clicks the layer learns before it ranks for calls without a known click (a fresh
+    # server's first click made its item every such call's whole list); the guard lets a
+    # client teach 20 a minute
+    cold_min_clicks: int = 100
 
     def __post_init__(self) -> None:
         if self.scorer not in SCORERS:
@@ -73,6 +77,8 @@ class BlendConfig:
             raise ValueError("model_weight and stale_factor must be in [0, 1]")
         if self.candidates < 1:
             raise ValueError(f"candidates={self.candidates} must be >= 1")
+        if self.cold_min_clicks < 0:
+            raise ValueError(f"cold_min_clicks={self.cold_min_clicks} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,9 @@ class OnlineLayer:
         """The statistics' ItemTable: where callers get indices for RankQuery.model_ids."""
         return self.model.table
 
-    def learn(self, session_id: str, clicks: list[str], now: float) -> int:
-        """Learn the clicks of a request that are new; returns how many were learnt."""
+    def learn(self, session_id: str, clicks: list[str], now: float, client_id: str = "") -> int:
+        """Learn the clicks of a request that are new; returns how many were learnt.
+        client_id: who sent it (the ranker's weights learn only from many)."""
         if not clicks:
             return 0
         n, last = len(clicks), clicks[-1]
@@ -195,7 +202,7 @@ class OnlineLayer:
             if self.ranker is not None:
                 self.ranker.learn(prefix, now)
                 if session_id:  # the answer to clicks[:i] learns which source had clicks[i]
-                    self.ranker.feedback(session_id, i + 1, clicks[i])
+                    self.ranker.feedback(session_id, i + 1, clicks[i], client_id)
             if self.on_learn is not None:
                 self.on_learn(session_id, prefix, now)
         return n - start

@@ -56,9 +56,6 @@ SOURCE_BLEND = "blend"
 DEADLINE_MARGIN_S = 0.002  # what answering takes after the model ran
 # online answers asked again without the items found outside the catalogue, at most
 ADMIT_RETRIES = 3
-# clicks the online layer learns before it ranks for calls without a known click
-# (_popular); the guard lets one client teach 20 a minute
-COLD_MIN_CLICKS = 100
 
 __all__ = ["InvalidRequest", "Limits", "NoKnownClicks", "Recommender", "Result"]
 
@@ -239,7 +236,7 @@ class Recommender:
         chosen = self.guard.select(query.session_id, clicks, query.client_id, now,
                                    self.model.index)  # fmt: skip
         for i, session_id in chosen:
-            self.online.learn(session_id, clicks[: i + 1], now)  # teaches click i alone
+            self.online.learn(session_id, clicks[: i + 1], now, query.client_id)  # click i alone
         return len(chosen)
 
     def _online_answers(
@@ -464,25 +461,46 @@ class Recommender:
         return result
 
     def _popular(self, query: Query, now: float | None) -> Result:
-        """The online layer's ranking once it has learnt COLD_MIN_CLICKS clicks and when it
-        fills top_k, else training-set popularity: a fresh layer's few clicks must not
-        decide what every caller without a known click sees (one click from one client
-        made its item the whole list), nor may a thin layer shorten the list."""
+        """A call without a known click: the online layer's ranking once it has learnt
+        BlendConfig.cold_min_clicks clicks (a fresh layer's few clicks must not decide what
+        every such caller sees: one click from one client made its item the whole list),
+        filled up to top_k with training-set popularity; else that popularity alone."""
         model, online = self.model, self.online
-        warm = online is not None and online.clicks_learnt >= COLD_MIN_CLICKS
-        if warm and query.candidates is None:
-            now = time.time() if now is None else now
-            ids, scores, _ = self._online_answers([query], [None], [now], [False])[0]
-            if len(ids) >= query.top_k:
-                return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
+        warm = online is not None and online.clicks_learnt >= online.config.cold_min_clicks
         if query.candidates is not None:
             counts = model.popularity[query.candidates].astype(np.float32)
             items, scores = order_candidates(query.candidates, counts)
-        else:
-            head = model.popularity_order[: query.top_k + len(query.excluded)]
-            top_scores = model.popularity[head].astype(np.float32)
-            items, scores = top_k_excluding(head, top_scores, query.excluded, query.top_k)
-        return self._result(query, items, scores, SOURCE_POPULARITY, "", 0)
+            return self._result(query, items, scores, SOURCE_POPULARITY, "", 0)
+        head = model.popularity_order[: 2 * query.top_k + len(query.excluded)]
+        top_scores = model.popularity[head].astype(np.float32)
+        items, scores = top_k_excluding(head, top_scores, query.excluded, 2 * query.top_k)
+        if not warm:
+            return self._result(query, items[: query.top_k], scores[: query.top_k],
+                                SOURCE_POPULARITY, "", 0)  # fmt: skip
+        now = time.time() if now is None else now
+        ids, online_scores, _ = self._online_answers([query], [None], [now], [False])[0]
+        if not ids:
+            return self._result(query, items[: query.top_k], scores[: query.top_k],
+                                SOURCE_POPULARITY, "", 0)  # fmt: skip
+        return self._filled(query, ids, online_scores, items)
+
+    def _filled(
+        self, query: Query, ids: list[str], scores: list[float], popular: list[int]
+    ) -> Result:
+        """The online ranking of a call without a known click, up to top_k with the most
+        popular training items it lacks. Those score 0, the ranker's score of an item with
+        no online evidence: after the online items scored above 0, before any below."""
+        ranked = set(ids)
+        fill = [i for i in (self.model.item_ids[j] for j in popular) if i not in ranked]
+        fill = fill[: max(query.top_k - len(ids), 0)]
+        if not fill:
+            return Result(ids, scores, SOURCE_ONLINE, None, query.unknown)
+        above = sum(1 for score in scores if score >= 0.0)
+        merged = ids[:above] + fill + ids[above:]
+        merged_scores = scores[:above] + [0.0] * len(fill) + scores[above:]
+        sources = [SOURCE_ONLINE] * above + [SOURCE_POPULARITY] * len(fill)
+        sources += [SOURCE_ONLINE] * (len(ids) - above)
+        return Result(merged, merged_scores, SOURCE_BLEND, sources, query.unknown)
 
     def _result(
         self,

@@ -217,9 +217,14 @@ def test_callers_without_a_known_click_get_a_full_list_that_one_click_cannot_dec
     served.attack(400, shoppers("bg", p, lambda n: followers[n % 25], lambda n: f"bg-{n}"))
     after = cold(20)
     assert after.source == pb.SOURCE_ONLINE and len(after.items) == 20
-    # it tracks 26 items: a list of 50 comes from popularity, whole
+    # it tracks 26 items: a list of 50 is filled up with training popularity, scored 0
     wide = cold(50)
-    assert wide.source == pb.SOURCE_POPULARITY and len(wide.items) == 50
+    assert wide.source == pb.SOURCE_BLEND and len(wide.items) == 50
+    sources = [item.source for item in wide.items]
+    n_online = sources.count(pb.SOURCE_ONLINE)
+    assert sources == [pb.SOURCE_ONLINE] * n_online + [pb.SOURCE_POPULARITY] * (50 - n_online)
+    assert [item.score for item in wide.items[n_online:]] == [0.0] * (50 - n_online)
+    assert len({item.item_id for item in wide.items}) == 50
 
 
 def test_put_items_needs_a_configured_token(start):

@@ -8,7 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from service.pipeline.blend import BlendConfig
 from service.tools.replay import Click, build_engine, main, read_clicks, replay
+
+# calls without a known click get the online ranking from the first click learnt (the
+# server waits for 100: BlendConfig.cold_min_clicks)
+NO_WARM_UP = BlendConfig(cold_min_clicks=0)
 
 
 def write_log(path, rows: list[tuple[str, str, float]]) -> None:
@@ -33,7 +38,7 @@ def test_no_prediction_uses_a_click_from_its_future(tiny):
         Click("C", "y", 20.0), Click("C", "x", 25.0),  # C's answer at 20 knows y -> x
     ]  # fmt: skip
     test.sort(key=lambda c: c.time)
-    engine = build_engine(tiny.export_dir, online=True, use_model=False)
+    engine = build_engine(tiny.export_dir, online=True, use_model=False, blend=NO_WARM_UP)
     figures = replay(engine, [], test, cutoffs=(20,))
     assert figures["n_predictions"] == 3
     assert figures["recall@20"] == pytest.approx(1 / 3)  # only C's target
@@ -43,7 +48,7 @@ def test_no_prediction_uses_a_click_from_its_future(tiny):
 def test_history_is_learnt_but_not_scored(tiny):
     history = [Click("H", "y", 1.0), Click("H", "x", 2.0)]
     test = [Click("A", "y", 10.0), Click("A", "x", 11.0)]
-    engine = build_engine(tiny.export_dir, online=True, use_model=False)
+    engine = build_engine(tiny.export_dir, online=True, use_model=False, blend=NO_WARM_UP)
     figures = replay(engine, history, test)
     assert figures["n_predictions"] == 1 and figures["recall@20"] == 1.0
 
