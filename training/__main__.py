@@ -32,8 +32,19 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-key", default="UserId", help="user id column, kept when present")
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch of 0 never ends; a cutoff of 0 means nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
 def _add_cutoffs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20], help="k of @k")
+    p.add_argument("--cutoffs", type=_positive, nargs="+", default=[1, 5, 10, 20], help="k of @k")
 
 
 def _read(path: str, args: argparse.Namespace):
@@ -54,6 +65,25 @@ def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512
         history = history[history[ITEM].isin(vocab.index)]
     plan = UserSessions.from_events(with_history(test, history), vocab, unknown, source)
     return evaluate_users(scorer_for(model), plan, cutoffs, batch, ties or "conservative")
+
+
+def _check_out(out: str) -> None:
+    """Raises ValueError when --out cannot become a model directory (checked before work)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the model")
+
+
+def _known(events, vocab, source: str):
+    """The events; raises DataError when none is on an item of vocab (nothing to score)."""
+    from .data.logs import ITEM
+
+    if not events[ITEM].isin(vocab.index).any():
+        raise DataError(
+            f"{source}: none of its {len(events):,} clicks is on an item the model knows; "
+            "is it a test file of the same data?"
+        )
+    return events
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -132,6 +162,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .fit.train import fit, resolve_device, save_model
 
     cfg = Config.from_sources(args.config, args.param)
+    _check_out(args.out)
+    if cfg.n_epochs < 1:
+        raise ValueError(f"n_epochs={cfg.n_epochs}: nothing would be trained; give 1 or more")
+    resolve_device(cfg.device)  # a device that is not there fails now, not after the data
     rank = None
     if distributed.launched_by_torchrun():  # one process per rank; see training/fit/distributed.py
         rank = distributed.init_from_env(resolve_device(cfg.device).type)
@@ -139,6 +173,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     vocab = ItemVocab.from_events(events)
     train = Sessions.from_events(events, vocab, source=args.train)
     train.check_min_length(args.train)
+    # the test file is read and checked before the training, not after it (a bad path or
+    # a file of unknown items used to end a finished run with nothing saved)
+    test_events = _known(_read(args.test, args), vocab, args.test) if args.test else None
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
     if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions
@@ -152,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if rank is not None and not rank.is_main:
         return  # the ranks' models are the same; rank 0 evaluates and writes it
     meta = {
-        "train_file": str(args.train),
+        "train_file": str(Path(args.train).resolve()),  # report reads it from anywhere
         "train_clicks": train.n_events,
         "train_sessions": train.n_sessions,
         "train_seconds": round(time.perf_counter() - started, 2),
@@ -162,16 +199,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         ],
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if args.test:
+    if test_events is not None:
         if cfg.architecture == "hrnn":  # the training clicks are the users' history
-            test_events = _read(args.test, args)
             result = _with_users(model, test_events, events, vocab, "drop", args.test, args.cutoffs)
             meta["evaluation"] = result
             print(format_table({"hrnn": result, "returning": result["returning"],
                                 "returning, first click": result["returning_first"]},
                                args.cutoffs))  # fmt: skip
         else:
-            test = Sessions.from_events(_read(args.test, args), vocab, "drop", args.test)
+            test = Sessions.from_events(test_events, vocab, "drop", args.test)
             meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
             print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
     popularity = item_popularity(train, len(vocab))
@@ -186,6 +222,7 @@ def cmd_update(args: argparse.Namespace) -> None:
 
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise ValueError("--out must differ from --model: the parent stays, so lineage holds")
+    _check_out(args.out)
     options = UpdateOptions(args.min_item_support, args.min_session_length, args.new_rows)
     events = _read(args.train, args)
     quiet = args.quiet
@@ -212,6 +249,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     trained = load_model(args.model, device=args.device)
     unknown = "drop" if args.drop_unknown else "error"
     events = _read(args.test, args)
+    if args.drop_unknown:
+        _known(events, trained.vocab, args.test)
     if args.history or (trained.config.architecture == "hrnn" and USER in events.columns):
         history = _read(args.history, args) if args.history else None
         result = _with_users(
@@ -224,7 +263,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"{result['returning']['n_events']:,} predictions for returning users")
     else:
         test = Sessions.from_events(events, trained.vocab, unknown, args.test)
-        test.check_min_length(args.test)
+        if not args.drop_unknown:  # a session left with one click has nothing to predict
+            test.check_min_length(args.test)
         result = evaluate(
             GRUScorer(trained.model), test, args.cutoffs, args.batch_size, args.tie_mode, True
         )
@@ -241,8 +281,11 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    from .config import Config
     from .evaluation.tune import TuneOptions, run_study
 
+    if Config.from_sources(args.config, args.param).n_epochs < 1:
+        raise ValueError("n_epochs must be 1 or more: a trial of 0 epochs has nothing to score")
     options = TuneOptions(
         train=args.train,
         out=args.out,
@@ -381,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--test", required=True)
     _add_cutoffs(p)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=_positive, default=512)
     p.add_argument(
         "--tie-mode", default="conservative", choices=["conservative", "standard", "median"]
     )
@@ -415,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default="gru4rec")
     p.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "bpr-max"])
     p.add_argument("--metric", default="mrr@20", help="mrr@K or recall@K, maximised")
-    p.add_argument("--trials", type=int, default=20, help="trials in this run")
+    p.add_argument("--trials", type=_positive, default=20, help="trials in this run")
     p.add_argument("--timeout", type=float, default=None, help="seconds for this run")
     p.add_argument("--config", help="base config, trial 0; file or preset name")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="fixed")

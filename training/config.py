@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Any
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 OPTIMIZERS = ("adagrad", "adam")
+DEVICES = ("auto", "cpu", "cuda")  # or "cuda:N"
+ARCHITECTURES = ("id", "feature", "concat", "parallel", "hrnn")
+STRATEGIES = ("simultaneous", "alternating", "residual", "interleaving")  # p-RNN's
+BLOOM_ON = ("input", "output", "both")
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
@@ -86,8 +91,26 @@ class Config:
         for name in ("dropout_p_embed", "dropout_p_hidden", "dropout_p_user", "dropout_p_init"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}={getattr(self, name)} must be in [0, 1)")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate={self.learning_rate} must be positive")
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):  # NaN too
+            problems.append(f"learning_rate={self.learning_rate} must be a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"momentum={self.momentum} must be in [0, 1)")
+        for name in ("sample_alpha", "bpreg", "logq", "elu_param", "bloom_bits"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                problems.append(f"{name}={value} must be a number >= 0")
+        if self.bloom_hashes < 1 or self.threads < 0 or self.sample_store_size < 0:
+            problems.append("bloom_hashes must be >= 1, threads and sample_store_size >= 0")
+        if self.batch_size == 1 and self.n_sample == 0:
+            problems.append(
+                "batch_size=1 with n_sample=0 leaves no negative for any example (nothing "
+                "trains); raise batch_size or n_sample"
+            )
+        for name, allowed in (("device", DEVICES), ("architecture", ARCHITECTURES),
+                              ("strategy", STRATEGIES), ("bloom_on", BLOOM_ON)):  # fmt: skip
+            value = getattr(self, name)
+            if value not in allowed and not (name == "device" and value.startswith("cuda:")):
+                problems.append(f"{name}={value!r} is not one of {', '.join(allowed)}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 

@@ -52,18 +52,20 @@ class GRUScorer:
 
 
 def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, mode: str = "conservative"):
-    """1-based rank of each row's target among all columns. scores (B, N), targets (B,)."""
+    """1-based rank of each row's target among all columns. scores (B, N), targets (B,).
+    A NaN target score ranks last (N): no comparison holds for it, so it was rank 0 before,
+    a hit with a reciprocal rank of infinity."""
     target_scores = scores.gather(1, targets[:, None])
     # summing in int32 is several times faster than the default int64 bool reduction
     higher = (scores > target_scores).sum(dim=1, dtype=torch.int32)
     if mode == "standard":  # ties go in the model's favour
-        return higher + 1
-    ties = (scores == target_scores).sum(dim=1, dtype=torch.int32)  # counts the target too
-    if mode == "conservative":
-        return higher + ties
-    if mode == "median":
-        return higher + (ties + 1).float() / 2
-    raise ValueError(f"unknown tie mode {mode!r}; use one of {', '.join(TIE_MODES)}")
+        rank = higher + 1
+    elif mode in ("conservative", "median"):
+        ties = (scores == target_scores).sum(dim=1, dtype=torch.int32)  # counts the target too
+        rank = higher + ties if mode == "conservative" else higher + (ties + 1).float() / 2
+    else:
+        raise ValueError(f"unknown tie mode {mode!r}; use one of {', '.join(TIE_MODES)}")
+    return torch.where(target_scores[:, 0].isnan(), scores.shape[1], rank)
 
 
 def metrics_from_ranks(ranks: np.ndarray, cutoffs=(1, 5, 10, 20)) -> dict[str, float]:

@@ -67,6 +67,9 @@ OUTPUT_SCORES, OUTPUT_STATE = "scores", "new_state"
 OUTPUT_TOP_SCORES, OUTPUT_TOP_ITEMS = "top_scores", "top_items"
 
 DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime 1.31.1 reads up to 25
+# the step graph needs 18 (Split with num_outputs: 16 and 17 fail the checker), and torch's
+# exporter wrote 18 for any value outside its range (5, 99) without a word
+OPSETS = range(18, 26)
 # onnxruntime 1.31.1 refuses IR versions above 13 (onnx 1.23 writes up to 14); opset 18
 # needs only IR 8, and 10 keeps the file loadable by older runtimes too
 MAX_IR_VERSION = 10
@@ -109,6 +112,12 @@ def export_model(
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(
             f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE_CHOICES)} or none"
+        )
+    if opset is not None and opset not in OPSETS:
+        raise ValueError(
+            f"opset {opset} cannot be written: the step graph needs {OPSETS[0]} or later and "
+            f"onnxruntime reads up to {OPSETS[-1]}; give {OPSETS[0]}-{OPSETS[-1]} or leave it out "
+            f"({DEFAULT_OPSET})"
         )
     trained = load_model(model_dir, device="cpu")
     ids = [str(i) for i in trained.vocab.ids]

@@ -50,11 +50,27 @@ def test_presets_are_found_by_name():
         ("colour=red", "unknown parameter"),
         ("dropout_p_hidden=1.5", "must be in"),
         ("lossbpr", "must look like name=value"),
+        ("learning_rate=nan", "learning_rate=nan must be a positive number"),
+        ("momentum=-1", "momentum=-1.0 must be in"),
+        ("logq=-0.5", "logq=-0.5 must be a number >= 0"),
+        ("sample_alpha=-1", "sample_alpha=-1.0 must be a number >= 0"),
+        ("threads=-1", "threads and sample_store_size >= 0"),
+        ("device=tpu", "device='tpu' is not one of"),
+        ("bloom_on=inputs", "bloom_on='inputs' is not one of"),
+        ("strategy=simultanous", "strategy='simultanous' is not one of"),
+        ("architecture=transformer", "architecture='transformer' is not one of"),
     ],
 )
 def test_bad_values_get_errors_that_say_what_to_fix(param, message):
     with pytest.raises(ValueError, match=message):
         Config.from_sources(None, [param])
+
+
+def test_one_example_a_batch_without_sampled_negatives_is_refused():
+    with pytest.raises(ValueError, match="leaves no negative for any example"):
+        Config(batch_size=1, n_sample=0)
+    Config(batch_size=1, n_sample=8)  # negatives from the sample
+    Config(batch_size=2, n_sample=0)  # the other example
 
 
 def test_round_trips_through_a_dict():

@@ -59,3 +59,11 @@ def test_batched_evaluation_equals_one_session_at_a_time():
         one = Sessions(test.session(s), np.array([0, lengths[s]]), np.array(["x"]))
         single.append(collect_ranks(GRUScorer(model), one, batch_size=1))
     assert sorted(batched.tolist()) == sorted(np.concatenate(single).tolist())
+
+
+def test_a_nan_target_score_ranks_last_not_first():
+    scores = torch.tensor([[1.0, 2.0, float("nan")], [3.0, 3.0, 1.0]])
+    targets = torch.tensor([2, 0])
+    for mode, second in (("conservative", 2), ("standard", 1), ("median", 1.5)):
+        ranks = rank_of_target(scores, targets, mode)
+        assert ranks.tolist() == [3, second]

@@ -114,3 +114,93 @@ def test_training_on_cuda_matches_training_on_cpu(demo_dir, cpu_trained, tmp_pat
     assert cpu["evaluation"]["recall@20"] > 0.5  # it learnt something worth comparing (0.75)
     for name in ("recall@20", "mrr@20"):  # 0.02: about 20 of the 1,028 test events
         assert cuda["evaluation"][name] == pytest.approx(cpu["evaluation"][name], abs=0.02), name
+
+
+def _fails(argv: list[str], capsys) -> str:
+    """The message of a command that must exit 2 with one line, not a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "0"], "argument --batch-size: 0 must be 1 or more"),
+        (["--batch-size", "-1"], "argument --batch-size: -1 must be 1 or more"),
+        (["--cutoffs", "20", "0"], "argument --cutoffs: 0 must be 1 or more"),
+        (["--device", "tpu"], "device='tpu' is not a device"),
+    ],
+)
+def test_evaluate_refuses_settings_it_cannot_honour(cpu_trained, demo_dir, capsys, extra, message):
+    model, _ = cpu_trained
+    test = ["--model", str(model), "--test", str(demo_dir / "test.tsv")]
+    assert message in _fails(["evaluate", *test, *extra], capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there to be used")
+def test_a_missing_gpu_is_said_before_any_work(cpu_trained, demo_dir, tmp_path, capsys):
+    model, _ = cpu_trained
+    test = ["--model", str(model), "--test", str(demo_dir / "test.tsv")]
+    assert "CUDA is not available" in _fails(["evaluate", *test, "--device", "cuda"], capsys)
+    train = ["train", "--train", str(demo_dir / "train.tsv"), "--out", str(tmp_path / "m")]
+    assert "CUDA is not available" in _fails([*train, "--param", "device=cuda"], capsys)
+
+
+def test_train_checks_the_test_file_and_the_output_before_it_trains(demo_dir, tmp_path, capsys):
+    """A bad --test or --out used to end a finished training with nothing saved."""
+    train = ["train", "--train", str(demo_dir / "train.tsv"), *SAME_ON_ANY_DEVICE]
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("SessionId\tItemId\tTime\n1\tnew-a\t1\n1\tnew-b\t2\n")
+    out = tmp_path / "model"
+    assert "none of its 2 clicks" in _fails([*train, "--test", str(unknown), "--out", str(out)],
+                                           capsys)  # fmt: skip
+    missing = tmp_path / "no-such.tsv"
+    assert "no-such.tsv" in _fails([*train, "--test", str(missing), "--out", str(out)], capsys)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert "is a file" in _fails([*train, "--out", str(a_file)], capsys)
+    assert "nothing would be trained" in _fails(
+        [*train, "--out", str(out), "--param", "n_epochs=0"], capsys
+    )
+    assert not (out / "model.pt").exists()
+
+
+def test_the_model_records_where_its_training_clicks_are_from_anywhere(cpu_trained, demo_dir):
+    _, meta = cpu_trained
+    assert Path(meta["train_file"]) == (demo_dir / "train.tsv").resolve()
+
+
+def test_evaluate_drop_unknown_takes_a_session_left_with_one_click(cpu_trained, tmp_path, capsys):
+    model, _ = cpu_trained
+    known = load_model(model).vocab.ids
+    test = tmp_path / "test.tsv"
+    rows = [("1", known[0], 1), ("1", "gone", 2), ("2", known[1], 3), ("2", known[2], 4)]
+    test.write_text("SessionId\tItemId\tTime\n" + "".join(f"{s}\t{i}\t{t}\n" for s, i, t in rows))
+    main(["evaluate", "--model", str(model), "--test", str(test), "--drop-unknown"])
+    assert "1 predictions" in capsys.readouterr().out  # session 2's; session 1 has none left
+
+
+def test_a_cut_short_model_file_is_named(cpu_trained, tmp_path, capsys):
+    model, _ = cpu_trained
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "model.pt").write_bytes((model / "model.pt").read_bytes()[:1000])
+    message = _fails(["evaluate", "--model", str(cut), "--test", "x.tsv"], capsys)
+    assert "model.pt cannot be read" in message and "copy it again" in message
+
+
+@pytest.mark.parametrize("opset", ["16", "99"])
+def test_export_refuses_an_opset_it_cannot_write(cpu_trained, tmp_path, capsys, opset):
+    model, _ = cpu_trained
+    out = tmp_path / "export"
+    message = _fails(["export", "--model", str(model), "--out", str(out), "--opset", opset], capsys)
+    assert f"opset {opset} cannot be written" in message and "18-25" in message
+    assert not out.exists()
+
+
+def test_tune_refuses_zero_trials_or_epochs(demo_dir, tmp_path, capsys):
+    tune = ["tune", "--train", str(demo_dir / "train.tsv"), "--out", str(tmp_path / "t")]
+    assert "argument --trials: 0 must be 1 or more" in _fails([*tune, "--trials", "0"], capsys)
+    assert "n_epochs must be 1 or more" in _fails([*tune, "--param", "n_epochs=0"], capsys)

@@ -9,9 +9,12 @@ The search space is declared below (SPACES), one per loss, modelled on the refer
 paramspaces (hidasib/GRU4Rec_PyTorch_Official) with logq and n_sample added. Trials are
 sampled by a seeded TPE sampler; after each epoch a trial reports its validation metric and
 a median pruner stops trials that are behind the median of earlier trials at that epoch.
-The study lives in an SQLite file, so an interrupted search resumes where it stopped. The
-base configuration (--config/--param, the defaults otherwise) is always trial 0, so the
-best configuration is never worse on validation than the one it started from.
+The study lives in an SQLite file, so an interrupted search resumes where it stopped; it
+records the settings its values depend on (metric, base configuration, ranges, data sizes)
+and a run with other settings is refused rather than mixed in. The base configuration
+(--config/--param, the defaults otherwise) runs first (trial 0, or the first trial of a
+resumed run if it never completed), so the best configuration is never worse on validation
+than the one it started from.
 
 Writes to --out: best.json (a full config for `train --config`), trials.csv and
 summary.json (metric, the base configuration's and the best value, trial counts).
@@ -239,8 +242,13 @@ def run_study(options: TuneOptions) -> dict[str, Any]:
             n_warmup_steps=options.prune_warmup_epochs,
         ),
     )
-    if not study.trials:  # the base configuration first, as the yardstick
-        study.enqueue_trial({k: v for k, v in _config_values(base).items() if k in space})
+    where = f"the study {options.study_name!r} in {options.study or out / 'study.db'}"
+    check_settings(study, study_settings(f"{name}@{cutoff}", base, space, data), where)
+    start = {k: v for k, v in _config_values(base).items() if k in space}
+    # The base first, as the yardstick; again on resume when a run stopped before it completed.
+    done_or_queued = [t for t in study.trials if t.state.name in ("COMPLETE", "WAITING")]
+    if not any(_params(t) == start for t in done_or_queued):
+        study.enqueue_trial(start)
     objective = _Objective(data, base, space, f"{name}@{cutoff}", cutoff)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Fixed parameter")  # the base may be off-grid
@@ -251,7 +259,60 @@ def run_study(options: TuneOptions) -> dict[str, Any]:
             show_progress_bar=options.progress,
             callbacks=[_print_trial] if options.progress else [],
         )
-    return write_results(study, base, out, options.metric)
+    return write_results(study, base, start, out, options.metric)
+
+
+# Where a trial runs, not what it learns: these may change between runs of one study.
+_RUNTIME = ("device", "threads", "cuda_graph")
+
+
+def study_settings(metric: str, base: Config, space: dict[str, Param], data: _Data) -> dict:
+    """What a study's values depend on, as JSON values: the metric, the base configuration
+    (trial 0, and what the other trials vary), the searched ranges and the data sizes."""
+
+    def span(p: Param) -> str:
+        return "/".join(map(str, p.values)) if isinstance(p, Choice) else f"{p.low}:{p.high}"
+
+    settings = {
+        "metric": metric,
+        "base": {k: v for k, v in _config_values(base).items() if k not in _RUNTIME},
+        "space": {name: span(p) for name, p in space.items()},
+        "data": f"{data.n_items} items, {data.train.n_events} training and "
+        f"{data.valid.n_events} validation clicks",
+    }
+    return json.loads(json.dumps(settings))  # tuples as lists, as the study returns them
+
+
+def check_settings(study: optuna.Study, settings: dict[str, Any], where: str) -> None:
+    """Record `settings` in a new study's user attributes; raise ValueError, saying what
+    differs, when resuming a study made under other settings: its trials would mix with this
+    run's (values of two metrics maximised together, a new base that never runs)."""
+    if not study.user_attrs:  # a new study (or one from before they were kept) takes these
+        for key, value in settings.items():
+            study.set_user_attr(key, value)
+        return
+    diffs = []
+    for key, now in settings.items():
+        was = study.user_attrs.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            label = "" if key == "base" else f"{key} "
+            diffs += [
+                f"{label}{k} {was.get(k, '-')} (now {now.get(k, '-')})"
+                for k in [*was, *(k for k in now if k not in was)]
+                if was.get(k) != now.get(k)
+            ]
+        elif was != now:
+            diffs.append(f"{key} {was} (now {now})")
+    if diffs:
+        raise ValueError(
+            f"{where} was made with other settings: {'; '.join(diffs)}; start a new study "
+            "(another --out, --study or --study-name) or rerun with the study's settings"
+        )
+
+
+def _params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The parameters a trial was enqueued with (also while it waits), else its own."""
+    return trial.system_attrs.get("fixed_params", trial.params)
 
 
 def _trials_so_far(options: TuneOptions) -> list:
@@ -281,7 +342,11 @@ def _best_value(study: optuna.Study) -> float:
     return max(done) if done else float("nan")
 
 
-def write_results(study: optuna.Study, base: Config, out: Path, metric: str) -> dict[str, Any]:
+def write_results(
+    study: optuna.Study, base: Config, start: dict[str, Any], out: Path, metric: str
+) -> dict[str, Any]:
+    """`start` is the base configuration's searched parameters: the first complete trial of
+    them gives the base value (trial 0, unless a run stopped before it completed)."""
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise RuntimeError(
@@ -292,10 +357,10 @@ def write_results(study: optuna.Study, base: Config, out: Path, metric: str) -> 
     cfg = Config.from_dict({**_config_values(base), **tuned})
     (out / "best.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     study.trials_dataframe().to_csv(out / "trials.csv", index=False)
-    first = study.trials[0]
+    base_trial = next((t for t in complete if _params(t) == start), None)
     summary = {
         "metric": metric,
-        "base_value": first.value if first.state.name == "COMPLETE" else None,
+        "base_value": None if base_trial is None else base_trial.value,
         "best_value": best.value,
         "best_trial": best.number,
         "best_params": tuned,

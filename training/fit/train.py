@@ -11,6 +11,8 @@ Files without optimiser state still load (Trained.optimizer_state is None).
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,8 +42,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but CUDA is not available; use cpu")
-    return torch.device(name)
+        raise ValueError(f"device={name} was asked for but CUDA is not available; use cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a device: use auto, cpu or cuda ({err})") from err
 
 
 @dataclass
@@ -138,7 +143,7 @@ def fit(
     if cfg.architecture == "hrnn":  # session-parallel batches would never set the user state
         raise ValueError(
             "architecture=hrnn trains on user-parallel batches: use training.fit.hrnn_fit.fit_hrnn "
-            "(`python -m training train` picks it when the log has a UserId column)"
+            "(`python -m training train --param architecture=hrnn` does)"
         )
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -352,7 +357,10 @@ def save_model(
             name: {key: value.detach().cpu() for key, value in state.items()}
             for name, state in optimizer_state.items()
         }
-    torch.save(payload, out / "model.pt")
+    # written beside and moved in: a run killed while saving leaves the old model whole
+    partial = out / "model.pt.partial"
+    torch.save(payload, partial)
+    os.replace(partial, out / "model.pt")
     readable = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "n_items": len(vocab)}
     (out / "config.json").write_text(json.dumps({**readable, "meta": meta}, indent=2) + "\n")
     return out
@@ -362,7 +370,13 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> Trained:
     path = Path(model_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; train a model with `python -m training train`")
-    payload = torch.load(path, map_location=device, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=resolve_device(device), weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(
+            f"{path} cannot be read ({err}); it is cut short or not a model file: copy it "
+            "again, or train the model again"
+        ) from err
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: model format {payload.get('format_version')} is not {FORMAT_VERSION}"

@@ -277,6 +277,11 @@ def update(
     started = time.perf_counter()
     options = options or UpdateOptions()
     parent = load_model(parent_dir)
+    if parent.config.architecture == "hrnn":
+        raise ValueError(
+            "update continues session-parallel training, which never sets an HRNN's user "
+            "state: train the HRNN again on the whole log (`train --param architecture=hrnn`)"
+        )
     source = str(source)
     array = np.load(features) if isinstance(features, str | Path) else features
     if isinstance(features, str | Path):  # the model's config names its features file

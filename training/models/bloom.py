@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pybloom_live.pybloom import make_hashfuncs
 from torch import nn
 
-from ..config import Config
+from ..config import BLOOM_ON, Config
 from .gru import (
     Dropout,
     SessionModel,
@@ -37,8 +37,6 @@ from .gru import (
     run_cells,
     stack_shapes,
 )
-
-BLOOM_ON = ("input", "output", "both")
 
 
 def resolve_bits(bloom_bits: float, n_items: int, n_hashes: int) -> int:

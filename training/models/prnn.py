@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import STRATEGIES, Config
 from .gru import (
     ALL,
     Dropout,
@@ -47,7 +47,6 @@ from .gru import (
 from .gru4rec import GRU4Rec
 
 ARCHITECTURES = ("feature", "concat", "parallel")
-STRATEGIES = ("simultaneous", "alternating", "residual", "interleaving")
 SUBNETS = ("id", "feature")  # training order for the alternating strategies
 
 

@@ -1,9 +1,13 @@
 """training.evaluation.tune: the validation split, a tiny study that resumes from its SQLite
-file and prunes a hopeless trial, and a best configuration that `train --config` accepts."""
+file and prunes a hopeless trial, and a best configuration that `train --config` accepts; a
+resume under other settings is refused, and one after a run that stopped in the base trial
+runs the base."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import optuna
 import pandas as pd
@@ -54,11 +58,11 @@ def log(tmp_path_factory):
     return root
 
 
-def options(root, trials: int) -> TuneOptions:
+def options(root, trials: int, out: str = "out") -> TuneOptions:
     fixed = ("layers=16", "batch_size=16", "n_sample=16", "n_epochs=2", "threads=1")
     return TuneOptions(
         train=str(root / "train.tsv"),
-        out=str(root / "out"),
+        out=str(root / out),
         trials=trials,
         params=fixed,
         prune_startup_trials=1,
@@ -87,3 +91,47 @@ def test_study_resumes_prunes_a_hopeless_trial_and_writes_a_loadable_best_config
         + ["--out", str(log / "model"), "--quiet"]
     )
     assert (log / "model" / "model.pt").exists()
+
+
+def test_a_resume_under_other_settings_is_refused_and_says_what_differs(log, capsys):
+    first = options(log, 1, "refuse")
+    run_study(first)
+    changes = {
+        "metric mrr@20 (now recall@20)": replace(first, metric="recall@20"),
+        "loss cross-entropy (now bpr-max)": replace(first, loss="bpr-max"),
+        "learning_rate 0.05 (now 0.1)": replace(first, params=(*first.params, "learning_rate=0.1")),
+        "space learning_rate 0.01:0.25 (now 0.02:0.1)": replace(
+            first, ranges=("learning_rate=0.02:0.1",)
+        ),
+    }
+    for diff, changed in changes.items():
+        with pytest.raises(ValueError, match="other settings: .*" + re.escape(diff)):
+            run_study(changed)
+    with pytest.raises(SystemExit) as exit_:  # the CLI: one line, exit 2
+        main(["tune", "--train", first.train, "--out", first.out, "--metric", "recall@20"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "another --out" in err
+    study = optuna.load_study(study_name="gru4rec", storage=f"sqlite:///{first.out}/study.db")
+    assert len(study.trials) == 1  # nothing mixed in
+    assert run_study(replace(first, params=(*first.params, "threads=2")))["trials"] == 2
+
+
+@pytest.mark.parametrize("stop", ["interrupted", "failed", "before it began"])
+def test_a_resume_runs_the_base_when_the_first_run_stopped_in_it(log, monkeypatch, stop):
+    first = options(log, 1, f"stopped-{stop.replace(' ', '-')}")
+    if stop == "before it began":  # the base stays queued: it must run once, not twice
+        with pytest.raises(RuntimeError, match="no trial finished"):
+            run_study(replace(first, trials=0))
+    else:
+        error = KeyboardInterrupt if stop == "interrupted" else RuntimeError
+        monkeypatch.setattr("training.fit.train.fit", lambda *a, **k: (_ for _ in ()).throw(error))
+        with pytest.raises(error):
+            run_study(first)
+        monkeypatch.undo()
+    second = run_study(first)
+    study = optuna.load_study(study_name="gru4rec", storage=f"sqlite:///{first.out}/study.db")
+    base = study.trials[-1]
+    assert base.state.name == "COMPLETE" and base.params["learning_rate"] == 0.05  # the default
+    assert second["base_value"] == base.value > 0
+    assert second["trials"] == (1 if stop == "before it began" else 2)
