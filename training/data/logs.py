@@ -2,11 +2,14 @@
 index arrays that training and evaluation run on.
 
 A click log has one row per click with a session id, an item id (an opaque string) and a
-time (Unix seconds). Files are TSV, CSV or Parquet, chosen by suffix.
+time (Unix seconds; a Parquet timestamp column is converted to them). Files are Parquet
+(.parquet), CSV (.csv) or otherwise TSV, chosen by the name in any case, ignoring a
+compression suffix (clicks.csv.gz is a gzipped CSV).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pandas as pd
 SESSION, ITEM, TIME = "SessionId", "ItemId", "Time"
 USER = "UserId"  # optional: whose session it is (training.data.user_batching, HRNN)
 DAY = 86_400.0
+COMPRESSION = (".gz", ".bz2", ".zip", ".xz", ".zst")  # pandas decompresses these itself
 
 
 class DataError(ValueError):
@@ -37,13 +41,21 @@ def read_events(
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; expected a header and one row per click")
     wanted = [session_key, item_key, time_key]
-    if path.suffix == ".parquet":
+    sep = _separator(path)
+    if sep is None:
         df = pd.read_parquet(path)
     else:
-        sep = "," if path.suffix == ".csv" else "\t"
-        dtypes = {session_key: str, item_key: str, **({user_key: str} if user_key else {})}
-        df = pd.read_csv(path, sep=sep, dtype=dtypes)
+        df = _read_text(path, sep, [session_key, item_key] + ([user_key] if user_key else []))
     missing = [c for c in wanted if c not in df.columns]
+    if missing and sep is not None and len(df.columns) == 1:
+        other = "\t" if sep == "," else ","
+        if other in str(df.columns[0]):  # the whole header is one field: the wrong separator
+            kind, suffix = ("tab", ".tsv") if other == "\t" else ("comma", ".csv")
+            raise DataError(
+                f"{path}: the header {df.columns[0]!r} is one field: the file is "
+                f"{kind}-separated, but its name makes it read as "
+                f"{'CSV' if sep == ',' else 'TSV'}; rename it to end in {suffix}"
+            )
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; found "
@@ -55,39 +67,84 @@ def read_events(
     df = df[wanted + ([user_key] if with_user else [])].rename(columns=renames)
     if df.empty:
         raise DataError(f"{path}: the file has a header but no clicks")
-    _check_values(df, path)
+    if pd.api.types.is_datetime64_any_dtype(df[TIME]):
+        # a timestamp column (Parquet's) is an instant, so its Unix seconds are unambiguous;
+        # naive ones are taken as UTC, as pandas' to_datetime(unit="s") makes them
+        epoch = pd.Timestamp(0, tz=df[TIME].dt.tz)
+        df[TIME] = (df[TIME] - epoch) / pd.Timedelta(seconds=1)
+    df[TIME] = _check_values(df, path)
     df[SESSION] = df[SESSION].astype(str)
     df[ITEM] = df[ITEM].astype(str)
-    df[TIME] = pd.to_numeric(df[TIME]).astype("float64")
     if with_user:
-        if df[USER].isna().any():
-            line = int(np.argmax(df[USER].isna().to_numpy())) + 2
-            raise DataError(f"{path}, line {line}: empty {USER}")
-        df[USER] = df[USER].astype(str)
+        # an empty UserId is an anonymous session: fine for everything but what needs a
+        # user per session (HRNN's user batching), which has to refuse it itself
+        df[USER] = df[USER].fillna("").astype(str)
     return df.reset_index(drop=True)
 
 
-def _check_values(df: pd.DataFrame, path: Path) -> None:
+def _separator(path: Path) -> str | None:
+    """None for Parquet, "," for CSV, else a tab: by the last suffix before any compression
+    suffix, in any case."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION:
+        suffixes.pop()
+    last = suffixes[-1] if suffixes else ""
+    return None if last == ".parquet" else "," if last == ".csv" else "\t"
+
+
+def _read_text(path: Path, sep: str, id_columns: list[str]) -> pd.DataFrame:
+    # ids are opaque strings: without keep_default_na, 'NA', 'null', 'nan'... are ids like
+    # any other, and only an empty (or absent) field is empty; it reads as ''
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(id_columns, str), keep_default_na=False)
+    except pd.errors.ParserError as error:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if found is None:
+            raise DataError(f"{path}: {error}") from error
+        header, line, fields = found.groups()
+        raise DataError(
+            f"{path}, line {line}: {fields} fields, but the header has {header}; remove the "
+            "extra field (quote a value that holds the separator)"
+        ) from error
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas makes the first column(s) an index when line 2 has more fields than the
+        # header, and every later column shifts by one
+        fields, header = len(df.columns) + df.index.nlevels, len(df.columns)
+        raise DataError(
+            f"{path}, line 2: {fields} fields, but the header has {header}; remove the "
+            "extra field (quote a value that holds the separator)"
+        )
+    return df
+
+
+def _check_values(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """The times as float64 seconds, after refusing empty fields and times that are not a
+    finite number."""
     for column in (SESSION, ITEM, TIME):
-        bad = df[column].isna().to_numpy()
+        bad = (df[column].isna() | (df[column] == "")).to_numpy()
         if bad.any():
             line = int(np.argmax(bad)) + 2  # +1 for the header, +1 for 1-based lines
             raise DataError(f"{path}, line {line}: empty {column}")
-    times = pd.to_numeric(df[TIME], errors="coerce").to_numpy()
-    bad = np.isnan(times)
+    times = pd.to_numeric(df[TIME], errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(times)  # NaN and also inf: no click happens at the end of time
     if bad.any():
         line = int(np.argmax(bad)) + 2
-        value = df[TIME].iloc[int(np.argmax(bad))]
-        raise DataError(f"{path}, line {line}: {TIME}={value!r} is not a number of seconds")
+        value = str(df[TIME].iloc[int(np.argmax(bad))])  # as written: 'inf', 'noon'
+        raise DataError(
+            f"{path}, line {line}: {TIME}={value!r} is not a finite number of seconds; "
+            "give Unix seconds"
+        )
+    return times
 
 
 def write_events(df: pd.DataFrame, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
+    sep = _separator(path)  # the format read_events will read it as
+    if sep is None:
         df.to_parquet(path, index=False)
     else:
-        df.to_csv(path, sep="," if path.suffix == ".csv" else "\t", index=False)
+        df.to_csv(path, sep=sep, index=False)
 
 
 def preprocess(

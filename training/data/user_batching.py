@@ -84,8 +84,9 @@ class UserSessions:
     ) -> UserSessions:
         """Events with SessionId, ItemId, Time and UserId (and optionally the boolean column
         SCORED, per click, the same within a session). unknown="drop" removes clicks on items
-        outside `vocab`; "error" raises DataError. Raises DataError without a UserId column
-        or when a session belongs to more than one user."""
+        outside `vocab`; "error" raises DataError. A session with an empty UserId is its
+        own user (anonymous: no history). Raises DataError without a UserId column or when
+        a session belongs to more than one user."""
         if USER not in df.columns:
             raise DataError(f"{source}: no {USER} column; name it with --user-key")
         idx, known = vocab.encode(df[ITEM].to_numpy())
@@ -93,9 +94,14 @@ class UserSessions:
             if unknown == "error":
                 raise DataError(f"{source}: {int((~known).sum())} clicks on unknown items")
             df, idx = df[known], idx[known]
+        users = df[USER].to_numpy(dtype=object)
+        anonymous = users == ""
+        if anonymous.any():  # a session without a user id: a user of one session, no history
+            users = users.copy()
+            users[anonymous] = "\0anonymous " + df[SESSION].to_numpy(dtype=str)[anonymous]
         frame = pd.DataFrame(
             {
-                "u": df[USER].to_numpy(),
+                "u": users,
                 "s": df[SESSION].to_numpy(),
                 "t": df[TIME].to_numpy(),
                 "i": idx,

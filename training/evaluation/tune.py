@@ -297,7 +297,7 @@ def check_settings(study: optuna.Study, settings: dict[str, Any], where: str) ->
         if isinstance(was, dict) and isinstance(now, dict):
             label = "" if key == "base" else f"{key} "
             diffs += [
-                f"{label}{k} {was.get(k, '-')} (now {now.get(k, '-')})"
+                f"{label}{k} {was.get(k, 'none')} (now {now.get(k, 'none')})"
                 for k in [*was, *(k for k in now if k not in was)]
                 if was.get(k) != now.get(k)
             ]

@@ -114,6 +114,7 @@ def test_a_resume_under_other_settings_is_refused_and_says_what_differs(log, cap
     assert err.startswith("error: ") and err.count("\n") == 1 and "another --out" in err
     study = optuna.load_study(study_name="gru4rec", storage=f"sqlite:///{first.out}/study.db")
     assert len(study.trials) == 1  # nothing mixed in
+    # where a trial runs is no setting of the study
     assert run_study(replace(first, params=(*first.params, "threads=2")))["trials"] == 2
 
 
@@ -125,7 +126,11 @@ def test_a_resume_runs_the_base_when_the_first_run_stopped_in_it(log, monkeypatc
             run_study(replace(first, trials=0))
     else:
         error = KeyboardInterrupt if stop == "interrupted" else RuntimeError
-        monkeypatch.setattr("training.fit.train.fit", lambda *a, **k: (_ for _ in ()).throw(error))
+
+        def fit(*args, **kwargs):  # Ctrl-C, or a crash, in the base trial
+            raise error
+
+        monkeypatch.setattr("training.fit.train.fit", fit)
         with pytest.raises(error):
             run_study(first)
         monkeypatch.undo()

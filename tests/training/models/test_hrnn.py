@@ -77,6 +77,12 @@ def test_the_next_session_starts_from_tanh_of_the_init_layer_on_the_user_gru_ste
     np.testing.assert_allclose(hidden[-1][0].numpy(), user, rtol=1e-5, atol=1e-6)
 
 
+def test_sessions_without_a_user_id_are_each_a_user_of_one_session():
+    plan = _plan({"a": ("", [1, 2]), "b": ("u", [3, 4]), "c": ("", [5, 6]), "d": ("u", [7, 8])})
+    assert plan.n_users == 3 and plan.n_sessions == 4
+    assert sorted(np.diff(plan.user_offsets).tolist()) == [1, 1, 2]  # a, c alone; u has two
+
+
 def test_session_one_is_the_one_hot_gru_from_zero_by_hand():
     model = _fixed_hrnn(constrained_embedding=False)  # one-hot input: table rows
     with torch.no_grad():

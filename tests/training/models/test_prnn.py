@@ -77,7 +77,7 @@ def test_constant_feature_columns_become_zero_not_nan():
         (_cfg("feature"), "needs item features: set features=PATH"),
         (_cfg("feature", features="/nonexistent.npy"), "python -m training.models.features"),
         (_cfg("concat", "residual", features="x"), "use strategy=simultaneous"),
-        (_cfg("image", features="x"), "is not one of feature, concat, parallel"),
+        (_cfg("id", features="x"), "is not one of feature, concat, parallel"),
     ],
 )
 def test_unusable_settings_are_refused_with_what_to_do(cfg, message):
