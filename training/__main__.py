@@ -176,6 +176,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     # the test file is read and checked before the training, not after it (a bad path or
     # a file of unknown items used to end a finished run with nothing saved)
     test_events = _known(_read(args.test, args), vocab, args.test) if args.test else None
+    if (Path(args.out) / "model.pt").exists():
+        print(f"{args.out}/model.pt will be replaced when this training ends")
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
     if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions

@@ -125,7 +125,7 @@ def validation_split(
 
 def parse_metric(metric: str) -> tuple[str, int]:
     name, _, k = metric.partition("@")
-    if name not in ("mrr", "recall") or not k.isdigit():
+    if name not in ("mrr", "recall") or not k.isdigit() or int(k) < 1:
         raise ValueError(f"--metric {metric!r} must look like mrr@20 or recall@20")
     return name, int(k)
 

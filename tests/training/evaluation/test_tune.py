@@ -21,6 +21,7 @@ from training.evaluation.tune import (
     SPACES,
     TuneOptions,
     narrowed_space,
+    parse_metric,
     run_study,
     validation_split,
 )
@@ -140,3 +141,9 @@ def test_a_resume_runs_the_base_when_the_first_run_stopped_in_it(log, monkeypatc
     assert base.state.name == "COMPLETE" and base.params["learning_rate"] == 0.05  # the default
     assert second["base_value"] == base.value > 0
     assert second["trials"] == (1 if stop == "before it began" else 2)
+
+
+@pytest.mark.parametrize("metric", ["mrr@0", "recall@", "ndcg@20", "mrr20"])
+def test_a_metric_that_is_no_cutoff_of_mrr_or_recall_is_refused(metric):
+    with pytest.raises(ValueError, match="must look like mrr@20 or recall@20"):
+        parse_metric(metric)
