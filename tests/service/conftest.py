@@ -1,5 +1,6 @@
-"""Fixtures: a small GRU4Rec with random weights exported to ONNX, and real servers on
-127.0.0.1 with ephemeral ports (gRPC and metrics), stopped after each test.
+"""Fixtures: a small GRU4Rec with random weights exported to ONNX, real servers on
+127.0.0.1 with ephemeral ports (gRPC and metrics), stopped after each test, and a test CA
+with server and client certificates (pki).
 
 Servers run the shipped configuration (`start_server`, `served`: online layer on, as
 `python -m service --model DIR` runs), or that with the online layer off
