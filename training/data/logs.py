@@ -76,8 +76,8 @@ def read_events(
     df[SESSION] = df[SESSION].astype(str)
     df[ITEM] = df[ITEM].astype(str)
     if with_user:
-        # an empty UserId is an anonymous session: fine for everything but what needs a
-        # user per session (HRNN's user batching), which has to refuse it itself
+        # an empty UserId is an anonymous session (HRNN's user batching makes it a user of
+        # one session, without history); plain GRU4Rec never reads the column
         df[USER] = df[USER].fillna("").astype(str)
     return df.reset_index(drop=True)
 
