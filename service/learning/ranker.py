@@ -172,8 +172,10 @@ class RankerConfig:
     max_updates_per_session: int = 50
     # the weights stay at the prior until this many distinct clients (x-client-id, else
     # session ids) have given feedback: on a fresh or quiet server five clients within the
-    # guard's caps moved popularity_slow from 0.5 to 0.19 in 26 updates
-    min_teachers: int = 50
+    # guard's caps moved popularity_slow from 0.5 to 0.19 in 26 updates. Learning later
+    # costs (scripts/bench_freshness.py, stable MRR@20): 0.4017 at 20, 0.4007 at 50 (out of
+    # 1% of the frozen model's 0.4051), 0.4020 at 1
+    min_teachers: int = 20
     hit_window: int = 1000  # next clicks the running hit rates average over
     prior: dict[str, float] = field(default_factory=lambda: dict(PRIOR))
 
