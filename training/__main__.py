@@ -222,8 +222,18 @@ def cmd_update(args: argparse.Namespace) -> None:
     from .evaluate import GRUScorer, evaluate, format_table
     from .fit.update import UpdateOptions, save_update, update
 
-    if Path(args.out).resolve() == Path(args.model).resolve():
+    out = Path(args.out).resolve()
+    if out == Path(args.model).resolve():
         raise ValueError("--out must differ from --model: the parent stays, so lineage holds")
+    saved = Path(args.model) / "config.json"
+    lineage = (
+        json.loads(saved.read_text()).get("meta", {}).get("lineage", []) if saved.exists() else []
+    )
+    if any(Path(entry["path"]).resolve() == out for entry in lineage):
+        raise ValueError(
+            f"--out {args.out} holds an ancestor of --model: its lineage would no longer "
+            "match; write the update somewhere new"
+        )
     _check_out(args.out)
     options = UpdateOptions(args.min_item_support, args.min_session_length, args.new_rows)
     events = _read(args.train, args)

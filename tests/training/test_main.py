@@ -1,6 +1,7 @@
 """The command line, end to end on a small generated log, and its errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,13 @@ def test_tune_refuses_zero_trials_or_epochs(demo_dir, tmp_path, capsys):
     tune = ["tune", "--train", str(demo_dir / "train.tsv"), "--out", str(tmp_path / "t")]
     assert "argument --trials: 0 must be 1 or more" in _fails([*tune, "--trials", "0"], capsys)
     assert "n_epochs must be 1 or more" in _fails([*tune, "--param", "n_epochs=0"], capsys)
+
+
+def test_update_refuses_to_write_over_an_ancestor_of_its_model(cpu_trained, demo_dir, tmp_path,
+                                                               capsys):  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(cpu_trained[0], a)
+    clicks = ["--train", str(demo_dir / "test.tsv"), "--quiet", "--param", "n_epochs=1"]
+    main(["update", "--model", str(a), "--out", str(b), *clicks])
+    message = _fails(["update", "--model", str(b), "--out", str(a), *clicks], capsys)
+    assert "holds an ancestor of --model" in message
