@@ -47,10 +47,14 @@ def _add_cutoffs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutoffs", type=_positive, nargs="+", default=[1, 5, 10, 20], help="k of @k")
 
 
+def _columns(args: argparse.Namespace) -> tuple[str, str, str, str]:
+    return args.session_key, args.item_key, args.time_key, args.user_key
+
+
 def _read(path: str, args: argparse.Namespace):
     from .data.logs import read_events
 
-    return read_events(path, args.session_key, args.item_key, args.time_key, args.user_key)
+    return read_events(path, *_columns(args))
 
 
 def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512, ties=None):
@@ -289,7 +293,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_baselines(args: argparse.Namespace) -> None:
     from .evaluation.baselines import compare
 
-    print(compare(args.train, args.test, args.cutoffs, None, args.tune_trials, args.valid_days))
+    print(compare(args.train, args.test, args.cutoffs, None, args.tune_trials, args.valid_days,
+                  _columns(args)))  # fmt: skip
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -316,6 +321,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         prune_startup_trials=args.prune_startup_trials,
         prune_warmup_epochs=args.prune_warmup_epochs,
         progress=not args.quiet,
+        columns=_columns(args),
     )
     summary = run_study(options)
     print(
@@ -339,6 +345,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         cutoffs=tuple(args.cutoffs),
         top_k=args.top_k,
         progress=not args.quiet,
+        columns=_columns(args),
     )
     print(f"wrote {make_report(options)}")
 
@@ -459,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-trials", type=int, default=0, help="tune STAN/VSTAN first, on a validation split"
     )
     p.add_argument("--valid-days", type=float, default=1.0, help="with --tune-trials")
+    _add_columns(p)
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("tune", help="Optuna search on a validation split of the training data")
@@ -479,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-startup-trials", type=int, default=3)
     p.add_argument("--prune-warmup-epochs", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_columns(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="HTML report: the model against the baselines, and why")
@@ -492,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cutoffs(p)
     p.add_argument("--top-k", type=int, default=20, help="list length for coverage and bias")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_columns(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write model.onnx and what the service needs")

@@ -215,3 +215,20 @@ def test_update_refuses_to_write_over_an_ancestor_of_its_model(cpu_trained, demo
     main(["update", "--model", str(a), "--out", str(b), *clicks])
     message = _fails(["update", "--model", str(b), "--out", str(a), *clicks], capsys)
     assert "holds an ancestor of --model" in message
+
+
+def test_baselines_tune_and_report_read_logs_with_other_column_names(demo_dir, tmp_path, capsys):
+    """Their errors tell a user to name the columns: they take the flags that do it."""
+    renamed = {}
+    for name in ("train", "test"):
+        lines = (demo_dir / f"{name}.tsv").read_text().splitlines(keepends=True)
+        renamed[name] = tmp_path / f"{name}.tsv"
+        renamed[name].write_text("visit\tproduct\tts\n" + "".join(lines[1:]))
+    keys = ["--session-key", "visit", "--item-key", "product", "--time-key", "ts"]
+    main(["baselines", "--train", str(renamed["train"]), "--test", str(renamed["test"]),
+          "--cutoffs", "20", *keys])  # fmt: skip
+    assert "most-popular" in capsys.readouterr().out
+    tiny = ["--param", "n_epochs=1", "--param", "layers=8", "--param", "n_sample=16", "--quiet"]
+    main(["tune", "--train", str(renamed["train"]), "--out", str(tmp_path / "t"), "--trials", "1",
+          *tiny, *keys])  # fmt: skip
+    assert json.loads((tmp_path / "t" / "summary.json").read_text())["trials"] == 1

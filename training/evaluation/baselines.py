@@ -246,20 +246,22 @@ def compare(
     gru_config: Any = None,
     tune_trials: int = 0,
     valid_days: float = 1.0,
+    columns: tuple[str, ...] = (),
 ) -> str:
     """`python -m training baselines`: read train/test click logs (as written by
     `python -m training split`), fit the baselines on train, and return a markdown table of
     their metrics on test (test clicks on unknown items dropped). With `tune_trials`, STAN
     and VSTAN are first tuned on the last `valid_days` of train
-    (training.evaluation.knn.search_params)."""
+    (training.evaluation.knn.search_params). columns: read_events' column names (session,
+    item, time, user), when not the defaults."""
     from ..data.logs import ItemVocab, Sessions, read_events
     from .knn import search_params, session_end_times
     from .tune import validation_split
 
-    train_events = read_events(train_path)
+    train_events = read_events(train_path, *columns)
     vocab = ItemVocab.from_events(train_events)
     train = Sessions.from_events(train_events, vocab, source=str(train_path))
-    test = Sessions.from_events(read_events(test_path), vocab, "drop", str(test_path))
+    test = Sessions.from_events(read_events(test_path, *columns), vocab, "drop", str(test_path))
     knn_params, notes = {}, []
     if tune_trials > 0:
         fit_part, valid_part = validation_split(train_events, valid_days)

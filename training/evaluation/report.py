@@ -48,6 +48,7 @@ class ReportOptions:
     cutoffs: tuple[int, ...] = (1, 5, 10, 20)
     top_k: int = 20  # length of the lists whose coverage and bias are measured
     progress: bool = True
+    columns: tuple[str, ...] = ()  # the logs' column names (session, item, time, user)
 
 
 @dataclass
@@ -158,7 +159,7 @@ def build_scorers(options: ReportOptions, trained: Any) -> dict[str, Any]:
     train_path = options.train or trained.meta.get("train_file")
     if not train_path:
         raise ValueError("the model file does not name its training data; give --train FILE")
-    events = read_events(train_path)
+    events = read_events(train_path, *options.columns)
     train = Sessions.from_events(events, trained.vocab, "drop", str(train_path))
     knn = {"stan": STAN_DEFAULTS, "vstan": VSTAN_DEFAULTS}
     if options.knn_params:
@@ -185,7 +186,8 @@ def make_report(options: ReportOptions) -> Path:
 
     trained = load_model(options.model)
     n_items = len(trained.vocab)
-    test = Sessions.from_events(read_events(options.test), trained.vocab, "drop", options.test)
+    test_events = read_events(options.test, *options.columns)
+    test = Sessions.from_events(test_events, trained.vocab, "drop", options.test)
     scorers = build_scorers(options, trained)
     facts = prediction_facts(test)
     share = popularity_rank_share(np.asarray(trained.popularity))

@@ -99,6 +99,7 @@ class TuneOptions:
     prune_startup_trials: int = 3  # finished trials before pruning starts
     prune_warmup_epochs: int = 1  # epochs a trial always gets
     progress: bool = True
+    columns: tuple[str, ...] = ()  # the logs' column names (session, item, time, user)
 
 
 def validation_split(
@@ -178,9 +179,9 @@ class _Data:
 
 
 def load_data(options: TuneOptions) -> _Data:
-    events = read_events(options.train)
+    events = read_events(options.train, *options.columns)
     if options.valid:
-        train_df, valid_df = events, read_events(options.valid)
+        train_df, valid_df = events, read_events(options.valid, *options.columns)
     else:
         train_df, valid_df = validation_split(events, options.valid_days)
     vocab = ItemVocab.from_events(train_df)
