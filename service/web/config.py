@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,5 +29,11 @@ class WebConfig:
             raise ValueError("give at least one --grpc host:port")
         if len(set(self.grpc_targets)) != len(self.grpc_targets):
             raise ValueError(f"--grpc targets repeat: {', '.join(self.grpc_targets)}")
-        if self.timeout_s <= 0:
+        if not 0 < self.timeout_s < math.inf:  # NaN too: every call would time out
             raise ValueError(f"--timeout-s={self.timeout_s} must be positive")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port} is not a TCP port (1-65535)")
+        for target in self.grpc_targets:
+            _, colon, port = target.rpartition(":")
+            if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"--grpc {target!r} must be host:port, the port in 1-65535")

@@ -53,7 +53,7 @@ def describe(err: grpc.RpcError, target: str) -> UpstreamError:
             "overloaded; try again, or raise --timeout-s.",
         )
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return UpstreamError(400, "invalid_request", f"The service rejected the request: {details}")
+        return UpstreamError(400, "invalid", f"The service rejected the request: {details}")
     if code is grpc.StatusCode.NOT_FOUND:
         return UpstreamError(404, "not_found", f"The service found nothing: {details}")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -105,6 +105,8 @@ def test_rollout_never_drops_below_serving_capacity(rendered):
     hpa, pdb = objects["HorizontalPodAutoscaler"], objects["PodDisruptionBudget"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["maxUnavailable"]
+    # the HPA alone sets the count: a replicas field would reset it on every apply
+    assert "replicas" not in objects["Deployment"]["spec"]
 
 
 def test_pod_is_locked_down(rendered):

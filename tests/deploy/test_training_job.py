@@ -39,3 +39,16 @@ def test_torchrun_nodes_match_the_pods_and_rank_zero_is_reachable():
     assert master == f"--master-addr={name}-0.{service['metadata']['name']}"
     assert spec["template"]["spec"]["subdomain"] == service["metadata"]["name"]
     assert service["spec"]["clusterIP"] == "None"
+
+
+def test_the_locked_down_pod_can_write_what_training_writes():
+    """A read-only root: numba's kernel cache goes to the /tmp volume; the data claim is
+    writable by the pod's group (--out), as for the server."""
+    pod = _objects()["Job"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["NUMBA_CACHE_DIR"].startswith("/tmp/") and "/tmp" in mounts
+    context = pod["securityContext"]
+    assert context["fsGroup"] == context["runAsGroup"] == context["runAsUser"]

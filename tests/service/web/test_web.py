@@ -332,3 +332,10 @@ def test_serving_with_a_bad_flag_says_what_to_fix(tmp_path, capsys):
     assert f"cannot read the item list {missing}" in capsys.readouterr().err
     assert web_main(["--db", str(tmp_path / "f.sqlite"), "--timeout-s", "0"]) == 2
     assert "--timeout-s=0.0 must be positive" in capsys.readouterr().err
+    assert web_main(["--db", str(tmp_path / "f.sqlite"), "--timeout-s", "nan"]) == 2
+    assert "--timeout-s=nan must be positive" in capsys.readouterr().err
+    assert web_main(["--db", str(tmp_path / "f.sqlite"), "--port", "99999"]) == 2
+    assert "--port 99999 is not a TCP port" in capsys.readouterr().err
+    for target in ("nohostport", "127.0.0.1:99999"):
+        assert web_main(["--db", str(tmp_path / "f.sqlite"), "--grpc", target]) == 2
+        assert f"--grpc {target!r} must be host:port" in capsys.readouterr().err
