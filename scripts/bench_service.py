@@ -231,17 +231,27 @@ def load(port: int, items_file: Path, concurrency: int, args, cold: bool) -> dic
     return json.loads(out.stdout)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """All CPUs' clock ticks since boot: (total, idle or waiting on I/O), from /proc/stat."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
 def measure(server: Server, items_file: Path, concurrency: int, args, cold=False) -> dict:
-    before_cpu, before = server.cpu_s(), server.metrics()
+    before_cpu, before, before_ticks = server.cpu_s(), server.metrics(), machine_ticks()
     result = load(server.port, items_file, concurrency, args, cold)
     result["cpu_us_per_call"] = (server.cpu_s() - before_cpu) / max(result["calls"], 1) * 1e6
+    # how much of the machine server and client kept busy together: a serial path (one
+    # event loop, the model waiting on it) leaves cores idle that a pure RPC would use
+    (total, idle), (total0, idle0) = machine_ticks(), before_ticks
+    result["machine_busy"] = 1 - (idle - idle0) / max(total - total0, 1)
     after = server.metrics()
     result["metrics"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
     label = f"{server.name}{', cold 30 clicks' if cold else ''}"
     print(f"  {label:<34} conc {concurrency:>3}: {result['calls_per_s']:7.0f} calls/s, "
           f"p50 {result['p50_ms']:6.2f} ms, p99 {result['p99_ms']:6.2f} ms, "
           f"errors {result['error_codes'] or 0}, server CPU {result['cpu_us_per_call']:.0f} "
-          "us/call", flush=True)  # fmt: skip
+          f"us/call, machine busy {result['machine_busy']:.0%}", flush=True)  # fmt: skip
     return {"server": label, "concurrency": concurrency, **result}
 
 

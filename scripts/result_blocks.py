@@ -341,6 +341,7 @@ def service_figures(rec: Record) -> str:
 def render_service(rec: Record) -> str:
     rows = []
     echo = next((r["calls_per_s"] for r in rec["rows"] if r["server"].startswith("gRPC echo")), 0)
+    busy = all("machine_busy" in r for r in rec["rows"])  # runs before it lack the column
     for r in rec["rows"]:
         errors = r.get("error_codes") or {}
         count = sum(errors.values()) if isinstance(errors, dict) else int(errors)
@@ -357,6 +358,7 @@ def render_service(rec: Record) -> str:
                 str(count),
                 f"{r['cpu_us_per_call']:,.0f}",
             ]
+            + ([f"{r['machine_busy']:.0%}"] if busy else [])
         )
     header = [
         "server",
@@ -367,7 +369,7 @@ def render_service(rec: Record) -> str:
         "p99 ms",
         "errors",
         "server CPU us/call",
-    ]
+    ] + (["machine busy"] if busy else [])
     return f"{table(header, rows)}\n\n{service_figures(rec)}\n\n{run_line(rec)}\n"
 
 

@@ -2,7 +2,7 @@
 
     guard = LearningGuard(GuardConfig(), Catalogue())
     for i, key in guard.select(session_id, clicks, client_id, now, known=model.index):
-        layer.learn(key, clicks[: i + 1], now)      # click i alone, after the ones before it
+        layer.learn_click(key, clicks[: i + 1], now)  # click i alone, after the ones before it
 
 The online statistics are shared by every user, so whatever one client teaches them, others
 are shown. Tried as an attacker would, on the unguarded service one client sending
@@ -14,7 +14,9 @@ calls. The guard decides, per answered call (refused calls never get here):
   unknown_item       the clicked item is not in the catalogue (catalogue.py): not the
                      model's, not announced, not opened on evidence
   repeat_transition  the session, or the client within its window, taught this transition
-                     (previous click -> click) already
+                     (previous click -> click) already, or the skip transition the layer
+                     learns with it (the click before the previous -> click): else
+                     [a, y1, t], [a, y2, t], ... taught a -> t once per fresh y
   session_cap        the session has taught session_clicks clicks already
   client_cap         the x-client-id has taught client_clicks clicks in its window
 
@@ -26,17 +28,19 @@ refused (an error answer) is counted by the server. Calls without x-client-id ar
 per session only, so the frontend should send one for every call.
 
 The layer is handed the chosen clicks one at a time, each as the prefix of the session up
-to it. OnlineLayer learns a session's clicks after those it learnt last for that session id,
-so while none of a session's clicks was held back the prefix goes with the session id (the
-layer learns exactly that click, and its ranker gets the session's feedback); once one was,
-the layer would learn it with the next, so from then on the session's clicks go without a
-session id, which by OnlineLayer's contract teaches the prefix's last click alone.
+to it, and learns that click alone (OnlineLayer.learn_click): the guard's records decide
+what is new, never the layer's, which may know a session this guard does not (a click
+shared by another replica) or have dropped one this guard still keeps. A chosen click goes
+with its session id, so that the ranker learns from the answer the session was given,
+until one of the session's clicks is held back: a session caught repeating or over its
+cap teaches its later clicks without it, and so gives the ranker no feedback.
 
 Per replica: with several replicas each applies the caps to the calls it answers (a client
 spread over N replicas teaches up to N times as much). State is bounded: sessions by
 max_sessions (least recently used dropped, as OnlineLayer drops its own records), each with
-an 8-byte hash per learnt transition (at most session_clicks); clients by max_clients, each
-with at most client_clicks hashes. At the defaults about 60 MB and 40 MB at worst.
+two 8-byte hashes per learnt click (its transition and skip transition; at most
+session_clicks clicks); clients by max_clients, each with at most client_clicks clicks.
+At the defaults about 70 MB and 45 MB at worst.
 """
 
 from __future__ import annotations
@@ -88,21 +92,30 @@ class LearnStats:
 
 
 class _Session:
-    __slots__ = ("n", "last", "held_back", "pairs")
+    __slots__ = ("n", "last", "held_back", "pairs", "skips")
 
     def __init__(self) -> None:
         self.n = 0  # clicks of the session's last call (0: none seen yet)
         self.last = ""  # its last click
         self.held_back = False  # a new click of the session was not learnt
         self.pairs = array("q")  # hashes of the transitions learnt, one per learnt click
+        self.skips = array("q")  # hashes of the skip transitions learnt with them
 
 
 class _Client:
-    __slots__ = ("start", "pairs")
+    __slots__ = ("start", "pairs", "skips")
 
     def __init__(self, start: float) -> None:
         self.start = start  # when its window began
         self.pairs = array("q")  # transitions learnt in the window, one per learnt click
+        self.skips = array("q")  # their skip transitions
+
+
+def transition_hashes(two_back: str | None, previous: str | None, item: str) -> tuple[int, int]:
+    """The hashes the guard records for a click: its transition (previous -> item) and
+    its skip transition (two_back -> item; 0 without a click two back)."""
+    skip = hash(("skip", two_back, item)) if two_back is not None else 0
+    return hash((previous, item)), skip
 
 
 class LearningGuard:
@@ -162,18 +175,23 @@ class LearningGuard:
     ) -> str:
         """The reason click i (an admitted item) may not be learnt, or an empty string
         when it may, and then it is recorded as learnt."""
-        pair = hash((clicks[i - 1] if i > 0 else None, clicks[i]))
-        if pair in session.pairs:
+        pair, skip = transition_hashes(clicks[i - 2] if i > 1 else None,
+                                       clicks[i - 1] if i > 0 else None, clicks[i])  # fmt: skip
+        if pair in session.pairs or (skip and skip in session.skips):
             return "repeat_transition"
         if len(session.pairs) >= self.config.session_clicks:
             return "session_cap"
         if client is not None:
-            if pair in client.pairs:
+            if pair in client.pairs or (skip and skip in client.skips):
                 return "repeat_transition"
             if len(client.pairs) >= self.config.client_clicks:
                 return "client_cap"
             client.pairs.append(pair)
+            if skip:
+                client.skips.append(skip)
         session.pairs.append(pair)
+        if skip:
+            session.skips.append(skip)
         return ""
 
     def _admits(self, item: str, session_id: str, client_id: str, now: float) -> bool:

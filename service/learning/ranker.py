@@ -58,15 +58,17 @@ features one (13, N) matrix, the rankings one sort of a (calls, largest pool) gr
 back to strings only for the k answered and the rows kept.
 
 Gaming: only clicks that OnlineLayer.learn() receives give feedback (the service's guard
-decides which), each answer teaches at most once, and a session teaches at most
-`max_updates_per_session` updates, so one client cannot steer the weights far.
+decides which), each answer teaches at most once, a session teaches at most
+`max_updates_per_session` updates, the weights stay at the prior until `min_teachers`
+clients have given feedback, and then no client takes more than 1 / min_teachers of the
+last `teacher_window` steps: one client cannot steer the weights far.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
@@ -176,6 +178,11 @@ class RankerConfig:
     # costs (scripts/bench_freshness.py, stable MRR@20): 0.4017 at 20, 0.4007 at 50 (out of
     # 1% of the frozen model's 0.4051), 0.4020 at 1
     min_teachers: int = 20
+    # and afterwards no teacher takes more than 1 / min_teachers of the last teacher_window
+    # steps: once the gate was open, one client within the guard's caps sending [y, target]
+    # from fresh sessions took every step of a quiet server and put target first after
+    # every item in 20 minutes (a session's own max_updates_per_session stay within it)
+    teacher_window: int = 1000
     hit_window: int = 1000  # next clicks the running hit rates average over
     prior: dict[str, float] = field(default_factory=lambda: dict(PRIOR))
 
@@ -185,7 +192,8 @@ class RankerConfig:
             raise ValueError(f"unknown features in prior: {sorted(unknown)}; known: {FEATURES}")
         if self.learning_rate < 0 or self.l2 < 0:
             raise ValueError("learning_rate and l2 must be >= 0")
-        sizes = ("popular", "negatives", "keep", "pending_answers", "hit_window", "min_teachers")
+        sizes = ("popular", "negatives", "keep", "pending_answers", "hit_window", "min_teachers",
+                 "teacher_window")  # fmt: skip
         for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -373,6 +381,8 @@ class OnlineRanker:
         self._hits = dict.fromkeys(names, 0.0)  # running hit rates
         self._feedback = 0  # next clicks seen for a kept answer
         self._teachers: set[int] = set()  # hashes of who gave feedback, up to min_teachers
+        self._recent: deque[int] = deque()  # who took each of the last teacher_window steps
+        self._taught: dict[int, int] = {}  # their steps there, by who
         self._updates = 0  # of those, the ones whose row was kept (weights moved)
 
     def learn(self, items: Sequence[str], t: float) -> None:
@@ -711,14 +721,32 @@ class OnlineRanker:
                 self._hits[name] += rate * (((mask >> s) & 1) - self._hits[name])
             if i < 0 or answer.updates >= c.max_updates_per_session:
                 return False
+            who = hash(teacher or f"session {session_id}")
             if len(self._teachers) < c.min_teachers:
-                self._teachers.add(hash(teacher or f"session {session_id}"))
+                self._teachers.add(who)
                 if len(self._teachers) < c.min_teachers:
                     return False
+            if not self._may_step(who):
+                return False
             answer.updates += 1
             self._steps.append((answer.x, i))
             self._updates += 1
             return True
+
+    def _may_step(self, who: int) -> bool:
+        """Whether `who` may take a step without holding more than 1 / min_teachers of the
+        last teacher_window steps (at least one); if so, the step is counted."""
+        c, recent, taught = self.config, self._recent, self._taught
+        if taught.get(who, 0) + 1 > max(1.0, (len(recent) + 1) / c.min_teachers):
+            return False
+        recent.append(who)
+        taught[who] = taught.get(who, 0) + 1
+        if len(recent) > c.teacher_window:
+            oldest = recent.popleft()
+            taught[oldest] -= 1
+            if not taught[oldest]:
+                del taught[oldest]
+        return True
 
     @property
     def weights(self) -> np.ndarray:

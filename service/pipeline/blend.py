@@ -180,32 +180,51 @@ class OnlineLayer:
 
     def learn(self, session_id: str, clicks: list[str], now: float, client_id: str = "") -> int:
         """Learn the clicks of a request that are new; returns how many were learnt.
-        client_id: who sent it (the ranker's weights learn only from many)."""
+        client_id: who sent it (the ranker's weights learn only from many). Unguarded: the
+        service learns through learn_click(), one click its guard chose at a time."""
         if not clicks:
             return 0
         n, last = len(clicks), clicks[-1]
         start = n - 1
         if session_id:
-            seen = self._seen.pop(session_id, None)
+            seen = self._seen.get(session_id)
             if seen is not None:
                 if seen == (n, last):
                     start = n  # a repeat: nothing new
                 elif seen[0] < n:
                     start = seen[0]
-            self._seen[session_id] = (n, last)
-            if len(self._seen) > self.max_sessions:
-                self._seen.popitem(last=False)
-        self.clicks_learnt += n - start
+            self._note(session_id, n, last)
         for i in range(start, n):
-            prefix = clicks[: i + 1]
-            self.model.learn(prefix, now)
-            if self.ranker is not None:
-                self.ranker.learn(prefix, now)
-                if session_id:  # the answer to clicks[:i] learns which source had clicks[i]
-                    self.ranker.feedback(session_id, i + 1, clicks[i], client_id)
-            if self.on_learn is not None:
-                self.on_learn(session_id, prefix, now)
+            self._learn(session_id, clicks[: i + 1], now, client_id)
         return n - start
+
+    def learn_click(
+        self, session_id: str, clicks: list[str], now: float, client_id: str = ""
+    ) -> None:
+        """Learn clicks[-1] alone, made after clicks[:-1], whatever this layer saw of the
+        session before: the caller (the service's guard) chose that click, and no click it
+        held back may come with it. The layer's own record of the session only keeps
+        learn_shared() from learning the click again."""
+        if session_id:
+            self._note(session_id, len(clicks), clicks[-1])
+        self._learn(session_id, clicks, now, client_id)
+
+    def _note(self, session_id: str, n: int, last: str) -> None:
+        """Record that the session's n-th click, `last`, was learnt (least recent dropped)."""
+        self._seen.pop(session_id, None)
+        self._seen[session_id] = (n, last)
+        if len(self._seen) > self.max_sessions:
+            self._seen.popitem(last=False)
+
+    def _learn(self, session_id: str, prefix: list[str], now: float, client_id: str) -> None:
+        self.clicks_learnt += 1
+        self.model.learn(prefix, now)
+        if self.ranker is not None:
+            self.ranker.learn(prefix, now)
+            if session_id:  # the answer to prefix[:-1] learns which source had prefix[-1]
+                self.ranker.feedback(session_id, len(prefix), prefix[-1], client_id)
+        if self.on_learn is not None:
+            self.on_learn(session_id, prefix, now)
 
     def settle(self) -> None:
         """Bookkeeping that no answer waits for, left until after the answers: the ranker
@@ -218,14 +237,10 @@ class OnlineLayer:
         few clicks, the learnt one last), unless this layer learnt the session that far
         already; True if learnt. Not published again."""
         if session_id:
-            last = recent[-1]
-            seen = self._seen.pop(session_id, None)
-            if seen is not None and (seen[0] > n or seen == (n, last)):
-                self._seen[session_id] = seen
+            seen = self._seen.get(session_id)
+            if seen is not None and (seen[0] > n or seen == (n, recent[-1])):
                 return False
-            self._seen[session_id] = (n, last)
-            if len(self._seen) > self.max_sessions:
-                self._seen.popitem(last=False)
+            self._note(session_id, n, recent[-1])
         self.clicks_learnt += 1
         self.model.learn(recent, now)
         if self.ranker is not None:

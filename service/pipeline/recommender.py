@@ -236,7 +236,7 @@ class Recommender:
         chosen = self.guard.select(query.session_id, clicks, query.client_id, now,
                                    self.model.index)  # fmt: skip
         for i, session_id in chosen:
-            self.online.learn(session_id, clicks[: i + 1], now, query.client_id)  # click i alone
+            self.online.learn_click(session_id, clicks[: i + 1], now, query.client_id)
         return len(chosen)
 
     def _online_answers(

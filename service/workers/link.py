@@ -49,7 +49,7 @@ from typing import Any
 
 from ..clickbus import WINDOW, SharedClick, learn_shared
 from ..learning.catalogue import Catalogue, CatalogueConfig, CatalogueFull
-from ..learning.guard import GuardConfig, LearningGuard
+from ..learning.guard import GuardConfig, LearningGuard, transition_hashes
 from ..metrics import BusStats
 from ..pipeline.blend import OnlineLayer
 
@@ -91,23 +91,29 @@ class SharedGuard(LearningGuard):
         return chosen
 
     def apply(self, session_id: str, client_id: str, n: int, last: str,
-              transitions: Iterable[tuple[str | None, str]], now: float) -> None:  # fmt: skip
+              transitions: Iterable[tuple[str | None, str | None, str]],
+              now: float) -> None:  # fmt: skip
         """Record what another worker's guard let through for a call of n clicks ending
         in `last`, as if this guard had: the same call here is then a repeat, and the
-        transitions count against the session's and the client's caps.
+        transitions count against the session's and the client's caps. transitions: per
+        learnt click (the click two back, the previous one, the click; None where none).
 
-        Reaches into LearningGuard's records (same package, same rules): the pair hash is
-        the one LearningGuard._check computes."""
+        Reaches into LearningGuard's records (same rules): the hashes are those
+        LearningGuard._check records."""
         session = self._session(session_id)
         if n > session.n:
             session.n, session.last = n, last
         client = self._client(client_id, now) if client_id else None
-        for previous, item in transitions:
-            pair = hash((previous, item))
+        for two_back, previous, item in transitions:
+            pair, skip = transition_hashes(two_back, previous, item)
             if pair not in session.pairs:
                 session.pairs.append(pair)
+                if skip:
+                    session.skips.append(skip)
             if client is not None and pair not in client.pairs:
                 client.pairs.append(pair)
+                if skip:
+                    client.skips.append(skip)
 
 
 class SharedCatalogue(Catalogue):
@@ -267,7 +273,8 @@ class WorkerLink:
         learnt = [(int(i), bool(keyed), [str(c) for c in window])
                   for i, keyed, window in message["w"]]  # fmt: skip
         if self.shared_guard is not None:
-            transitions = [(w[-2] if i > 0 and len(w) > 1 else None, w[-1])
+            transitions = [(w[-3] if i > 1 and len(w) > 2 else None,
+                            w[-2] if i > 0 and len(w) > 1 else None, w[-1])
                            for i, _, w in learnt]  # fmt: skip
             n, last = int(message["n"]), str(message["l"])
             self.shared_guard.apply(session, client, n, last, transitions, now)

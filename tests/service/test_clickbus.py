@@ -28,6 +28,7 @@ from service.clickbus import (
     encode,
     learn_shared,
 )
+from service.learning.guard import LearningGuard
 from service.learning.online import OnlineModel
 from service.pipeline.blend import BlendConfig, OnlineLayer
 from tests.tools import require_module, require_tool
@@ -178,6 +179,21 @@ def test_a_click_the_layer_has_learnt_up_to_already_is_not_learnt_again():
     assert not learn_shared(online, SharedClick("s", 3, ("a", "b", "c"), T0))
     assert learn_shared(online, SharedClick("s", 4, ("b", "c", "d"), T0))
     assert online.learn("s", ["a", "b", "c", "d", "e"], T0) == 1  # only "e" is new here
+
+
+def test_a_session_known_from_another_replica_teaches_here_only_what_this_guard_chose():
+    """A replica's layer knows the session's first five clicks from the bus, its guard
+    does not: a call of eight clicks here teaches its last click alone, as from any
+    session this guard has not seen, not the three the layer has not learnt."""
+    online, guard = layer(), LearningGuard()
+    clicks = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    for n in range(1, 6):
+        assert learn_shared(online, SharedClick("s", n, tuple(clicks[max(0, n - 3) : n]), T0))
+    before = online.clicks_learnt
+    for i, key in guard.select("s", clicks, "", T0, known=set(clicks)):
+        online.learn_click(key, clicks[: i + 1], T0)
+    assert online.clicks_learnt - before == 1
+    assert guard.stats.learnt == 1
 
 
 # --- over Redis ---

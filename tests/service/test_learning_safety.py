@@ -281,6 +281,36 @@ def test_a_session_teaches_each_transition_once(start, tiny):
     assert served.not_learnt("repeat_transition") == 37
 
 
+def test_the_layer_learns_only_what_the_guard_chose_after_it_forgot_the_session(start, tiny):
+    """The guard forgets a session once cache_size others came after it, while the online
+    layer may still remember it: a long call of that session then teaches its last click
+    only (the guard's choice), never every click since the layer's record of it."""
+    served = start(cache_size=300)
+    p, q, rest = popular(tiny), others(tiny)[0], others(tiny)[1:21]
+    assert served.call("s0", [p]) is grpc.StatusCode.OK
+    assert served.call("s0", [p, q]) is grpc.StatusCode.OK
+    # 301 sessions whose only click is in no catalogue: the guard records each, the layer
+    # none, so s0 leaves the guard's records alone
+    served.attack(301, lambda i: (f"flush-{i}", [EVIL], ""))
+    learnt, layer = served.server.guard.stats.learnt, served.server.online.clicks_learnt
+    assert served.call("s0", [p, q, *rest]) is grpc.StatusCode.OK  # 20 clicks it never sent
+    assert served.server.guard.stats.learnt - learnt == 1
+    assert served.server.online.clicks_learnt - layer == 1
+
+
+def test_a_client_teaches_a_skip_transition_once_whatever_lies_between(start, tiny):
+    """The layer also learns click i after click i - 2 (at half weight): [a, y, t] with
+    a fresh y each session would teach a -> t once per session without this rule."""
+    served = start()
+    a, t, middles = popular(tiny), others(tiny)[0], others(tiny)[1:10]
+    for n, y in enumerate(middles):
+        for clicks in ([a], [a, y], [a, y, t]):
+            assert served.call(f"skip-{n}", clicks, client="c1") is grpc.StatusCode.OK
+    # a, y1, t from the first session; then each session's y only: its a and its t repeat
+    assert served.server.guard.stats.learnt == 3 + 8
+    assert served.not_learnt("repeat_transition") == 2 * 8
+
+
 @pytest.mark.parametrize("cache_size", [100_000, 0])
 def test_the_session_rules_hold_with_the_state_cache_off(start, tiny, cache_size):
     """--cache-size 0 turns off the cached states, not the guard's session records: two

@@ -164,6 +164,36 @@ def test_the_weights_stay_at_the_prior_until_enough_clients_have_taught():
     assert lay.report()["updates"] == 1
 
 
+def test_once_open_no_client_takes_more_than_its_share_of_the_steps():
+    """After min_teachers clients opened the gate, one client's fresh sessions take one
+    step in min_teachers of the recent ones: alone on a quiet server, a single step."""
+    lay = OnlineLayer(OnlineModel(), BlendConfig(), ranker=RankerConfig(min_teachers=3))
+
+    def teach(session: str, client: str, t: float) -> None:
+        lay.learn(session, ["a"], t, client_id=client)
+        lay.answer(session, ["a"], None, t, (), 20)
+        lay.learn(session, ["a", "b"], t, client_id=client)
+
+    for _ in range(5):  # a -> b, learnt without feedback: b is among a's candidates
+        lay.learn("", ["a", "b"], T0)
+    for n in range(3):  # the gate opens with the third client's step
+        teach(f"open-{n}", f"c{n}", T0 + n)
+    assert lay.report()["updates"] == 1
+    for n in range(60):
+        teach(f"atk-{n}", "attacker", T0 + 10 + n)
+    assert lay.report()["updates"] == 2  # its first step only
+    attacker_steps = 1
+    for n in range(60):  # many clients: each may step, and so the attacker again
+        teach(f"crowd-{n}", f"crowd-{n}", T0 + 100 + n)
+        before = lay.report()["updates"]
+        teach(f"atk2-{n}", "attacker", T0 + 100 + n)
+        attacker_steps += lay.report()["updates"] - before
+    report = lay.report()
+    assert report["updates"] == 2 + 60 + attacker_steps - 1
+    assert attacker_steps == 30  # every other round: a third of the 92 steps
+    assert report["feedback"] == 3 + 60 + 120
+
+
 def test_the_mixture_scorer_is_still_there_behind_the_switch():
     lay = OnlineLayer(OnlineModel(), BlendConfig(scorer="mixture"))
     assert lay.ranker is None and set(lay.report()) == {"size"}
