@@ -28,7 +28,8 @@ recsys_catalogue_items{source}               items that may be recommended: mode
 recsys_online_weight{feature}                the online ranker's learnt weights (ranker.py)
 recsys_online_source_hit_rate{source}        share of recent next clicks in a source's top 20
 recsys_online_feedback_total / _updates_total  next clicks seen for an answer / that taught
-recsys_online_size{what}                     the online layer's size: items, transitions, bytes
+recsys_online_size{what}                     the online layer's size: items, transitions,
+                                             kept_answers, bytes (statistics and answers)
 recsys_worker_shared_total{what}             a worker's link to the others (--workers > 1,
                                              workers/link.py): records sent, applied, dropped
 

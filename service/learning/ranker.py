@@ -148,7 +148,8 @@ def log_scale(v: np.ndarray, floor: float) -> np.ndarray:
 @dataclass(frozen=True)
 class RankerConfig:
     """Knobs of OnlineRanker. Memory: at most pending_answers answers of about
-    (keep + 20 x sources + samples) rows of 13 int16 features, ~2-3 KB each."""
+    (keep + 20 x sources + samples) rows of 13 int16 features, ~3-4 KB each (a probe
+    measured 3.5 KB of RSS per answer; OnlineLayer.size() counts them)."""
 
     # the second clock's statistics (the layer's OnlineModel has 1 h popularity, 12 h
     # transitions): transitions of this hour, popularity of this half hour (what a news
@@ -226,6 +227,13 @@ class _Answer:
     mask: np.ndarray
     n_clicks: int
     updates: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Its memory, estimated: the arrays' data, their headers (~112 bytes each), the
+        extra ids (~100 bytes each), the record and its entry under a session id."""
+        data = self.rows.nbytes + self.x.nbytes + self.mask.nbytes
+        return data + 3 * 112 + 100 * len(self.extra) + 300
 
     def place(self, item: str, table: ItemTable) -> int:
         """item's row, -1 if none. An item whose index was freed and given again since
@@ -367,6 +375,7 @@ class OnlineRanker:
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._pending: OrderedDict[str, _Answer] = OrderedDict()
+        self.pending_bytes = 0  # the kept answers' memory (_Answer.nbytes)
         # rank_many()'s batches whose answers are still to be kept (_keep's arguments):
         # kept by settle(), after the callers have their answers
         self._unkept: list[tuple[_Batch, np.ndarray, _Segments, np.ndarray, int]] = []
@@ -695,9 +704,11 @@ class OnlineRanker:
                 old = self._pending.pop(session_id, None)
                 if old is not None:
                     answer.updates = old.updates
+                    self.pending_bytes -= old.nbytes
                 self._pending[session_id] = answer
+                self.pending_bytes += answer.nbytes
                 if len(self._pending) > c.pending_answers:
-                    self._pending.popitem(last=False)
+                    self.pending_bytes -= self._pending.popitem(last=False)[1].nbytes
 
     # --- learn the weights ---
 
@@ -747,6 +758,11 @@ class OnlineRanker:
             if not taught[oldest]:
                 del taught[oldest]
         return True
+
+    @property
+    def kept_answers(self) -> int:
+        """Answers kept for their sessions' next clicks (at most pending_answers)."""
+        return len(self._pending)
 
     @property
     def weights(self) -> np.ndarray:

@@ -69,6 +69,9 @@ class BlendConfig:
     # server's first click made its item every such call's whole list); the guard lets a
     # client teach 20 a minute
     cold_min_clicks: int = 100
+    # and from this many distinct clients (x-client-id, else session ids), as the ranker's
+    # min_teachers: 100 calls of one client made a fresh server's cold list its one item
+    cold_min_clients: int = 20
 
     def __post_init__(self) -> None:
         if self.scorer not in SCORERS:
@@ -77,8 +80,9 @@ class BlendConfig:
             raise ValueError("model_weight and stale_factor must be in [0, 1]")
         if self.candidates < 1:
             raise ValueError(f"candidates={self.candidates} must be >= 1")
-        if self.cold_min_clicks < 0:
-            raise ValueError(f"cold_min_clicks={self.cold_min_clicks} must be >= 0")
+        if self.cold_min_clicks < 0 or self.cold_min_clients < 0:
+            raise ValueError(f"cold_min_clicks={self.cold_min_clicks} and cold_min_clients="
+                             f"{self.cold_min_clients} must be >= 0")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class OnlineLayer:
         self.ranker = OnlineRanker(model, ranker) if config.scorer == "ranker" else None
         self._seen: OrderedDict[str, tuple[int, str]] = OrderedDict()  # id -> (n, last click)
         self.clicks_learnt = 0  # since the layer began, shared ones included
+        self._learners: set[int] = set()  # who taught them, up to config.cold_min_clients
         # called with (session id, the session's clicks up to the one learnt, time) for each
         # click learnt: clickbus.ClickBus.publish shares it with the other replicas
         self.on_learn: Callable[[str, list[str], float], None] | None = None
@@ -216,8 +221,20 @@ class OnlineLayer:
         if len(self._seen) > self.max_sessions:
             self._seen.popitem(last=False)
 
-    def _learn(self, session_id: str, prefix: list[str], now: float, client_id: str) -> None:
+    @property
+    def warm(self) -> bool:
+        """Whether the layer learnt enough, from enough clients, to rank for calls without a
+        known click (BlendConfig.cold_min_clicks, cold_min_clients)."""
+        c = self.config
+        return self.clicks_learnt >= c.cold_min_clicks and len(self._learners) >= c.cold_min_clients
+
+    def _learnt_from(self, session_id: str, client_id: str) -> None:
         self.clicks_learnt += 1
+        if len(self._learners) < self.config.cold_min_clients and (client_id or session_id):
+            self._learners.add(hash(client_id or f"session {session_id}"))
+
+    def _learn(self, session_id: str, prefix: list[str], now: float, client_id: str) -> None:
+        self._learnt_from(session_id, client_id)
         self.model.learn(prefix, now)
         if self.ranker is not None:
             self.ranker.learn(prefix, now)
@@ -241,7 +258,7 @@ class OnlineLayer:
             if seen is not None and (seen[0] > n or seen == (n, recent[-1])):
                 return False
             self._note(session_id, n, recent[-1])
-        self.clicks_learnt += 1
+        self._learnt_from(session_id, "")  # the other replica's guard chose it
         self.model.learn(recent, now)
         if self.ranker is not None:
             self.ranker.learn(recent, now)
@@ -304,14 +321,18 @@ class OnlineLayer:
         return blend(Ranked(list(model_ids), q.model_logits), online, q.k, weight)
 
     def size(self) -> dict[str, int]:
-        """Items tracked, transitions over both clocks, and estimated bytes (OnlineModel's
-        memory_bytes(): the statistics, not the ranker's kept answers)."""
+        """Items tracked, transitions over both clocks, and estimated bytes: the statistics
+        (OnlineModel.memory_bytes()) and the ranker's kept answers (their count under
+        kept_answers)."""
         models = [self.model] + ([self.ranker.second] if self.ranker is not None else [])
         stats = [m.stats() for m in models]
+        ranker = self.ranker
         return {
             "items": stats[0]["items"],
             "transitions": sum(s["transitions"] for s in stats),
-            "bytes": sum(m.memory_bytes() for m in models),
+            "kept_answers": ranker.kept_answers if ranker is not None else 0,
+            "bytes": sum(m.memory_bytes() for m in models)
+            + (ranker.pending_bytes if ranker is not None else 0),
         }
 
     def report(self) -> dict:

@@ -461,12 +461,12 @@ class Recommender:
         return result
 
     def _popular(self, query: Query, now: float | None) -> Result:
-        """A call without a known click: the online layer's ranking once it has learnt
-        BlendConfig.cold_min_clicks clicks (a fresh layer's few clicks must not decide what
-        every such caller sees: one click from one client made its item the whole list),
-        filled up to top_k with training-set popularity; else that popularity alone."""
+        """A call without a known click: the online layer's ranking once it is warm
+        (OnlineLayer.warm: a fresh layer's few clicks must not decide what every such caller
+        sees: one click from one client made its item the whole list), filled up to top_k
+        with training-set popularity; else that popularity alone."""
         model, online = self.model, self.online
-        warm = online is not None and online.clicks_learnt >= online.config.cold_min_clicks
+        warm = online is not None and online.warm
         if query.candidates is not None:
             counts = model.popularity[query.candidates].astype(np.float32)
             items, scores = order_candidates(query.candidates, counts)

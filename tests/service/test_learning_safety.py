@@ -227,6 +227,25 @@ def test_callers_without_a_known_click_get_a_full_list_that_one_click_cannot_dec
     assert len({item.item_id for item in wide.items}) == 50
 
 
+def test_one_client_alone_never_decides_the_cold_list(start, tiny):
+    """However many clicks one client may teach (its cap raised here to stand for many
+    windows), calls without a known click get training popularity until 20 clients
+    taught the layer."""
+    served = start(learn_client_clicks=1000)
+    items, rare = tiny.item_ids, tiny.item_ids[int(tiny.popularity.argmin())]
+
+    def distinct(i: int) -> tuple[str, list[str], str]:  # 300 distinct transitions
+        x = i % 60
+        return f"one-{i}", [items[x], items[(x + 1 + i // 60) % 60]], "c1"
+
+    served.attack(300, distinct)
+    assert served.server.online.clicks_learnt == 300
+    request = pb.RecommendRequest(session_id="cold", clicks=["NOT-AN-ITEM"], top_k=20)
+    assert served.stub.Recommend(request, timeout=10).source == pb.SOURCE_POPULARITY
+    served.attack(19, lambda i: (f"other-{i}", [rare], f"c{i + 2}"))
+    assert served.stub.Recommend(request, timeout=10).source != pb.SOURCE_POPULARITY
+
+
 def test_put_items_needs_a_configured_token(start):
     served = start()
     with pytest.raises(grpc.RpcError) as off:

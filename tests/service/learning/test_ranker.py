@@ -256,12 +256,16 @@ def test_metrics_export_the_learnt_weights_and_hit_rates(served, tiny):
 def test_metrics_gauge_the_online_layers_size(served, tiny):
     for s in range(3):
         served.client.recommend(f"s{s}", [tiny.item_ids[s], tiny.item_ids[s + 10]], top_k=5)
-    size = served.server.online.size()
+    size = served.server.online.report()["size"]  # as /metrics reads it: answers kept
     assert size["items"] == 3 and size["transitions"] == 0  # new sessions: last clicks only
-    assert size["bytes"] > 0
+    assert size["kept_answers"] == 3  # one per session, for its next click
+    statistics = served.server.online.model.memory_bytes()
+    statistics += served.server.online.ranker.second.memory_bytes()
+    assert size["bytes"] > statistics + 3 * 1000  # the answers' rows count too
     text = urllib.request.urlopen(served.metrics_url, timeout=5).read().decode()
     assert 'recsys_online_size{what="items"} 3.0' in text
     assert 'recsys_online_size{what="transitions"} 0.0' in text
+    assert 'recsys_online_size{what="kept_answers"} 3.0' in text
     assert f'recsys_online_size{{what="bytes"}} {float(size["bytes"])!r}' in text
 
 
