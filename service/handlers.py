@@ -308,12 +308,13 @@ class Handlers:
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
-    """The call's text metadata value for key (lower case), "" when absent."""
-    for entry in context.invocation_metadata() or ():
-        if entry[0] == key:
-            value = entry[1]
-            return value if isinstance(value, str) else ""
-    return ""
+    """The call's text metadata value for key (lower case), "" when absent. Raises
+    InvalidRequest when the key comes more than once: a value the caller added must not
+    win over one a proxy appended after it."""
+    values = [entry[1] for entry in context.invocation_metadata() or () if entry[0] == key]
+    if len(values) > 1:
+        raise InvalidRequest(f"the metadata {key!r} came {len(values)} times; send it once")
+    return values[0] if values and isinstance(values[0], str) else ""
 
 
 def _response(method: str, result: Result, model_version: str) -> Any:

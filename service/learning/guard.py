@@ -45,12 +45,15 @@ At the defaults about 70 MB and 45 MB at worst.
 
 from __future__ import annotations
 
+import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from .catalogue import Catalogue
+
+log = logging.getLogger(__name__)
 
 REASONS = (
     "no_session",
@@ -129,6 +132,7 @@ class LearningGuard:
         self.stats = LearnStats()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recent first
         self._clients: OrderedDict[str, _Client] = OrderedDict()  # oldest window first
+        self._warned = False  # about calls without x-client-id
 
     def refused(self) -> None:
         """Count a call answered with an error: it teaches nothing."""
@@ -168,6 +172,12 @@ class LearningGuard:
             else:
                 chosen.append((i, "" if session.held_back else session_id))
         self.stats.learnt += len(chosen)
+        if chosen and not client_id and not self._warned:
+            self._warned = True
+            log.warning("learning from calls without x-client-id: they are capped per session "
+                        "only, so one caller with many session ids is not capped; have the "
+                        "frontend send x-client-id (a hash of the user's device or address) "
+                        "with every call")  # fmt: skip
         return chosen
 
     def _check(

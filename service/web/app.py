@@ -11,6 +11,7 @@ page as JSON {"detail": sentence, "code": name} with a status that says whose fa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -207,7 +208,7 @@ def create_app(config: WebConfig, store: FeedbackStore | None = None) -> FastAPI
             exclude_clicked=body.exclude_clicked,
             strict=body.strict,
         )
-        reply = await upstream.recommend(message)
+        reply = await upstream.recommend(message, client_id(request))
         if reply.unknown_clicks and not body.allow_unknown:
             raise ApiError(400, "unknown_items", _unknown(reply))
         return RecommendOut(
@@ -231,7 +232,7 @@ def create_app(config: WebConfig, store: FeedbackStore | None = None) -> FastAPI
             candidates=body.candidates,
             strict=body.strict,
         )
-        reply = await upstream.score_items(message)
+        reply = await upstream.score_items(message, client_id(request))
         return ScoreItemsOut(
             recommendation_id=reply.recommendation_id,
             items=_items(reply.items),
@@ -274,6 +275,15 @@ def create_app(config: WebConfig, store: FeedbackStore | None = None) -> FastAPI
         return Response(content, media_type=media, headers={"Content-Disposition": disposition})
 
     return app
+
+
+def client_id(request: Request) -> str:
+    """The page user's x-client-id for the service: a hash of the address the page's
+    request came from, so that whatever a browser sends (its own session ids included),
+    the service caps what it learns from that address. Behind a proxy every user shares
+    the proxy's address, and so its caps."""
+    host = request.client.host if request.client is not None else ""
+    return hashlib.sha256(f"sanity-page {host}".encode()).hexdigest()[:32]
 
 
 def _unknown(reply: pb.RecommendResponse) -> str:

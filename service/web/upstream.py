@@ -91,15 +91,22 @@ class Upstream:
         self.last_status = reply
         return reply
 
-    async def recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+    async def recommend(
+        self, request: pb.RecommendRequest, client_id: str = ""
+    ) -> pb.RecommendResponse:
+        """client_id: the page user's, sent as x-client-id (the service caps learning by it)."""
+        metadata = (("x-client-id", client_id),) if client_id else None
         try:
-            return await self.stub.Recommend(request, timeout=self.timeout_s)
+            return await self.stub.Recommend(request, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as err:
             raise describe(err, self.target) from None
 
-    async def score_items(self, request: pb.ScoreItemsRequest) -> pb.ScoreItemsResponse:
+    async def score_items(
+        self, request: pb.ScoreItemsRequest, client_id: str = ""
+    ) -> pb.ScoreItemsResponse:
+        metadata = (("x-client-id", client_id),) if client_id else None
         try:
-            return await self.stub.ScoreItems(request, timeout=self.timeout_s)
+            return await self.stub.ScoreItems(request, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as err:
             raise describe(err, self.target) from None
 

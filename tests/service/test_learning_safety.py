@@ -349,6 +349,27 @@ def test_a_session_teaches_at_most_its_cap(start, tiny):
     assert served.not_learnt("session_cap") == 20
 
 
+def test_a_client_id_sent_twice_is_refused(start, tiny):
+    """A caller adding its own x-client-id before the one a proxy appends must not choose
+    whose cap it spends."""
+    served = start()
+    request = pb.RecommendRequest(session_id="s1", clicks=[popular(tiny)])
+    twice = (("x-client-id", "mine"), ("x-client-id", "the-proxys"))
+    with pytest.raises(grpc.RpcError) as refused:
+        served.stub.Recommend(request, metadata=twice, timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "'x-client-id' came 2 times" in refused.value.details()
+    assert served.server.guard.stats.learnt == 0
+
+
+def test_learning_without_client_ids_is_logged_once(start, tiny, caplog):
+    served = start()
+    for n in range(3):
+        assert served.call(f"s{n}", [popular(tiny)]) is grpc.StatusCode.OK
+    warnings = [r for r in caplog.records if "without x-client-id" in r.getMessage()]
+    assert len(warnings) == 1 and "send x-client-id" in warnings[0].getMessage()
+
+
 def test_a_client_id_longer_than_a_hash_is_refused(start, tiny):
     served = start()
     code = served.call("s1", [popular(tiny)], client="x" * 200)

@@ -115,6 +115,17 @@ def test_recommendations_mirror_the_grpc_answer_and_change_with_each_click(serve
     assert len({rid for _, rid in seen}) == 3
 
 
+def test_the_page_caps_what_one_browser_teaches_however_many_sessions_it_invents(served, web, tiny):
+    """The page sends the service an x-client-id made from the browser's address: 30
+    fresh session ids from one browser teach its client cap (20), not 30 clicks."""
+    client = web(served.target)
+    for n, item in enumerate(tiny.item_ids[:30]):
+        body = {"session_id": f"invented-{n}", "clicks": [item], "top_k": 5}
+        assert client.post("/api/recommend", json=body).status_code == 200
+    stats = served.server.guard.stats
+    assert stats.learnt == 20 and stats.not_learnt["client_cap"] == 10
+
+
 def test_score_items_mirrors_grpc(served, web):
     body = {"clicks": ["item-001"], "candidates": ["item-005", "nope", "item-009"]}
     data = web(served.target).post("/api/score-items", json=body).json()
