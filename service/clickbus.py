@@ -18,8 +18,9 @@ clicks reach the KNN index as short fragments of their sessions).
 The request path only appends to a bounded deque (publish(); when full the oldest click is
 dropped and counted). A background task writes the deque out every flush_ms as pipelined
 XADDs with an approximate MAXLEN, so Redis holds about `maxlen` clicks whatever the traffic.
-Another task follows the stream (XREAD BLOCK from the last id read, from the stream's end
-when the bus starts) and learns the other replicas' clicks; its own, recognised by r, are
+Another task follows the stream (XREAD BLOCK from the last id read, from the bus's start
+time at first: the clicks others published while Redis was still out of this replica's
+reach count too) and learns the other replicas' clicks; its own, recognised by r, are
 skipped. A click is also skipped when this replica has learnt the session up to it already,
 and a learnt one advances the session's count in the layer, so that a later call of the
 session here does not learn it a second time (blend.OnlineLayer.learn).
@@ -152,6 +153,7 @@ class ClickBus:
         self._tasks: list[asyncio.Task] = []
         self._stopping: asyncio.Event | None = None  # made on the loop, by start()
         self._up: bool | None = None  # None until the first Redis call
+        self._start_id = "0-0"  # the stream id the reader starts after (set by start())
         layer.on_learn = self.publish
 
     def publish(self, session_id: str, clicks: list[str], now: float) -> None:
@@ -176,6 +178,10 @@ class ClickBus:
             retry=Retry(NoBackoff(), 0),  # the loops below retry, with their own backoff
         )
         self._stopping = asyncio.Event()
+        # the first read starts at this time, not at the stream's end at first contact: a
+        # replica that starts while Redis is down would else skip whatever the others
+        # published before it got through (a probe lost half a pod's clicks so)
+        self._start_id = f"{int(time.time() * 1000)}-0"
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_loop(), name="clickbus-write"),
@@ -255,12 +261,10 @@ class ClickBus:
 
     async def _read_loop(self) -> None:
         c = self.config
-        last: str | None = None  # the last id read; None: the stream's end, found at 1st contact
+        last = self._start_id  # the last id read: entries from the bus's start on
         backoff = 0.0
         while not self._stopped():
             try:
-                if last is None:
-                    last = await self._stream_end()
                 assert self._client is not None
                 reply: Any = await self._client.xread(
                     {c.stream: last}, count=c.max_batch, block=c.block_ms
@@ -278,13 +282,6 @@ class ClickBus:
                 for entry_id, fields in entries:
                     last = entry_id
                     self._apply(fields)
-
-    async def _stream_end(self) -> str:
-        """The id of the newest entry ("0-0" for no stream): what '$' means, made explicit so
-        that nothing is missed between two reads."""
-        assert self._client is not None
-        newest = await self._client.xrevrange(self.config.stream, count=1)
-        return str(newest[0][0]) if newest else "0-0"
 
     def _apply(self, fields: Mapping[str, str]) -> None:
         try:
@@ -311,9 +308,9 @@ class ClickBus:
     def _down(self, err: Exception) -> None:
         if self._up is not False:
             expected = isinstance(err, _errors())  # else a bug: worth its traceback
-            log.warning("click bus: cannot use Redis at %s (%r); serving on this replica's "
-                        "own clicks and retrying", _redacted(self.url), err,
-                        exc_info=not expected)  # fmt: skip
+            log.warning("click bus: cannot use Redis at %s (%s: %s); serving on this "
+                        "replica's own clicks and retrying", _redacted(self.url),
+                        type(err).__name__, err, exc_info=not expected)  # fmt: skip
         self._up, self.stats.connected = False, 0.0
 
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,34 @@ def test_a_replica_skips_its_own_clicks_and_clicks_it_has_learnt(redis_server):
         for online in (a_layer, b_layer):
             assert online.model.stats()["items"] == 3
             assert online.model.stats()["transitions"] == 3  # x>y, y>z and the skip x>z
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_starts_while_redis_is_down_gets_what_others_published_first(
+    redis_server,
+):
+    """Both replicas start with Redis down; A gets through first and publishes what it
+    learnt meanwhile, B a moment later: B learns all of it (it used to start at the
+    stream's end at its first contact, past A's clicks)."""
+    redis_server.stop()
+
+    async def scenario() -> None:
+        config = fast()
+        a = ClickBus(layer(), redis_server.url, config)
+        b = ClickBus(
+            layer(), redis_server.url, replace(config, backoff_min_s=0.5, backoff_max_s=0.5)
+        )
+        await a.start()
+        await b.start()
+        for i in range(5):
+            assert a.layer.learn(f"s{i}", ["a", f"i{i}"], T0 + i) == 1
+        await asyncio.sleep(0.2)  # both have failed once
+        redis_server.start()
+        await until(lambda: a.stats.published == 5)
+        await until(lambda: b.stats.applied == 5)
         await a.stop()
         await b.stop()
 
