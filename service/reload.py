@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-Signature = tuple[str, tuple[tuple[str, int, int], ...]]
+Signature = tuple[str, tuple[tuple[str, int, int, int, int, int], ...]]
 
 
 class ModelSource:
@@ -26,10 +26,12 @@ class ModelSource:
         return Path(os.path.realpath(self.path))
 
     def signature(self) -> Signature:
-        """What identifies the export now: its real path and every file's name, mtime and
-        size. Every file: an export copied in place file by file may be polled half-way
-        (rejected: its files disagree), and the files copied after that must make it new
-        again, or the complete export is never tried."""
+        """What identifies the export now: its real path and every file's name, mtime,
+        size, mode, owner and change time. Every file: an export copied in place file by
+        file may be polled half-way (rejected: its files disagree), and the files copied
+        after that must make it new again, or the complete export is never tried. Mode,
+        owner and ctime: an export rejected because the server could not read it is tried
+        again once an operator fixed its permissions (chmod and chown leave mtime alone)."""
         root = self.resolved()
         return (str(root), tuple(sorted(_stats(root))))
 
@@ -41,8 +43,9 @@ class ModelSource:
         self._last = signature  # type: ignore[assignment]
 
 
-def _stats(root: Path) -> list[tuple[str, int, int]]:
-    """(name, mtime ns, size) of the directory's files; none when it cannot be read."""
+def _stats(root: Path) -> list[tuple[str, int, int, int, int, int]]:
+    """(name, mtime ns, size, mode, uid, ctime ns) of the directory's files; none when it
+    cannot be read."""
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -53,5 +56,6 @@ def _stats(root: Path) -> list[tuple[str, int, int]]:
             st = entry.stat()
         except OSError:  # removed meanwhile
             continue
-        stats.append((entry.name, st.st_mtime_ns, st.st_size))
+        stats.append((entry.name, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid,
+                      st.st_ctime_ns))  # fmt: skip
     return stats

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,6 +398,14 @@ def _read_metadata(root: Path) -> ExportInfo:
             raise ModelLoadError(
                 f"{root / name} is missing; {root} must be a `python -m training export` output"
             )
+    unreadable = [name for name in (MODEL_FILE, ITEMS_FILE, POPULARITY_FILE, METADATA_FILE)
+                  if not os.access(root / name, os.R_OK)]  # fmt: skip
+    if unreadable:
+        raise ModelLoadError(
+            f"{root}: this server (uid {os.getuid()}) may not read {', '.join(unreadable)} "
+            "(permission denied); make the export readable to it (chmod a+r) and it is loaded "
+            "at the next poll"
+        )
     try:
         meta = json.loads((root / METADATA_FILE).read_text())
         version = meta["format_version"]

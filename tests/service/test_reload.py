@@ -153,6 +153,37 @@ def test_a_broken_export_is_rejected_and_the_old_model_keeps_serving(
     assert running.server.reload() is False  # asked for explicitly: tried again, refused
 
 
+def test_an_export_it_may_not_read_is_named_so_and_loaded_once_made_readable(
+    start_server, tiny, second_export, tmp_path, monkeypatch
+):
+    """The server runs as a user that may not read the new export's graph (tests run as
+    root, so the check is told so): the refusal says permission denied, not re-export, and
+    a chmod alone, which leaves every mtime as it was, gets the export loaded."""
+    link = tmp_path / "current"
+    point(link, tiny.export_dir)
+    running = start_server(model_dir=link, reload_poll_s=0.1)
+    locked = tmp_path / "locked"
+    shutil.copytree(second_export, locked)
+    graph = locked / "model.onnx"
+    graph.chmod(0o600)
+    denied = {str(graph)}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    point(link, locked)
+    deadline = time.monotonic() + 20
+    while running.client.status().last_reload_result == "ok":
+        assert time.monotonic() < deadline, "the export was never tried"
+        time.sleep(0.05)
+    result = running.client.status().last_reload_result
+    assert "permission denied" in result and "chmod" in result and "re-export" not in result
+    denied.clear()
+    graph.chmod(0o644)
+    while running.client.status().model_version != version_of(second_export):
+        assert time.monotonic() < deadline, "the readable export was never loaded"
+        time.sleep(0.05)
+    assert running.client.status().last_reload_result == "ok"
+
+
 def test_reload_on_request_picks_up_files_replaced_in_place(
     start_server, tiny, second_export, tmp_path
 ):
