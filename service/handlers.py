@@ -129,7 +129,10 @@ class Handlers:
         return await self._answer("ScoreItems", request, context)
 
     async def get_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return self.status
+        t0 = time.perf_counter()
+        status = self.status  # prepared on each change: nothing to compute per call
+        self.stats.record_call("Status", "OK", time.perf_counter() - t0)
+        return status
 
     async def put_items(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Announce or withdraw catalogue items (catalogue.py), with the bearer token."""

@@ -248,6 +248,14 @@ def test_metrics_count_calls_by_method_and_code_cache_hits_and_the_model(served_
     assert dict(info[0])["provider"] == "CPUExecutionProvider"
 
 
+def test_status_calls_are_counted_like_the_others(served):
+    key = ("recsys_requests_total", (("code", "OK"), ("method", "Status")))
+    before = scrape(served.metrics_url).get(key, 0)
+    for _ in range(3):
+        served.client.status()
+    assert scrape(served.metrics_url)[key] - before == 3
+
+
 def test_an_idle_or_half_sent_metrics_connection_does_not_block_other_scrapes(served):
     port = served.server.metrics_port
     idle = socket.create_connection(("127.0.0.1", port))  # connects, sends nothing
