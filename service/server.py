@@ -261,12 +261,17 @@ class RecommendationServer:
             max_exclude=cfg.max_exclude,
             max_item_id_bytes=cfg.max_item_id_bytes,
         )
-        users = None
-        if model.has_user_graph:  # user states belong to the model's weights: one store each
+        users = store = None
+        # user states belong to the model's weights: one store each. A shared store is made
+        # for any model: ForgetUser must delete there what an HRNN export before this one
+        # left (a rollback would read it), also while a model without a user graph serves
+        if model.has_user_graph or cfg.user_store == "redis":
             store = make_user_store(cfg, model, self.stats.user_store)
+        if model.has_user_graph:
+            assert store is not None
             users = UserSessions(model, store, cfg.user_session_idle_s, cache)
         engine = Recommender(model, cache, limits, online=self.online, guard=self.guard,
-                             users=users)  # fmt: skip
+                             users=users, user_store=store)  # fmt: skip
         engine.warm_up()
         if self.link is not None:
             self.link.share_forgetting(engine)

@@ -737,7 +737,9 @@ class OnlineRanker:
                 self._teachers.add(who)
                 if len(self._teachers) < c.min_teachers:
                     return False
-            if not self._may_step(who):
+            # a session's own steps are capped by max_updates_per_session; a client's
+            # sessions are not, so its share of the recent steps is
+            if teacher and not self._may_step(who):
                 return False
             answer.updates += 1
             self._steps.append((answer.x, i))

@@ -48,7 +48,7 @@ from .filters import (
 )
 from .inference import Job, run_jobs
 from .sessions import SessionCache, make_entry
-from .users import UserSessions
+from .users import Store, UserSessions
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
@@ -99,7 +99,8 @@ class Recommender:
     """One model with its session cache, and the server's online layer if it has one with
     the guard of what it learns (default: GuardConfig's rules over a closed catalogue);
     thread-unsafe by design (one event loop). use_model=False answers from the online layer
-    alone (for comparisons)."""
+    alone (for comparisons). user_store: where ForgetUser deletes when the model has no user
+    graph (users None): a shared store (--user-store redis) holds what other models left."""
 
     def __init__(
         self,
@@ -111,9 +112,11 @@ class Recommender:
         use_model: bool = True,
         guard: LearningGuard | None = None,
         users: UserSessions | None = None,
+        user_store: Store | None = None,
     ):
         self.model = model
         self.users = users  # models with a user graph: where a user's sessions start
+        self.user_store = users.store if users is not None else user_store
         self.cache = cache
         self.limits = limits
         self.online = online
@@ -437,9 +440,26 @@ class Recommender:
         return self.users.start(query.user_id, query.session_id)
 
     def forget_user(self, user_id: str) -> None:
-        """ForgetUser: drop what is remembered of the user (nothing without a user graph)."""
+        """ForgetUser: drop what is remembered of the user: its entry in the user store and
+        the cached states of its sessions; with a shared store whatever model serves (one
+        without a user graph keeps no user state, but the store holds what an HRNN export
+        before it left, and a rollback would read). Raises user_store.StoreUnavailable when
+        the shared store does not answer."""
         if self.users is not None:
             self.users.forget(user_id)
+        elif self.user_store is not None:
+            for session_id in self.user_store.forget(user_id):
+                self.cache.forget(session_id)
+
+    def forget_user_here(self, user_id: str) -> None:
+        """A ForgetUser another worker of the pod took (workers/link.py): drop what this
+        process holds of the user; a shared store's entry is that worker's to delete, and
+        is deleted already. Never raises StoreUnavailable."""
+        if self.users is not None:
+            self.users.forget_local(user_id)
+        elif self.user_store is not None:
+            for session_id in self.user_store.forget_local(user_id):
+                self.cache.forget(session_id)
 
     def _excluded_ids(self, query: Query) -> set[str]:
         excluded = set(query.exclude_ids)

@@ -1,9 +1,10 @@
 """The user store shared by the replicas through Redis (--user-store redis), and
 make_user_store, which picks it or users.UserStore from the configuration.
 
-Two stores with the same methods (get, put, record_last, forget, len()): users.UserStore, in this
-process's memory (the default; each replica remembers the users it served), and
-RedisUserStore, shared by the replicas through Redis (--user-store redis, make_user_store):
+Two stores with the same methods (get, put, record_last, forget, forget_local, len()):
+users.UserStore, in this process's memory (the default; each replica remembers the users it
+served), and RedisUserStore, shared by the replicas through Redis (--user-store redis,
+make_user_store):
 
     client = connect("redis://redis:6379/0", timeout_s=0.05)
     store = RedisUserStore(client, secret, model, max_entries=100_000, ttl_s=30 * 86400)
@@ -38,22 +39,34 @@ continue_session), one writes the session's latest state if it is still the one 
 a non-blocking read of the ForgetUser subscription (below). The event loop waits for each:
 0.05 to 0.5 ms against a local Redis on a loaded 2-core machine (timed by the test
 tests/service/pipeline/test_user_store.py), a network round trip elsewhere; calls without
-a user_id make none. Redis unreachable or slower than timeout_s: the call goes on as for a
-user without history (the zero state) and what it would have written is lost;
-recsys_user_store_unavailable_total counts such operations, one log line marks the outage
-(and one its end), and Redis is not tried again for retry_s, so an outage costs at most one
-timeout per retry_s. ForgetUser does not go on: it raises StoreUnavailable (gRPC
-UNAVAILABLE), because a privacy request that deleted nothing must be retried.
+a user_id make none, but they wait behind those that do (the handlers call the pipeline
+synchronously, so the round trips cannot leave the loop without changing them). Redis
+unreachable or slower than timeout_s: the call goes on as for a user without history (the
+zero state) and what it would have written is lost; recsys_user_store_unavailable_total
+counts such operations, one log line marks the outage (and one its end), and Redis is not
+tried again for retry_s, so an outage costs at most one timeout per retry_s. An answer that
+comes, but after more than RedisStoreConfig.slow_share of timeout_s (10 ms of the default
+50), counts and trips the same way (its result is kept): at that pace a replica's user calls
+hold its loop most of the time, and a probe measured anonymous calls' median go from 3 ms to
+35 ms (Redis 10 ms away) and 145 ms (45 ms away), all without a timeout. ForgetUser does not
+go on: it raises StoreUnavailable (gRPC UNAVAILABLE), because a privacy request that
+deleted nothing must be retried.
 
 ForgetUser deletes the user's key (every model version's entry) and publishes the session
 ids it named on the channel `{prefix}:forgotten`, in one Lua script; each replica reads its
 subscription, without waiting, at its next call with a user_id and drops those sessions'
 cached states (users' session states live in each replica's session cache, keyed by session
 id). A replica that was cut off from Redis when it was published keeps them until the
-session cache's TTL.
+session cache's TTL. The other workers of the replica's pod read it at once (forget_local,
+on the worker link's relay), without deleting again.
 
-Concurrent calls of one user on two replicas are last-write-wins; a user's calls normally
-come one at a time.
+A call that begins a session writes the new entry by compare-and-set: only if the entry's
+session and time fields still hold what its read (continue_session) found, absent when it
+found none. So a call that read the user's entry just before a ForgetUser on another replica
+cannot write the user back after it (a tombstone would have refused the user's next session
+for its lifetime as well); of two calls of one user racing on two replicas to begin a
+session, the first write wins and the other's session begins anew at its next call. A user's
+calls normally come one at a time.
 
 Not thread-safe: the server touches it from its event loop only (RedisUserStore's len() is
 also called by /metrics from its thread; redis-py's connection pool is thread-safe).
@@ -86,9 +99,15 @@ log = logging.getLogger(__name__)
 
 
 # KEYS: the user's hash, the index. ARGV: ttl ms, now, oldest time kept, max entries, the
-# user's index member, the key prefix of members, then field, value pairs.
+# user's index member, the key prefix of members, '1' to compare-and-set (else '0'), the
+# session and time fields' expected values ('': absent), then field, value pairs (session
+# first, time second). Returns -1 when the fields hold something else (nothing written).
 _PUT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if ARGV[7] == '1' then
+  local current = redis.call('HMGET', KEYS[1], ARGV[10], ARGV[12])
+  if (current[1] or '') ~= ARGV[8] or (current[2] or '') ~= ARGV[9] then return -1 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
@@ -162,6 +181,8 @@ class UserStoreStats:
 class RedisStoreConfig:
     prefix: str = "recsys:users"  # one per deployment sharing a Redis
     retry_s: float = 1.0  # after a failure, Redis is left alone this long
+    # an answer slower than this share of the client's socket timeout is a failure too
+    slow_share: float = 0.2
 
 
 def connect(url: str, timeout_s: float) -> Redis:
@@ -237,6 +258,10 @@ class RedisUserStore:
         self._subscription: Any = None  # redis-py PubSub on self._channel; None: not yet
         self._retry_at = 0.0  # time.monotonic() before which Redis is not tried
         self._up = True  # False from a failure until Redis answers again
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._slow_s = float("inf") if timeout is None else timeout * self.config.slow_share
+        # (digest, session, time) as continue_session read them, for put's compare-and-set
+        self._read: tuple[str, bytes | None, bytes | None] | None = None
         self._last_len = 0
         self.stats.shared_users = self.shared_count
 
@@ -258,50 +283,64 @@ class RedisUserStore:
         """The user's entry for this model, or None (none, or Redis did not answer)."""
         if not self._usable():
             return None
+        started = time.perf_counter()
         try:
             values = self.client.hmget(self._key(user_id), self._fields)
         except _errors() as err:
             self._failed(err)
             return None
-        self._answered()
+        self._answered(started)
         return self._decode(values)
 
     def put(self, user_id: str, entry: UserEntry) -> None:
         """Store the entry, refresh the user's expiry, drop the overflow of least recently
-        written users. Lost when Redis does not answer."""
+        written users. Lost when Redis does not answer. Right after continue_session read
+        this user's entry (UserSessions.start: read, end the session, write), a
+        compare-and-set: nothing is written unless the entry's session and time fields still
+        hold what that read found (none: still none), e.g. after a ForgetUser meanwhile."""
+        digest = user_key(self.secret, user_id)
+        read, self._read = self._read, None
         if self.max_entries == 0 or not self._usable():
             return
-        digest = user_key(self.secret, user_id)
         meta = json.dumps({"ended": entry.ended})
         values = (entry.session_id, repr(entry.used), meta, _row(entry.user), _row(entry.start),
                   _row(entry.last))  # fmt: skip
         pairs: list[Any] = [x for pair in zip(self._fields, values, strict=True) for x in pair]
+        check: list[Any] = ["0", "", ""]
+        if read is not None and read[0] == digest:
+            check = ["1", read[1] or "", read[2] or ""]
         now = self.clock()
         args = [int(self.ttl_s * 1000), now, now - self.ttl_s, self.max_entries, digest,
-                self._members, *pairs]  # fmt: skip
+                self._members, *check, *pairs]  # fmt: skip
+        started = time.perf_counter()
         try:
             self._put(keys=[self._members + digest, self._index], args=args)
         except _errors() as err:
             self._failed(err)
             return
-        self._answered()
+        self._answered(started)
 
     def continue_session(
         self, user_id: str, session_id: str, now: float, idle_s: float
     ) -> tuple[UserEntry | None, bool]:
         """UserStore.continue_session in one round trip: the entry is read and, when its
-        session goes on, its time, expiry and index rank refreshed by one Lua script."""
+        session goes on, its time, expiry and index rank refreshed by one Lua script. When
+        it does not, what was read is kept for put's compare-and-set."""
+        self._read = None
         if not self._usable():
             return None, False
         digest = user_key(self.secret, user_id)
         keys = [self._members + digest, self._index]
         args = [session_id, now, idle_s, int(self.ttl_s * 1000), digest, *self._fields]
+        started = time.perf_counter()
         try:
             refreshed, values = self._continue(keys=keys, args=args)
         except _errors() as err:
             self._failed(err)
             return None, False
-        self._answered()
+        self._answered(started)
+        if not refreshed:
+            self._read = (digest, values[0], values[1])
         entry = self._decode(values)
         if entry is None or not refreshed:
             return entry, False
@@ -318,12 +357,13 @@ class RedisUserStore:
             return True
         session_field, last_field = self._fields[0], self._fields[5]
         args = [session_field, session_id, last_field, _row(state)]
+        started = time.perf_counter()
         try:
             recorded = self._record_last(keys=[self._key(user_id)], args=args)
         except _errors() as err:
             self._failed(err)
             return True
-        self._answered()
+        self._answered(started)
         return bool(recorded)
 
     def forget(self, user_id: str) -> list[str]:
@@ -331,6 +371,7 @@ class RedisUserStore:
         Always tries Redis, down or not; raises StoreUnavailable when it does not answer."""
         digest = user_key(self.secret, user_id)
         keys, args = [self._members + digest, self._index], [digest, self._channel]
+        started = time.perf_counter()
         try:
             sessions = self._forget(keys=keys, args=args)
         except _errors() as err:
@@ -339,8 +380,16 @@ class RedisUserStore:
                 "the user store (Redis) did not answer, so the user's state may not be "
                 "deleted; retry ForgetUser"
             ) from None
-        self._answered()
+        self._answered(started)
         return [s.decode(errors="replace") for s in sessions]
+
+    def forget_local(self, user_id: str) -> list[str]:
+        """A ForgetUser another worker of this pod took (workers/link.py): that worker
+        deleted the user in Redis and published the session ids, so nothing is deleted
+        here; the session ids published since the last look (forgotten()), for this
+        process to drop their cached states now rather than at its next call with a
+        user_id. Never raises."""
+        return self.forgotten()
 
     def forgotten(self) -> list[str]:
         """The session ids whose users a ForgetUser call (on any replica) deleted since the
@@ -406,11 +455,25 @@ class RedisUserStore:
         self._retry_at = time.monotonic() + self.config.retry_s
         if self._up:  # once per outage; the key in an error is a hash, never the user id
             url = _redacted(self.client)
-            log.warning("user store: cannot use Redis at %s (%r); users start from the zero "
-                        "state until it answers", url, err)  # fmt: skip
+            log.warning("user store: cannot use Redis at %s (%s: %s); users start from the "
+                        "zero state until it answers", url, type(err).__name__, err)  # fmt: skip
         self._up = False
 
-    def _answered(self) -> None:
+    def _answered(self, started: float) -> None:
+        """Redis answered a round trip begun at started (time.perf_counter()); an answer
+        slower than the budget trips the breaker as a failure does (the event loop waited
+        for it), though the answer itself is used."""
+        took = time.perf_counter() - started
+        if took > self._slow_s:
+            self.stats.unavailable += 1
+            self._retry_at = time.monotonic() + self.config.retry_s
+            if self._up:  # once per episode, as an outage
+                log.warning("user store: Redis at %s answers slowly (%.1f ms, over %.1f ms); "
+                            "users start from the zero state for %.0f s at a time until it "
+                            "answers in time", _redacted(self.client), took * 1000,
+                            self._slow_s * 1000, self.config.retry_s)  # fmt: skip
+            self._up = False
+            return
         if not self._up:
             log.info("user store: Redis at %s answers again", _redacted(self.client))
         self._up = True

@@ -21,16 +21,18 @@ A user's sessions are taken one at a time: an earlier session id that comes back
 a new session (its cached state, if the session cache still holds it, is resumed all the
 same). User ids are never logged: they identify people.
 
-Two stores with the same methods (get, put, continue_session, record_last, forget, len()):
-UserStore below, in this process's memory (the default; each replica remembers the users it
-served), and user_store.RedisUserStore, shared by the replicas through Redis (--user-store
-redis; user_store.make_user_store picks one).
+Two stores with the same methods (get, put, continue_session, record_last, forget,
+forget_local, len()): UserStore below, in this process's memory (the default; each replica
+remembers the users it served), and user_store.RedisUserStore, shared by the replicas
+through Redis (--user-store redis; user_store.make_user_store picks one).
 
-Not thread-safe: the server touches it from its event loop only.
+Not thread-safe: the server touches it from its event loop only (UserStore's len(), which
+/metrics calls from its own thread, excepted: it takes the store's lock).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,7 +65,11 @@ class UserEntry:
 
 class UserStore:
     """LRU of UserEntry by user id, at most max_entries, each dropped after ttl_s without a
-    call. max_entries=0 remembers nothing. clock: seconds, monotonic."""
+    call. max_entries=0 remembers nothing. clock: seconds, monotonic.
+
+    Expired entries are dropped from the least recently used end whenever the store is
+    read, written or counted: a user idle past ttl_s leaves memory and recsys_user_states
+    without waiting for another user's write."""
 
     def __init__(self, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
         if max_entries < 0 or ttl_s <= 0:
@@ -72,31 +78,47 @@ class UserStore:
         self.ttl_s = ttl_s
         self.clock = clock
         self._entries: OrderedDict[str, UserEntry] = OrderedDict()
+        # len() prunes from /metrics' thread while the event loop reads and writes
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The live entries (expired ones dropped first)."""
+        with self._lock:
+            self._prune(self.clock())
+            return len(self._entries)
 
     def get(self, user_id: str) -> UserEntry | None:
         """The live entry (not refreshed: put() does that), or None."""
-        entry = self._entries.get(user_id)
-        if entry is not None and self.clock() - entry.used > self.ttl_s:
-            del self._entries[user_id]
-            return None
-        return entry
+        now = self.clock()
+        with self._lock:
+            self._prune(now)
+            entry = self._entries.get(user_id)
+            if entry is not None and now - entry.used > self.ttl_s:  # put with an old `used`
+                del self._entries[user_id]
+                return None
+            return entry
 
     def put(self, user_id: str, entry: UserEntry) -> None:
         """Store (or replace) the entry as the most recently used; evicts the overflow and
         the expired from the least recently used end."""
         if self.max_entries == 0:
             return
-        self._entries[user_id] = entry
-        self._entries.move_to_end(user_id)
-        now = self.clock()
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if len(self._entries) <= self.max_entries and now - oldest.used <= self.ttl_s:
+        with self._lock:
+            self._entries[user_id] = entry
+            self._entries.move_to_end(user_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            self._prune(self.clock())
+
+    def _prune(self, now: float) -> None:
+        """Drop the expired entries at the least recently used end (entries are put in the
+        order of their users' calls); with the lock held."""
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries.values()))
+            if now - oldest.used <= self.ttl_s:
                 break
-            self._entries.popitem(last=False)
+            entries.popitem(last=False)
 
     def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> bool:
         """Set the entry's latest session state, (1, S), if its session is session_id;
@@ -121,8 +143,14 @@ class UserStore:
 
     def forget(self, user_id: str) -> list[str]:
         """Drop the user's entry; the ids of its session under way and its ended ones."""
-        entry = self._entries.pop(user_id, None)
+        with self._lock:
+            entry = self._entries.pop(user_id, None)
         return [] if entry is None else [entry.session_id, *entry.ended]
+
+    def forget_local(self, user_id: str) -> list[str]:
+        """A ForgetUser another worker of the pod took: forget(), this store being this
+        process's own."""
+        return self.forget(user_id)
 
     def forgotten(self) -> list[str]:
         """Session ids other replicas forgot: none, nothing is shared."""
@@ -142,6 +170,7 @@ class Store(Protocol):
     ) -> tuple[UserEntry | None, bool]: ...
     def record_last(self, user_id: str, session_id: str, state: np.ndarray) -> bool: ...
     def forget(self, user_id: str) -> list[str]: ...
+    def forget_local(self, user_id: str) -> list[str]: ...
     def forgotten(self) -> list[str]: ...
 
 
@@ -197,7 +226,16 @@ class UserSessions:
         """Drop the user's entry and the cached states of the user's recent sessions (in
         this replica's session cache). Raises user_store.StoreUnavailable when a shared
         store cannot be reached: then nothing is known to be deleted."""
-        sessions = self.store.forget(user_id)
+        self._drop(self.store.forget(user_id))
+
+    def forget_local(self, user_id: str) -> None:
+        """forget() for a ForgetUser another worker of the pod took (workers/link.py): what
+        this process holds only, as a shared store's entry was deleted by that worker.
+        Never raises StoreUnavailable."""
+        self._drop(self.store.forget_local(user_id))
+
+    def _drop(self, sessions: list[str]) -> None:
+        """Drop the cached states of the forgotten user's sessions."""
         if self.cache is None:
             return
         for session_id in sessions:

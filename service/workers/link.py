@@ -44,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import traceback
 from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ from ..pipeline.blend import OnlineLayer
 log = logging.getLogger(__name__)
 
 RELAYED = frozenset({"learnt", "items", "forget", "reloaded"})  # the supervisor passes on
+KINDS = RELAYED | {"serve"}  # the records a worker applies
 # bytes a worker lets wait for the supervisor before it drops records (and counts them)
 MAX_BUFFERED = 8 * 2**20
 
@@ -182,7 +184,9 @@ class WorkerLink:
 
     def share_forgetting(self, engine: Any) -> None:
         """Make engine.forget_user (ForgetUser) forget the user on the other workers too;
-        for each engine the server loads (user states belong to a model)."""
+        for each engine the server loads (user states belong to a model). They apply it with
+        engine.forget_user_here where the engine has one: what that worker holds only, as
+        this one deleted the user from a shared store (a second delete there could fail)."""
         forget = engine.forget_user
 
         def forget_everywhere(user_id: str) -> None:
@@ -190,7 +194,7 @@ class WorkerLink:
             self.send({"k": "forget", "u": user_id})
 
         engine.forget_user = forget_everywhere
-        self._forget = forget
+        self._forget = getattr(engine, "forget_user_here", forget)
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
@@ -249,11 +253,17 @@ class WorkerLink:
                 log.error("worker link: the supervisor is gone; draining and exiting")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
+            kind = "unreadable"
             try:
                 message = json.loads(line)
+                kind = message.get("k") if message.get("k") in KINDS else "unknown"
                 await self._apply(message)
-            except Exception:  # a malformed record must not stop the others
-                log.exception("worker link: cannot apply %r", line[:200])
+            except Exception as err:  # a malformed record must not stop the others
+                # its kind, the error's type and where: never the record nor the error's
+                # message, which may quote it (user ids of ForgetUser, sessions, clicks)
+                stack = "".join(traceback.format_tb(err.__traceback__))
+                log.error("worker link: cannot apply a %s record (%s)\n%s", kind,
+                          type(err).__name__, stack.rstrip())  # fmt: skip
 
     async def _apply(self, message: dict[str, Any]) -> None:
         kind = message.get("k")

@@ -4,9 +4,11 @@ one summed /metrics; checked over real connections to `python -m service --worke
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,21 +17,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from service.clickbus import SharedClick
 from service.learning.catalogue import CatalogueConfig
 from service.learning.guard import GuardConfig
 from service.metrics import sum_expositions
+from service.pipeline.decode import Limits
+from service.pipeline.recommender import Recommender
+from service.pipeline.sessions import SessionCache
+from service.pipeline.user_store import RedisUserStore, connect, user_key
+from service.pipeline.users import UserEntry, UserSessions
 from service.proto import recommender_pb2 as pb
 from service.proto import recommender_pb2_grpc as pb_grpc
+from service.runtime import ExportedModel
 from service.workers import link as workerlink
-from service.workers.link import WorkerLink
+from service.workers.link import WorkerLink, encode
 from service.workers.supervisor import default_workers
+from tests.tools import require_module, require_tool
 
 from .conftest import TinyModel
+from .pipeline import test_users
+from .test_clickbus import RedisServer
 from .test_main import ENV, ROOT, ServiceProcess
 from .test_shutdown import _check, _stop_under_retries
+
+hrnn = test_users.hrnn  # the tiny HRNN export (user.onnx), for ForgetUser with user states
 
 # --- the default count ---
 
@@ -344,3 +358,92 @@ def test_a_second_pod_on_the_port_fails_to_start(pod, tiny):
     )  # fmt: skip
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+# --- ForgetUser with the shared user store (--user-store redis) ---
+
+SECRET = b"0123456789abcdef0123456789abcdef"  # the user store's HMAC key
+SECRET_USER = "carol.secret@example.com"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(require_tool("redis-server"), tmp_path)
+    require_module("redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_relayed_forget_asks_redis_nothing_and_the_link_logs_no_records_content(hrnn, caplog):
+    """The worker that took ForgetUser deleted the user in Redis: the relay must not delete
+    again (here Redis is down: that raised StoreUnavailable), and a record that cannot be
+    applied is logged by its kind, never by what it holds (user ids, clicks)."""
+    caplog.set_level(logging.DEBUG)
+    model = ExportedModel.load(hrnn.export_dir, "cpu")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        down = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"  # nothing listens
+    store = RedisUserStore(connect(down, 0.05), SECRET, model, 100, 3600.0)
+    cache = SessionCache(100, 60.0)
+    engine = Recommender(model, cache, Limits(), users=UserSessions(model, store, 60.0, cache))
+    ours, theirs = socket.socketpair()
+    link = WorkerLink(ours)
+    link.share_forgetting(engine)
+    # a record whose error quotes it: float() of a user id
+    bad = {"k": "learnt", "s": "s1", "c": "", "n": 1, "l": "x", "t": SECRET_USER, "w": []}
+
+    async def relay() -> None:
+        await link.start()
+        theirs.sendall(encode({"k": "forget", "u": SECRET_USER}) + encode(bad))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "cannot apply" not in caplog.text:
+            await asyncio.sleep(0.01)
+        await link.stop()
+
+    try:
+        asyncio.run(relay())
+    finally:
+        theirs.close()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "worker link: cannot apply a learnt record (ValueError)" in logged
+    assert SECRET_USER not in logged and "StoreUnavailable" not in logged
+    assert "forget record" not in logged  # the relay was applied
+
+
+def test_forget_user_on_a_pod_deletes_in_redis_once_and_the_other_worker_forgets_its_own(
+    hrnn, redis_server, tmp_path
+):
+    """python -m service --workers 2 --user-store redis: the worker that takes ForgetUser
+    deletes the user in Redis; the other reads the forgotten sessions (its subscription)
+    and deletes nothing: one DEL in Redis's command counts."""
+    secret_file = tmp_path / "user-store-secret"
+    secret_file.write_bytes(SECRET)
+    model = ExportedModel.load(hrnn.export_dir, "cpu")
+    client = connect(redis_server.url, 1.0)
+    state = UserEntry(np.zeros((1, model.user_size), np.float32), "s1", None, used=time.time())
+    RedisUserStore(client, SECRET, model, 100, 3600.0).put(SECRET_USER, state)
+    key = f"recsys:users:u:{user_key(SECRET, SECRET_USER)}"
+    assert client.exists(key) == 1
+    pod = Pod(hrnn, "--user-store", "redis", "--redis-url", redis_server.url,  # type: ignore[arg-type]
+              "--user-store-secret-file", str(secret_file), "--online", "0",
+              "--catalogue-token", test_users.TOKEN)  # fmt: skip
+    try:
+        with _channel(pod.target) as channel:
+            pb_grpc.RecommenderStub(channel).ForgetUser(
+                pb.ForgetUserRequest(user_id=SECRET_USER),
+                metadata=[("authorization", f"Bearer {test_users.TOKEN}")],
+                timeout=10,
+            )
+        assert client.exists(key) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the other worker has applied the relay
+            counts = client.info("commandstats")
+            if "cmdstat_subscribe" in counts or counts["cmdstat_del"]["calls"] > 1:
+                break
+            time.sleep(0.02)
+        assert counts["cmdstat_del"]["calls"] == 1
+        assert counts["cmdstat_subscribe"]["calls"] == 1
+        assert SECRET_USER not in "".join(pod.service.lines)
+    finally:
+        pod.service.close()

@@ -19,8 +19,14 @@ import numpy as np
 import pytest
 
 from service.config import load_config
-from service.pipeline.user_store import RedisUserStore, connect, read_secret, user_key
-from service.pipeline.users import UserEntry
+from service.pipeline.user_store import (
+    RedisStoreConfig,
+    RedisUserStore,
+    connect,
+    read_secret,
+    user_key,
+)
+from service.pipeline.users import UserEntry, UserSessions
 from service.proto import recommender_pb2 as pb
 from service.runtime import ExportedModel
 from tests.service.conftest import Running
@@ -244,3 +250,85 @@ def test_the_redis_store_is_configured_with_a_url_and_a_secret(tmp_path: Path):
         read_secret(short)
     assert load_config(["--model", "m"], environ={}).user_store == "memory"
     assert user_key(b"k" * 16, "u") != user_key(b"j" * 16, "u")  # keyed: no secret, no test
+
+
+def _store(
+    server: RedisServer, model: ExportedModel, timeout_s: float = 1.0, retry_s: float = 1.0
+) -> RedisUserStore:
+    return RedisUserStore(connect(server.url, timeout_s), SECRET, model, 100, 3600.0,
+                          config=RedisStoreConfig(retry_s=retry_s))  # fmt: skip
+
+
+def test_a_call_that_read_the_entry_before_a_forget_user_does_not_write_the_user_back(
+    hrnn, redis_server
+):
+    """Replica A begins the user's next session: it reads the entry, ForgetUser deletes it
+    on replica B, then A writes the ended session's hand-over: the compare-and-set refuses."""
+    model = ExportedModel.load(hrnn.export_dir, "cpu")
+    a, b = _store(redis_server, model), _store(redis_server, model)
+    users = UserSessions(model, a, session_idle_s=60.0)
+    users.start("u", "s1")
+    users.seen("u", "s1", model.advance_many([np.array([3, 17, 5])], model.zero_state(1)))
+    read = a.continue_session
+
+    def forgotten_meanwhile(*args: object) -> tuple:
+        got = read(*args)  # type: ignore[arg-type]
+        assert b.forget("u") == ["s1"]  # ForgetUser answers OK here
+        return got
+
+    a.continue_session = forgotten_meanwhile  # type: ignore[method-assign]
+    assert users.start("u", "s2") is not None  # this call's own start: the hand-over of s1
+    key = f"recsys:users:u:{user_key(SECRET, 'u')}"
+    assert redis_client(redis_server).exists(key) == 0  # s1's state did not come back
+    assert users.seen("u", "s2", model.zero_state(1)) is False  # nor is s2's state cached
+    a.continue_session = read  # type: ignore[method-assign]
+    assert users.start("u", "s3") is None  # the user's next session: from zero, and kept
+    entry = a.get("u")
+    assert entry is not None and entry.session_id == "s3" and entry.ended == []
+
+
+def test_forget_user_deletes_from_redis_while_a_model_without_a_user_graph_serves(
+    replica, hrnn, redis_server, start_model_only_server, tiny, tmp_path
+):
+    """A GRU4Rec export swapped in (a rollout step): ForgetUser still deletes the state an
+    HRNN export left in Redis, which a rollback to it would read."""
+    ask(replica(), "s1", FIRST, user_id="u")
+    secret_file = tmp_path / "gru-secret"
+    secret_file.write_bytes(SECRET)
+    gru = start_model_only_server(model_dir=tiny.export_dir, catalogue_token=test_users.TOKEN,
+                                  user_store="redis", redis_url=redis_server.url,
+                                  user_store_secret_file=secret_file)  # fmt: skip
+    forget(gru, "u")
+    assert redis_client(redis_server).keys("recsys:users:u:*") == []
+    assert_answer(ask(replica(), "s2", SECOND, user_id="u"), hrnn.top([SECOND]))  # rolled back
+
+
+def test_a_slow_redis_trips_the_breaker_and_is_counted_and_logged(hrnn, redis_server, caplog):
+    """Answers that come in time but slowly hold the event loop as long: past a fifth of
+    the timeout they count as unavailable and Redis is left alone for retry_s."""
+    caplog.set_level(logging.INFO)
+    model = ExportedModel.load(hrnn.export_dir, "cpu")
+    store = _store(redis_server, model, timeout_s=0.2, retry_s=0.3)  # slow past 40 ms
+    entry = UserEntry(np.zeros((1, model.user_size), np.float32), "s", None, used=time.time())
+    store.put("u", entry)
+    assert store.get("u") is not None and store.stats.unavailable == 0
+    redis_client(redis_server).client_pause(100)  # every client waits 100 ms
+    assert store.get("u") is not None  # answered within the timeout: the answer is used
+    assert store.stats.unavailable == 1
+    assert store.get("u") is None and store.stats.unavailable == 2  # not asked: retry_s
+    slow = [r.getMessage() for r in caplog.records if "answers slowly" in r.getMessage()]
+    assert len(slow) == 1 and "over 40.0 ms" in slow[0]
+    time.sleep(0.35)
+    assert store.get("u") is not None and store.stats.unavailable == 2
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_outage_line_says_the_errors_type_and_message(hrnn, redis_server, caplog):
+    caplog.set_level(logging.INFO)
+    model = ExportedModel.load(hrnn.export_dir, "cpu")
+    store = _store(redis_server, model)
+    redis_server.stop()
+    assert store.get("u") is None
+    (line,) = [r.getMessage() for r in caplog.records if "cannot use Redis" in r.getMessage()]
+    assert "(ConnectionError: Error 111 connecting to 127.0.0.1:" in line, line
+    assert "Connection refused" in line

@@ -258,6 +258,28 @@ def test_the_store_drops_expired_entries_and_the_least_recently_used_overflow():
     assert len(UserStore(0, 1.0)) == 0
 
 
+def test_expired_users_leave_the_store_and_its_count_without_another_write():
+    clock = Clock()
+    store = UserStore(10, ttl_s=10.0, clock=clock)
+    store.put("a", entry(clock.now))
+    clock.now += 5
+    store.put("b", entry(clock.now))
+    assert len(store) == 2
+    clock.now += 6  # a is past the ttl, b not
+    assert len(store) == 1  # counted (recsys_user_states) without a write
+    clock.now += 5
+    assert store.get("c") is None and len(store) == 0
+
+
+def test_the_user_states_gauge_drops_users_idle_past_the_ttl(start_hrnn):
+    running = start_hrnn(user_ttl_s=0.3)
+    ask(running, "s1", FIRST, user_id="u")
+    url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+    assert "recsys_user_states 1.0" in urllib.request.urlopen(url, timeout=5).read().decode()
+    time.sleep(0.5)  # no call meanwhile
+    assert "recsys_user_states 0.0" in urllib.request.urlopen(url, timeout=5).read().decode()
+
+
 def test_hand_over_happens_once_per_session_and_a_session_without_a_model_run_changes_nothing(
     hrnn,
 ):
