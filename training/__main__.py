@@ -57,18 +57,26 @@ def _read(path: str, args: argparse.Namespace):
     return read_events(path, *_columns(args))
 
 
-def _with_users(model, test, history, vocab, unknown, source, cutoffs, batch=512, ties=None):
-    """evaluate_users' figures: the test users' history (a frame or None; clicks on unknown
-    items dropped) builds their state first (HRNN); "returning" covers the targets of users
-    who had an earlier session."""
+def _user_plan(test, history, vocab, unknown, source, history_source="the history"):
+    """The test users' sessions after their history (a frame or None; clicks on unknown
+    items dropped), which builds their state first (HRNN). Raises DataError for a file
+    without user ids: train builds it before training, so that fails first."""
     from .data.logs import ITEM
     from .data.user_batching import UserSessions, with_history
-    from .evaluation.user_evaluate import evaluate_users, scorer_for
 
     if history is not None:
         history = history[history[ITEM].isin(vocab.index)]
-    plan = UserSessions.from_events(with_history(test, history), vocab, unknown, source)
-    return evaluate_users(scorer_for(model), plan, cutoffs, batch, ties or "conservative")
+    frame = with_history(test, history, source, history_source)
+    return UserSessions.from_events(frame, vocab, unknown, source)
+
+
+def _with_users(model, plan, cutoffs, batch=512, ties=None, progress=False):
+    """evaluate_users' figures over a _user_plan; "returning" covers the targets of users
+    who had an earlier session."""
+    from .evaluation.user_evaluate import evaluate_users, scorer_for
+
+    ties = ties or "conservative"
+    return evaluate_users(scorer_for(model), plan, cutoffs, batch, ties, progress)
 
 
 def _check_out(out: str) -> None:
@@ -158,12 +166,37 @@ def cmd_split(args: argparse.Namespace) -> None:
     )
 
 
+def _interruptible(command):
+    """command, with Ctrl-C ending it in one line and exit status 130 (128 + SIGINT) instead
+    of a traceback; a training stopped after an epoch has saved that epoch's model by then
+    (_saved_on_ctrl_c)."""
+
+    def run(args: argparse.Namespace) -> None:
+        try:
+            command(args)
+        except KeyboardInterrupt:
+            print("interrupted before an epoch completed: nothing saved", file=sys.stderr)
+            sys.exit(130)
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+def _saved_on_ctrl_c(path: str, interrupted: dict) -> None:
+    """Says where the model of the last completed epoch went (its meta's "interrupted": the
+    epochs done and planned), and exits 130."""
+    done, planned = interrupted["epochs_done"], interrupted["n_epochs"]
+    print(f"interrupted: saved the model of epoch {done} of {planned} to {path}", file=sys.stderr)
+    sys.exit(130)
+
+
+@_interruptible
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import Config
     from .data.logs import ItemVocab, Sessions, item_popularity
     from .evaluate import GRUScorer, evaluate, format_table
     from .fit import distributed
-    from .fit.train import fit, resolve_device, save_model
+    from .fit.train import Interrupted, fit, resolve_device, save_model
 
     cfg = Config.from_sources(args.config, args.param)
     _check_out(args.out)
@@ -172,6 +205,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     resolve_device(cfg.device)  # a device that is not there fails now, not after the data
     rank = None
     if distributed.launched_by_torchrun():  # one process per rank; see training/fit/distributed.py
+        if cfg.architecture == "hrnn":  # each rank would train on every user, alone
+            raise ValueError(
+                "architecture=hrnn trains in one process: its user-parallel batches are not "
+                "shared out between ranks; run it without torchrun"
+            )
         rank = distributed.init_from_env(resolve_device(cfg.device).type)
     events = _read(args.train, args)
     vocab = ItemVocab.from_events(events)
@@ -180,19 +218,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     # the test file is read and checked before the training, not after it (a bad path or
     # a file of unknown items used to end a finished run with nothing saved)
     test_events = _known(_read(args.test, args), vocab, args.test) if args.test else None
+    test_plan = None
+    if cfg.architecture == "hrnn" and test_events is not None:  # its users, checked now too
+        test_plan = _user_plan(test_events, events, vocab, "drop", args.test, args.train)
     if (Path(args.out) / "model.pt").exists():
         print(f"{args.out}/model.pt will be replaced when this training ends")
     print(f"{train.n_events:,} clicks, {train.n_sessions:,} sessions, {len(vocab):,} items")
     started = time.perf_counter()
-    if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions
-        from .data.user_batching import UserSessions
-        from .fit.hrnn_fit import fit_hrnn
+    stopped = None  # Ctrl-C after an epoch: that epoch's model is saved, then exit 130
+    try:
+        if cfg.architecture == "hrnn":  # user-parallel batches over the users' sessions
+            from .data.user_batching import UserSessions
+            from .fit.hrnn_fit import fit_hrnn
 
-        plan = UserSessions.from_events(events, vocab, source=args.train)
-        model, history = fit_hrnn(plan, len(vocab), cfg, progress=not args.quiet)
-    else:
-        model, history = fit(train, len(vocab), cfg, progress=not args.quiet)
+            plan = UserSessions.from_events(events, vocab, source=args.train)
+            model, history = fit_hrnn(plan, len(vocab), cfg, not args.quiet, interruptible=True)
+        else:
+            model, history = fit(train, len(vocab), cfg, not args.quiet, interruptible=True)
+    except Interrupted as stop:
+        if stop.model is None:
+            raise
+        model, history, stopped = stop.model, stop.history, stop
     if rank is not None and not rank.is_main:
+        if stopped is not None:
+            sys.exit(130)
         return  # the ranks' models are the same; rank 0 evaluates and writes it
     meta = {
         "train_file": str(Path(args.train).resolve()),  # report reads it from anywhere
@@ -205,27 +254,42 @@ def cmd_train(args: argparse.Namespace) -> None:
         ],
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if test_events is not None:
-        if cfg.architecture == "hrnn":  # the training clicks are the users' history
-            result = _with_users(model, test_events, events, vocab, "drop", args.test, args.cutoffs)
+    evaluating = test_events is not None and stopped is None  # after a Ctrl-C: no time
+    try:
+        if evaluating and test_plan is not None:  # the training clicks are the users' history
+            result = _with_users(model, test_plan, args.cutoffs)
             meta["evaluation"] = result
             print(format_table({"hrnn": result, "returning": result["returning"],
                                 "returning, first click": result["returning_first"]},
                                args.cutoffs))  # fmt: skip
-        else:
+        elif evaluating:
             test = Sessions.from_events(test_events, vocab, "drop", args.test)
             meta["evaluation"] = evaluate(GRUScorer(model), test, cutoffs=args.cutoffs)
             print(format_table({"gru4rec": meta["evaluation"]}, args.cutoffs))
+    except KeyboardInterrupt:  # every epoch is done: keep the model, unevaluated
+        stopped = Interrupted(model, history, len(history.epochs))
+    if stopped is not None:
+        meta["interrupted"] = {"epochs_done": len(history.epochs), "n_epochs": stopped.n_epochs}
     popularity = item_popularity(train, len(vocab))
     save_model(args.out, model, cfg, vocab, popularity, meta, history.optimizer_state)
+    if stopped is not None:
+        _saved_on_ctrl_c(f"{args.out}/model.pt", meta["interrupted"])
     print(f"saved {args.out}/model.pt")
 
 
+@_interruptible
 def cmd_update(args: argparse.Namespace) -> None:
     from .data.logs import Sessions
     from .evaluate import GRUScorer, evaluate, format_table
+    from .fit import distributed
+    from .fit.train import Interrupted
     from .fit.update import UpdateOptions, save_update, update
 
+    if distributed.launched_by_torchrun():  # each rank would run the whole update alone
+        raise ValueError(
+            "update runs in one process: it is not shared out between ranks, and every rank "
+            "would write --out; run it without torchrun"
+        )
     out = Path(args.out).resolve()
     if out == Path(args.model).resolve():
         raise ValueError("--out must differ from --model: the parent stays, so lineage holds")
@@ -241,24 +305,49 @@ def cmd_update(args: argparse.Namespace) -> None:
     _check_out(args.out)
     options = UpdateOptions(args.min_item_support, args.min_session_length, args.new_rows)
     events = _read(args.train, args)
-    quiet = args.quiet
-    updated = update(args.model, events, args.param, options, args.features, args.train, not quiet)
+    # read before the update trains, not after it: a bad --test used to lose the update
+    test_events = _read(args.test, args) if args.test else None
+
+    def check(vocab, cfg) -> None:  # the updated vocabulary and config, before training
+        if cfg.n_epochs < 1:
+            raise ValueError(f"n_epochs={cfg.n_epochs}: nothing would be trained; give 1 or more")
+        if test_events is not None:
+            _known(test_events, vocab, args.test)
+        if (Path(args.out) / "model.pt").exists():
+            print(f"{args.out}/model.pt will be replaced when this update ends")
+
+    try:
+        updated = update(
+            args.model, events, args.param, options, args.features, args.train,
+            not args.quiet, check, interruptible=True,
+        )  # fmt: skip
+    except Interrupted as stop:
+        if stop.result is None:
+            raise
+        save_update(args.out, stop.result)
+        _saved_on_ctrl_c(f"{args.out}/model.pt", stop.result.meta["interrupted"])
     done = updated.meta["update"]
     print(
         f"{done['clicks_used']:,} of {done['clicks']:,} clicks used; {done['new_items']:,} new "
         f"items ({done['rare_new_items_left_out']:,} with fewer than {args.min_item_support} "
         f"clicks left out); {len(updated.vocab):,} items in all"
     )
-    if args.test:
-        test = Sessions.from_events(_read(args.test, args), updated.vocab, "drop", args.test)
-        updated.meta["evaluation"] = evaluate(GRUScorer(updated.model), test, args.cutoffs)
-        print(format_table({"updated": updated.meta["evaluation"]}, args.cutoffs))
+    if test_events is not None:
+        test = Sessions.from_events(test_events, updated.vocab, "drop", args.test)
+        try:
+            updated.meta["evaluation"] = evaluate(GRUScorer(updated.model), test, args.cutoffs)
+            print(format_table({"updated": updated.meta["evaluation"]}, args.cutoffs))
+        except KeyboardInterrupt:  # every epoch is done: keep the update, unevaluated
+            epochs = len(updated.meta["epochs"])
+            updated.meta["interrupted"] = {"epochs_done": epochs, "n_epochs": epochs}
     save_update(args.out, updated)
+    if "interrupted" in updated.meta:
+        _saved_on_ctrl_c(f"{args.out}/model.pt", updated.meta["interrupted"])
     print(f"saved {args.out}/model.pt (parent {updated.meta['parent']['path']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data.logs import Sessions
+    from .data.logs import ITEM, Sessions
     from .evaluate import GRUScorer, evaluate, format_table
     from .fit.train import load_model
 
@@ -267,12 +356,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     events = _read(args.test, args)
     if args.drop_unknown:
         _known(events, trained.vocab, args.test)
-    if args.history or (trained.config.architecture == "hrnn" and USER in events.columns):
+        dropped = int((~events[ITEM].isin(trained.vocab.index)).sum())
+        print(f"{dropped:,} of {len(events):,} test clicks dropped: the model does not know "
+              "their items")  # fmt: skip
+    hrnn = trained.config.architecture == "hrnn"
+    if hrnn and not args.history:  # what its user state starts from, said, not assumed
+        print(
+            f"note: no --history: users' state comes only from their earlier sessions in "
+            f"{args.test}; pass the training log with --history FILE to start from all of it"
+            if USER in events.columns
+            else f"note: {args.test} has no {USER} column: every session starts without a "
+            "user state; name the user column with --user-key"
+        )
+    if args.history or (hrnn and USER in events.columns):
         history = _read(args.history, args) if args.history else None
+        plan = _user_plan(events, history, trained.vocab, unknown, args.test, args.history)
         result = _with_users(
-            trained.model, events, history, trained.vocab, unknown, args.test, args.cutoffs,
-            args.batch_size, args.tie_mode,
-        )  # fmt: skip
+            trained.model, plan, args.cutoffs, args.batch_size, args.tie_mode, progress=True
+        )
         print(format_table({args.model: result, "returning": result["returning"],
                             "returning, first click": result["returning_first"]},
                            args.cutoffs))  # fmt: skip
@@ -291,10 +392,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_baselines(args: argparse.Namespace) -> None:
-    from .evaluation.baselines import compare
+    from .evaluation.baselines import compare_results, knn_json, results_table
 
-    print(compare(args.train, args.test, args.cutoffs, None, args.tune_trials, args.valid_days,
-                  _columns(args)))  # fmt: skip
+    results, tuned = compare_results(args.train, args.test, args.cutoffs, None, args.tune_trials,
+                                     args.valid_days, _columns(args), not args.quiet)  # fmt: skip
+    if tuned:
+        print("tuned STAN/VSTAN settings (save as a file for report --knn-params):")
+        print(knn_json(tuned))
+    print(results_table(results, args.cutoffs))
+    n = next(iter(results.values()))["n_events"]  # the same test targets for every model
+    print(f"{n:,} predictions (test clicks on items not in --train dropped), ties counted as: "
+          "conservative")  # fmt: skip
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -323,11 +431,22 @@ def cmd_tune(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         columns=_columns(args),
     )
-    summary = run_study(options)
-    print(
+    try:
+        summary = run_study(options)
+    except KeyboardInterrupt as stop:  # Ctrl-C: the completed trials' results are written
+        if getattr(stop, "summary", None):
+            print(_tune_line(stop.summary, args.out))
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    print(_tune_line(summary, args.out))
+
+
+def _tune_line(summary: dict, out: str) -> str:
+    return (
         f"{summary['metric']} on validation: base {summary['base_value']}, best "
         f"{summary['best_value']:.4f} (trial {summary['best_trial']}); {summary['trials']} "
-        f"trials, {summary['pruned']} pruned -> {args.out}/best.json, trials.csv, summary.json"
+        f"trials, {summary['pruned']} pruned, {summary['failed']} failed -> {out}/best.json, "
+        "trials.csv, summary.json"
     )
 
 
@@ -466,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-trials", type=int, default=0, help="tune STAN/VSTAN first, on a validation split"
     )
     p.add_argument("--valid-days", type=float, default=1.0, help="with --tune-trials")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_columns(p)
     p.set_defaults(func=cmd_baselines)
 
@@ -476,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-days", type=float, default=1.0)
     p.add_argument("--study", help="SQLite file of the study (resumable); default OUT/study.db")
     p.add_argument("--study-name", default="gru4rec")
-    p.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "bpr-max"])
+    p.add_argument(
+        "--loss", choices=["cross-entropy", "bpr-max"], help="default: the base config's loss"
+    )
     p.add_argument("--metric", default="mrr@20", help="mrr@K or recall@K, maximised")
     p.add_argument("--trials", type=_positive, default=20, help="trials in this run")
     p.add_argument("--timeout", type=float, default=None, help="seconds for this run")
@@ -494,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--out", required=True, help="writes index.html, PNG plots, results.json")
-    p.add_argument("--train", help="training clicks for the baselines; default: the model's")
+    p.add_argument(
+        "--train", help="training clicks (baselines, an HRNN's history); default: the model's"
+    )
     p.add_argument("--tuning", help="the --out directory of `tune`, for its section")
     p.add_argument("--knn-params", help='JSON {"stan": {...}, "vstan": {...}} (compare_tuned)')
     p.add_argument("--extra-model", action="append", default=[], help="another model, a row")

@@ -148,15 +148,33 @@ class Config:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The parameters in a file, a preset, or a model directory (its config.json)."""
     path = Path(path)
     if not path.exists() and (PRESETS_DIR / f"{path}.json").exists():
         path = PRESETS_DIR / f"{path}.json"
+    if path.is_dir():  # a model directory
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"{path} is a directory without config.json; give a config file, a preset "
+                "name or a model directory"
+            )
+        path = path / "config.json"
     if not path.exists():
         presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json")))
         raise FileNotFoundError(f"config file {path} not found (presets: {presets})")
     text = path.read_text()
     if path.suffix == ".json":
-        return dict(json.loads(text))
+        values = dict(json.loads(text))
+        if "format_version" not in values:
+            return values
+        # a model's config.json (save_model) holds its parameters under "config"
+        if not isinstance(values.get("config"), dict):
+            raise ValueError(
+                f'{path} has a "format_version" but no "config" of parameters; give a '
+                "model's config.json or a JSON file of parameters"
+            )
+        # models from before bloom_item_step summed Bloom rows plainly, as load_model reads them
+        return {"bloom_item_step": False, **values["config"]}
     if path.suffix == ".toml":
         return dict(tomllib.loads(text))
     if path.suffix == ".py":

@@ -1,10 +1,15 @@
 """Configuration: reference names and defaults, files, overrides, clear errors."""
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from training.config import Config
+from training.data.logs import ItemVocab
+from training.fit.train import save_model
+from training.models.architectures import build_model
 
 
 def test_defaults_are_the_reference_implementations():
@@ -84,3 +89,16 @@ def test_embedding_layersize_means_the_first_layers_width_as_in_the_reference():
     assert Config.from_dict({"embedding": "layersize"}).embedding == 100
     with pytest.raises(ValueError, match="embedding='wide'"):
         Config.from_dict({"embedding": "wide"})
+
+
+def test_a_model_directory_or_its_config_json_gives_the_models_config(tmp_path):
+    """A model's config.json wraps the parameters with format_version, n_items and meta; it
+    used to be refused as unknown parameters."""
+    cfg = Config(layers=(8, 4), loss="bpr-max", n_sample=16, n_epochs=2)
+    vocab = ItemVocab(["a", "b", "c"])
+    save_model(tmp_path, build_model(3, cfg), cfg, vocab, np.ones(3), {"trained_at": "T"})
+    assert Config.from_sources(tmp_path / "config.json") == cfg
+    assert Config.from_sources(tmp_path, ["n_epochs=5"]) == replace(cfg, n_epochs=5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="directory without config.json"):
+        Config.from_sources(tmp_path / "empty")

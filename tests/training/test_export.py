@@ -276,3 +276,29 @@ def test_export_format_names_are_the_ones_the_service_reads():
         "OUTPUT_STATE", "OUTPUT_TOP_SCORES", "OUTPUT_TOP_ITEMS",
     ]  # fmt: skip
     assert {n: getattr(export, n) for n in names} == {n: getattr(rt, n) for n in names}
+
+
+def test_parity_allows_rounding_that_grows_with_the_scores_but_not_a_perturbed_weight(tmp_path):
+    """Scores in the thousands (an Adam-trained model's reach tens) round by more than 1e-5
+    in float32 however right the export: the tolerance grows with the row's largest score.
+    A 0.1% error in one item's output weights still fails."""
+    torch.manual_seed(0)
+    cfg = Config(layers=(64,), constrained_embedding=False)  # Wy: output weights only
+    model = build_model(400, cfg).eval()
+    with torch.no_grad():
+        model.Wy.weight.mul_(3000)
+    ids = ItemVocab([f"i{i}" for i in range(400)])
+    save_model(tmp_path / "m", model, cfg, ids, np.ones(400, dtype=np.int64), None)
+    export_dir = export_model(tmp_path / "m", tmp_path / "e")
+    report = check_parity(tmp_path / "m", export_dir, n_sessions=32)
+    assert report["ok"] and report["max_abs_score_diff"] > 2 * PARITY_ATOL, report
+
+    graph = onnx.load(export_dir / "model.onnx")
+    weights = next(t for t in graph.graph.initializer if tuple(t.dims) == (64, 400))
+    values = onnx.numpy_helper.to_array(weights).copy()
+    values[:, 7] *= 1.001
+    weights.CopyFrom(onnx.numpy_helper.from_array(values, weights.name))
+    shutil.copytree(export_dir, tmp_path / "perturbed")
+    onnx.save(graph, tmp_path / "perturbed" / "model.onnx")
+    report = check_parity(tmp_path / "m", tmp_path / "perturbed", n_sessions=32)
+    assert not report["ok"] and report["worst_score_error_vs_tolerance"] > 10, report

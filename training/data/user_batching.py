@@ -134,14 +134,25 @@ class UserSessions:
         )
 
 
-def with_history(test: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataFrame:
+def with_history(
+    test: pd.DataFrame,
+    history: pd.DataFrame | None,
+    source: str = "the test clicks",
+    history_source: str = "the history",
+) -> pd.DataFrame:
     """The test clicks (scored) after their users' clicks in `history` (not scored), as one
-    frame for UserSessions.from_events; history of users absent from `test` is left out."""
+    frame for UserSessions.from_events; history of users absent from `test` is left out.
+    Raises DataError when either has no UserId column (source, history_source name them)."""
+    if USER not in test.columns:  # whose history is whose cannot be told without it
+        raise DataError(
+            f"{source}: no {USER} column, so no user's history can be found; name the user "
+            "column with --user-key"
+        )
     test = test.assign(**{SCORED: True})
     if history is None:
         return test
     if USER not in history.columns:
-        raise DataError(f"the history has no {USER} column; name it with --user-key")
+        raise DataError(f"{history_source}: no {USER} column; name it with --user-key")
     past = history[history[USER].isin(set(test[USER]))].assign(**{SCORED: False})
     past = past[~past[SESSION].isin(set(test[SESSION]))]  # a session is history or test
     return pd.concat([past, test], ignore_index=True)

@@ -25,6 +25,8 @@ scores for the next click. Items a model knows nothing about score 0.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from typing import Any, Protocol
 
@@ -195,11 +197,13 @@ def fit_and_evaluate(
     gru_config: Any = None,
     end_times: np.ndarray | None = None,
     knn_params: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each baseline (and of GRU4Rec trained with `gru_config`, a training Config,
-    when given) on the same test Sessions, each with its "train_seconds". With the training
-    sessions' `end_times` (training.evaluation.knn.session_end_times), STAN and VSTAN too, with
-    `knn_params` {"stan": KNNParams, "vstan": KNNParams} or session-rec's defaults."""
+    when given) on the same test Sessions, each with its "train_seconds" and "n_events". With
+    the training sessions' `end_times` (training.evaluation.knn.session_end_times), STAN and
+    VSTAN too, with `knn_params` {"stan": KNNParams, "vstan": KNNParams} or session-rec's
+    defaults. progress: a bar per evaluation."""
 
     makers: dict[str, Any] = {
         "most-popular": lambda: MostPopular.fit(train, n_items),
@@ -221,7 +225,8 @@ def fit_and_evaluate(
         started = time.perf_counter()
         scorer = make()
         seconds = time.perf_counter() - started
-        results[name] = {**evaluate(scorer, test, cutoffs), "train_seconds": seconds}
+        scores = evaluate(scorer, test, cutoffs, progress=progress)
+        results[name] = {**scores, "train_seconds": seconds}
     return results
 
 
@@ -248,12 +253,31 @@ def compare(
     valid_days: float = 1.0,
     columns: tuple[str, ...] = (),
 ) -> str:
+    """compare_results as text: the tuned STAN/VSTAN settings (knn_json) when tuned, then
+    the markdown table."""
+    results, tuned = compare_results(
+        train_path, test_path, cutoffs, gru_config, tune_trials, valid_days, columns
+    )
+    notes = [knn_json(tuned)] if tuned else []
+    return "\n".join([*notes, results_table(results, tuple(cutoffs))])
+
+
+def compare_results(
+    train_path: str,
+    test_path: str,
+    cutoffs=(1, 5, 10, 20),
+    gru_config: Any = None,
+    tune_trials: int = 0,
+    valid_days: float = 1.0,
+    columns: tuple[str, ...] = (),
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """`python -m training baselines`: read train/test click logs (as written by
-    `python -m training split`), fit the baselines on train, and return a markdown table of
-    their metrics on test (test clicks on unknown items dropped). With `tune_trials`, STAN
-    and VSTAN are first tuned on the last `valid_days` of train
-    (training.evaluation.knn.search_params). columns: read_events' column names (session,
-    item, time, user), when not the defaults."""
+    `python -m training split`), fit the baselines on train, and return their metrics on
+    test (test clicks on unknown items dropped; fit_and_evaluate's) and the STAN/VSTAN
+    settings tuned ({} without `tune_trials`). With `tune_trials`, STAN and VSTAN are first
+    tuned on the last `valid_days` of train (training.evaluation.knn.search_params).
+    columns: read_events' column names (session, item, time, user), when not the defaults."""
     from ..data.logs import ItemVocab, Sessions, read_events
     from .knn import search_params, session_end_times
     from .tune import validation_split
@@ -262,14 +286,20 @@ def compare(
     vocab = ItemVocab.from_events(train_events)
     train = Sessions.from_events(train_events, vocab, source=str(train_path))
     test = Sessions.from_events(read_events(test_path, *columns), vocab, "drop", str(test_path))
-    knn_params, notes = {}, []
+    knn_params = {}
     if tune_trials > 0:
         fit_part, valid_part = validation_split(train_events, valid_days)
         for kind in ("stan", "vstan"):
-            knn_params[kind], _ = search_params(fit_part, valid_part, kind, tune_trials)
-            notes.append(f"{kind}: {knn_params[kind]}")
+            knn_params[kind], _ = search_params(
+                fit_part, valid_part, kind, tune_trials, progress=progress
+            )
     ends = session_end_times(train_events, train)
     results = fit_and_evaluate(
-        train, test, len(vocab), tuple(cutoffs), gru_config, ends, knn_params
+        train, test, len(vocab), tuple(cutoffs), gru_config, ends, knn_params, progress
     )
-    return "\n".join([*notes, results_table(results, tuple(cutoffs))])
+    return results, knn_params
+
+
+def knn_json(params: dict[str, Any]) -> str:
+    """{"stan": KNNParams, ...} as the JSON that `report --knn-params FILE` reads."""
+    return json.dumps({kind: dataclasses.asdict(p) for kind, p in params.items()})

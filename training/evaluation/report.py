@@ -6,24 +6,28 @@ against the baselines and what its top-20 lists look like.
 
 Sections: metrics at several cut-offs for the model, any --extra-model and the baselines
 (most-popular, item-KNN, V-SKNN, STAN, VSTAN) through training.evaluate's ranking (ties
-against the model); Recall@20 and MRR@20 by test session length and by target popularity;
-the training curve from the model file's history (and the search from `tune`'s summary);
-catalogue coverage, mean popularity percentile and Gini index of the top-20 lists.
+against the model; an HRNN, row "hrnn", runs its users' test sessions after their training
+sessions, as `evaluate --history` does with the training file); Recall@20 and MRR@20 by
+test session length and by target popularity; the training curve from the model file's
+history (and the search from `tune`'s summary); catalogue coverage, mean popularity
+percentile and Gini index of the top-20 lists.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 
 from ..data.batching import session_parallel
-from ..data.logs import Sessions
+from ..data.logs import USER, DataError, Sessions
 
 LENGTH_BUCKETS = ((2, 2), (3, 3), (4, 5), (6, 9), (10, 10**9))  # clicks in the test session
 POPULARITY_BUCKETS = (  # share of the catalogue, most popular first
@@ -59,6 +63,16 @@ class ModelRun:
     ranks: np.ndarray
     recommended: np.ndarray  # (n_items,) int64 appearances in top-k lists
     extra: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, np.ndarray] | None = None  # prediction_facts' in this order, if another
+
+
+@dataclass
+class WithHistory:
+    """An HRNN row: scored over its users' test sessions after their sessions in `history`
+    (the training clicks), user-parallel, as `evaluate --history` does."""
+
+    model: nn.Module
+    history: pd.DataFrame
 
 
 def run_scorer(scorer: Any, test: Sessions, n_items: int, top_k: int, batch: int = 512):
@@ -75,6 +89,36 @@ def run_scorer(scorer: Any, test: Sessions, n_items: int, top_k: int, batch: int
         top = torch.topk(scores.float(), min(top_k, n_items), dim=1).indices.cpu()
         recommended += torch.bincount(top.flatten(), minlength=n_items)
     return ModelRun(np.concatenate(ranks), recommended.numpy())
+
+
+def run_with_history(
+    entry: WithHistory, test_events: pd.DataFrame, vocab: Any, top_k: int, batch: int = 512
+) -> ModelRun:
+    """Ranks as user_evaluate.evaluate_users computes them (same walk, same batch size), the
+    top-k lists' item counts and each prediction's facts, in that walk's order."""
+    from ..data.user_batching import UserSessions, user_parallel, with_history
+    from ..evaluate import rank_of_target
+    from .user_evaluate import scorer_for
+
+    plan = UserSessions.from_events(with_history(test_events, entry.history), vocab, "drop")
+    where = replace(plan, items=np.arange(len(plan.items)))  # the same walk over event indices
+    scorer, n_items = scorer_for(entry.model), len(vocab)
+    ranks, targets, recommended = [], [], torch.zeros(n_items, dtype=torch.int64)
+    steps = zip(user_parallel(plan, batch), user_parallel(where, batch), strict=True)
+    for i, (step, at) in enumerate(steps):
+        if i == 0:
+            scorer.start(len(step.inputs), plan.user_ids)
+        scores = scorer.advance(step)  # the scored rows' only
+        if step.scored.any():
+            ranks.append(rank_of_target(scores, step.targets[step.scored].to(scores.device)))
+            top = torch.topk(scores.float(), min(top_k, n_items), dim=1).indices.cpu()
+            recommended += torch.bincount(top.flatten(), minlength=n_items)
+            targets.append(at.targets[step.scored].numpy())
+    target_event = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
+    lengths = np.repeat(np.diff(plan.offsets), np.diff(plan.offsets))
+    facts = {"length": lengths[target_event], "target": plan.items[target_event]}
+    ranked = torch.cat(ranks).cpu().numpy() if ranks else np.zeros(0)
+    return ModelRun(ranked, recommended.numpy(), facts=facts)
 
 
 def prediction_facts(test: Sessions, batch: int = 512) -> dict[str, np.ndarray]:
@@ -141,25 +185,45 @@ def popularity_masks(targets: np.ndarray, share: np.ndarray) -> dict[str, np.nda
     return {label: (place >= lo) & (place < hi) for label, lo, hi in POPULARITY_BUCKETS}
 
 
+def model_label(cfg: Any) -> str:
+    """A model row's name: its architecture."""
+    return {"id": "gru4rec", "hrnn": "hrnn"}.get(cfg.architecture, f"p-rnn {cfg.architecture}")
+
+
 def build_scorers(options: ReportOptions, trained: Any) -> dict[str, Any]:
-    """The model, any extra models and the baselines, all over the model's vocabulary."""
+    """The model, any extra models and the baselines, all over the model's vocabulary; an
+    HRNN as WithHistory (the training clicks)."""
     from ..data.logs import read_events
     from ..evaluate import GRUScorer
     from ..fit.train import load_model
     from .baselines import ItemKNN, MostPopular, SessionKNN
     from .knn import STAN_DEFAULTS, VSTAN_DEFAULTS, KNNParams, SequenceKNN, session_end_times
 
-    n = len(trained.vocab)
-    scorers: dict[str, Any] = {"gru4rec": GRUScorer(trained.model)}
-    for path in options.extra_models:
-        extra = load_model(path)
-        if list(extra.vocab.ids) != list(trained.vocab.ids):
-            raise ValueError(f"{path}: its item vocabulary differs from --model's; train both")
-        scorers[f"gru4rec ({Path(path).name})"] = GRUScorer(extra.model)
     train_path = options.train or trained.meta.get("train_file")
     if not train_path:
         raise ValueError("the model file does not name its training data; give --train FILE")
     events = read_events(train_path, *options.columns)
+
+    def scorer(run: Any) -> Any:
+        hrnn = run.config.architecture == "hrnn"
+        return WithHistory(run.model, events) if hrnn else GRUScorer(run.model)
+
+    n = len(trained.vocab)
+    models = {model_label(trained.config): trained}
+    seen = {Path(options.model).resolve()}
+    for path in options.extra_models:
+        if Path(path).resolve() in seen:
+            raise ValueError(f"--extra-model {path} is --model or another --extra-model again")
+        seen.add(Path(path).resolve())
+        extra = load_model(path)
+        if list(extra.vocab.ids) != list(trained.vocab.ids):
+            raise ValueError(f"{path}: its item vocabulary differs from --model's; train both")
+        # directories of the same name (runs/a/model, runs/b/model) get their whole path
+        label = f"{model_label(extra.config)} ({Path(path).name})"
+        if label in models:
+            label = f"{model_label(extra.config)} ({Path(path).resolve()})"
+        models[label] = extra
+    scorers: dict[str, Any] = {label: scorer(model) for label, model in models.items()}
     train = Sessions.from_events(events, trained.vocab, "drop", str(train_path))
     knn = {"stan": STAN_DEFAULTS, "vstan": VSTAN_DEFAULTS}
     if options.knn_params:
@@ -184,25 +248,35 @@ def make_report(options: ReportOptions) -> Path:
     from ..evaluate import metrics_from_ranks
     from ..fit.train import load_model
 
+    tuning = _read_tuning(options.tuning)  # a wrong path fails now, not after the work
     trained = load_model(options.model)
     n_items = len(trained.vocab)
     test_events = read_events(options.test, *options.columns)
     test = Sessions.from_events(test_events, trained.vocab, "drop", options.test)
     scorers = build_scorers(options, trained)
+    hrnn = any(isinstance(s, WithHistory) for s in scorers.values())
+    if hrnn and USER not in test_events.columns:
+        raise DataError(
+            f"{options.test}: no {USER} column; an HRNN is scored with its users' history "
+            "(name the column with --user-key)"
+        )
     facts = prediction_facts(test)
     share = popularity_rank_share(np.asarray(trained.popularity))
     results: dict[str, dict[str, Any]] = {}
     for name, scorer in tqdm(scorers.items(), desc="report", disable=not options.progress):
-        run = run_scorer(scorer, test, n_items, options.top_k)
+        if isinstance(scorer, WithHistory):
+            run = run_with_history(scorer, test_events, trained.vocab, options.top_k)
+        else:
+            run = run_scorer(scorer, test, n_items, options.top_k)
+        seen = run.facts or facts
         results[name] = {
             "metrics": metrics_from_ranks(run.ranks, options.cutoffs),
-            "by_length": bucket_metrics(run.ranks, length_masks(facts["length"])),
-            "by_popularity": bucket_metrics(run.ranks, popularity_masks(facts["target"], share)),
+            "by_length": bucket_metrics(run.ranks, length_masks(seen["length"])),
+            "by_popularity": bucket_metrics(run.ranks, popularity_masks(seen["target"], share)),
             "lists": list_statistics(run, share),
         }
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    tuning = _read_tuning(options.tuning)
     plots = _plots(results, trained.meta, tuning, out)
     page = _html(options, trained, results, tuning, plots, len(facts["length"]))
     (out / "index.html").write_text(page)

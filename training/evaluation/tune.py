@@ -14,7 +14,14 @@ records the settings its values depend on (metric, base configuration, ranges, d
 and a run with other settings is refused rather than mixed in. The base configuration
 (--config/--param, the defaults otherwise) runs first (trial 0, or the first trial of a
 resumed run if it never completed), so the best configuration is never worse on validation
-than the one it started from.
+than the one it started from. The search space is the base's loss's (--loss sets the loss
+of a base that names none); a base of several GRU layers keeps its layers, since the space
+holds one-layer sizes.
+
+Ctrl-C stops the search after writing the results of the trials that completed; a run
+that was killed leaves its trial running in the study file, and the next run (one process
+runs a study at a time) marks it failed. The item vocabulary is the whole --train file's,
+in its order, so the rows of a p-RNN features file made for that file fit the trials.
 
 Writes to --out: best.json (a full config for `train --config`), trials.csv and
 summary.json (metric, the base configuration's and the best value, trial counts).
@@ -23,6 +30,7 @@ summary.json (metric, the base configuration's and the best value, trial counts)
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +40,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ..config import Config
+from ..config import Config, read_config_file
 from ..data.logs import DAY, ITEM, SESSION, TIME, DataError, ItemVocab, Sessions, read_events
 
 
@@ -88,7 +96,7 @@ class TuneOptions:
     valid_days: float = 1.0
     study: str | None = None  # SQLite file; default OUT/study.db
     study_name: str = "gru4rec"
-    loss: str = "cross-entropy"  # picks the search space
+    loss: str | None = None  # the base's loss, for a base that names none; None: its own
     metric: str = "mrr@20"  # "mrr@K" or "recall@K", on the validation split
     trials: int = 20  # trials to run now (a resumed study adds this many)
     timeout: float | None = None  # seconds for this run; trials in flight finish
@@ -131,14 +139,37 @@ def parse_metric(metric: str) -> tuple[str, int]:
     return name, int(k)
 
 
+def base_config(options: TuneOptions) -> Config:
+    """--config and --param on the defaults, with --loss as the loss when neither names one.
+    Raises ValueError when --loss contradicts the loss they name: trial 0 would not be the
+    base, nor the search space its loss's."""
+    base = Config.from_sources(options.config, list(options.params))
+    if options.loss is None or options.loss == base.loss:
+        return base
+    named = read_config_file(options.config) if options.config else {}
+    if "loss" in named or any(p.partition("=")[0].strip() == "loss" for p in options.params):
+        raise ValueError(
+            f"--loss {options.loss} contradicts the base configuration's loss={base.loss}; "
+            "leave --loss out (the search follows the base's loss) or change the base"
+        )
+    return replace(base, loss=options.loss)
+
+
 def narrowed_space(loss: str, ranges: tuple[str, ...], fixed: set[str]) -> dict[str, Param]:
     """The declared space for `loss`, minus the fixed parameters, with NAME=LOW:HIGH applied."""
     if loss not in SPACES:
-        raise ValueError(f"no search space for loss={loss!r}; use one of {', '.join(SPACES)}")
+        raise ValueError(
+            f"no search space for loss={loss!r}; give a base with one of {', '.join(SPACES)}"
+        )
     space = {name: p for name, p in SPACES[loss].items() if name not in fixed}
     for item in ranges:
         name, _, bounds = item.partition("=")
         low, _, high = bounds.partition(":")
+        if name in fixed:
+            raise ValueError(
+                f"--range {item!r}: {name} is fixed (by --param, or layers by a base of "
+                "several layers), not searched; drop one of the two"
+            )
         param = space.get(name)
         if not isinstance(param, IntRange | FloatRange) or not high:
             raise ValueError(
@@ -176,6 +207,7 @@ class _Data:
     train: Sessions
     valid: Sessions
     n_items: int
+    vocab: ItemVocab
 
 
 def load_data(options: TuneOptions) -> _Data:
@@ -184,10 +216,12 @@ def load_data(options: TuneOptions) -> _Data:
         train_df, valid_df = events, read_events(options.valid, *options.columns)
     else:
         train_df, valid_df = validation_split(events, options.valid_days)
-    vocab = ItemVocab.from_events(train_df)
+    # the whole file's items in its order, as `train` and the features tool index them: a
+    # p-RNN features file lines up only so (items of the held-out days get no clicks)
+    vocab = ItemVocab.from_events(events)
     train = Sessions.from_events(train_df, vocab, source=options.train)
     valid = Sessions.from_events(valid_df, vocab, "drop", options.valid or "validation split")
-    return _Data(train, valid, len(vocab))
+    return _Data(train, valid, len(vocab), vocab)
 
 
 @dataclass
@@ -226,12 +260,25 @@ def run_study(options: TuneOptions) -> dict[str, Any]:
     """Run (or resume) the study and write best.json, trials.csv and summary.json."""
     name, cutoff = parse_metric(options.metric)
     fixed = {p.partition("=")[0].strip() for p in options.params}
-    base = Config.from_sources(options.config, [f"loss={options.loss}", *options.params])
-    space = narrowed_space(options.loss, options.ranges, fixed)
+    base = base_config(options)
+    if len(base.layers) > 1 and "layers" not in fixed:
+        fixed.add("layers")
+        print(
+            f"layers stay {'/'.join(map(str, base.layers))}: the search space holds one-layer "
+            "sizes; a one-layer base has them searched"
+        )
+    space = narrowed_space(base.loss, options.ranges, fixed)
+    start = {k: v for k, v in _config_values(base).items() if k in space}
+    for key, param in space.items():  # Optuna refuses a categorical value off its list
+        if isinstance(param, Choice) and start[key] not in param.values:
+            space[key] = Choice((*param.values, start[key]))
     data = load_data(options)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _HideInterrupted) for f in optimize_log.filters):
+        optimize_log.addFilter(_HideInterrupted())
     study = optuna.create_study(
         study_name=options.study_name,
         storage=f"sqlite:///{options.study or out / 'study.db'}",
@@ -245,22 +292,63 @@ def run_study(options: TuneOptions) -> dict[str, Any]:
     )
     where = f"the study {options.study_name!r} in {options.study or out / 'study.db'}"
     check_settings(study, study_settings(f"{name}@{cutoff}", base, space, data), where)
-    start = {k: v for k, v in _config_values(base).items() if k in space}
+    _fail_stale_trials(study)  # before the base check: a killed base must run again
     # The base first, as the yardstick; again on resume when a run stopped before it completed.
     done_or_queued = [t for t in study.trials if t.state.name in ("COMPLETE", "WAITING")]
     if not any(_params(t) == start for t in done_or_queued):
         study.enqueue_trial(start)
     objective = _Objective(data, base, space, f"{name}@{cutoff}", cutoff)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Fixed parameter")  # the base may be off-grid
-        study.optimize(
-            objective,
-            n_trials=options.trials,
-            timeout=options.timeout,
-            show_progress_bar=options.progress,
-            callbacks=[_print_trial] if options.progress else [],
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Fixed parameter")  # base may be off-grid
+            study.optimize(
+                objective,
+                n_trials=options.trials,
+                timeout=options.timeout,
+                show_progress_bar=options.progress,
+                callbacks=[_print_trial] if options.progress else [],
+            )
+    except KeyboardInterrupt:
+        _fail_stale_trials(study, quiet=True)  # Ctrl-C between two trials leaves one running
+        done = any(t.state.name == "COMPLETE" for t in study.trials)
+        summary = write_results(study, base, start, out, options.metric) if done else None
+        raise Interrupted(summary) from None
     return write_results(study, base, start, out, options.metric)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during the search; `summary` is write_results' for the trials that completed,
+    None when none had."""
+
+    def __init__(self, summary: dict[str, Any] | None):
+        super().__init__()
+        self.summary = summary
+
+
+class _HideInterrupted(logging.Filter):
+    """Optuna logs a trial that Ctrl-C stopped as failed, in two warnings, the first with
+    the traceback; the command says "interrupted" instead."""
+
+    dropped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        second = self.dropped and "failed with value" in record.getMessage()
+        self.dropped = interrupted
+        return not (interrupted or second)
+
+
+def _fail_stale_trials(study: optuna.Study, quiet: bool = False) -> None:
+    """Mark RUNNING trials failed: one process runs a study at a time, so they were left by
+    a run that was killed (or stopped between two trials) and will never finish; counted
+    as running they would stay in the summary forever."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        if not quiet:
+            print(f"trial {trial.number} was left running by a run that stopped; marked failed")
 
 
 # Where a trial runs, not what it learns: these may change between runs of one study.
@@ -359,15 +447,17 @@ def write_results(
     (out / "best.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     study.trials_dataframe().to_csv(out / "trials.csv", index=False)
     base_trial = next((t for t in complete if _params(t) == start), None)
+    states = [t.state.name for t in study.trials]
     summary = {
         "metric": metric,
         "base_value": None if base_trial is None else base_trial.value,
         "best_value": best.value,
         "best_trial": best.number,
         "best_params": tuned,
-        "trials": len(study.trials),
+        "trials": sum(s in ("COMPLETE", "PRUNED", "FAIL") for s in states),  # finished
         "complete": len(complete),
-        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
         # per trial, None when pruned or failed (Optuna keeps a pruned trial's last report)
         "curve": [t.value if t.state.name == "COMPLETE" else None for t in study.trials],
         "running_best": _running_best(study.trials),

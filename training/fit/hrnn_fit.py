@@ -26,10 +26,11 @@ from ..data.sampling import SampleStore
 from ..data.user_batching import UserSessions, UserStep, user_parallel
 from ..models.architectures import build_model
 from ..models.hrnn import HRNN
+from . import distributed
 from .losses import compute_loss
 from .optim import make_optimizer
 from .threads import default_threads, usable_cpus
-from .train import EpochStats, History, resolve_device
+from .train import EpochStats, History, interrupted, resolve_device, snapshot
 
 
 def keep_rows(hidden: list[torch.Tensor], keep: torch.Tensor | None) -> list[torch.Tensor]:
@@ -41,13 +42,23 @@ def keep_rows(hidden: list[torch.Tensor], keep: torch.Tensor | None) -> list[tor
 
 
 def fit_hrnn(
-    train: UserSessions, n_items: int, cfg: Config, progress: bool = True
+    train: UserSessions,
+    n_items: int,
+    cfg: Config,
+    progress: bool = True,
+    interruptible: bool = False,
 ) -> tuple[HRNN, History]:
     """Train an HRNN (cfg.architecture must be "hrnn") for cfg.n_epochs passes over the
     users; returns the model in eval mode and per-epoch statistics. Raises ValueError for
-    another architecture and FloatingPointError when the loss diverges."""
+    another architecture and FloatingPointError when the loss diverges. `interruptible`:
+    Ctrl-C raises train.Interrupted with the model of the last completed epoch."""
     if cfg.architecture != "hrnn":
         raise ValueError(f"fit_hrnn trains architecture=hrnn, not {cfg.architecture}")
+    if distributed.current() is not None:  # each rank would train on every user, alone
+        raise ValueError(
+            "architecture=hrnn trains in one process: its user-parallel batches are not "
+            "shared out between ranks; run it without torchrun"
+        )
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -70,13 +81,21 @@ def fit_hrnn(
     )
     history = History()
     model.train()
-    for epoch in range(cfg.n_epochs):
-        stats = _run_epoch(model, optimizer, train, cfg, store, log_q, epoch, progress, device)
-        history.epochs.append(stats)
-        if not np.isfinite(stats.loss):
-            raise FloatingPointError(
-                f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate"
-            )
+    last = None  # snapshot() after the last completed epoch, when interruptible
+    try:
+        for epoch in range(cfg.n_epochs):
+            stats = _run_epoch(model, optimizer, train, cfg, store, log_q, epoch, progress, device)
+            history.epochs.append(stats)
+            if not np.isfinite(stats.loss):
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate"
+                )
+            if interruptible and epoch + 1 < cfg.n_epochs:  # after the last one, it returns
+                last = snapshot(model, None, history)
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        raise interrupted(model, last, cfg.n_epochs) from None
     return model.eval(), history
 
 
@@ -85,16 +104,20 @@ def _run_epoch(model, optimizer, train, cfg, store, log_q, epoch, progress, devi
     n_events = int(np.maximum(np.diff(train.offsets) - 1, 0).sum())
     bar = tqdm(total=n_events, desc=f"epoch {epoch + 1}", unit="ev", disable=not progress)
     hidden: list[torch.Tensor] | None = None
-    for i, step in enumerate(user_parallel(train, cfg.batch_size)):
-        if hidden is None:
-            hidden = model.init_hidden(len(step.inputs), device)
-        if store is None and len(step.inputs) < 2:
-            break  # no negatives left, as in GRU4Rec's training
-        loss, hidden = _train_step(model, optimizer, step, hidden, cfg, store, log_q, device)
-        total += loss
-        events += len(step.inputs)
-        if i % 200 == 0:
-            bar.update(events - bar.n)
+    try:
+        for i, step in enumerate(user_parallel(train, cfg.batch_size)):
+            if hidden is None:
+                hidden = model.init_hidden(len(step.inputs), device)
+            if store is None and len(step.inputs) < 2:
+                break  # no negatives left, as in GRU4Rec's training
+            loss, hidden = _train_step(model, optimizer, step, hidden, cfg, store, log_q, device)
+            total += loss
+            events += len(step.inputs)
+            if i % 200 == 0:
+                bar.update(events - bar.n)
+    except KeyboardInterrupt:
+        bar.close()  # ends the bar's line before the Ctrl-C is reported
+        raise
     bar.update(events - bar.n)
     bar.close()
     seconds = time.perf_counter() - started

@@ -71,6 +71,39 @@ class History:
 OptimizerState = dict[str, dict[str, torch.Tensor]]  # parameter name -> its state tensors
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an interruptible fit (or fit_hrnn, update): `model` is the model as it
+    was after the last completed epoch, None when no epoch completed; `history` holds those
+    epochs (and their optimiser state, where the fit keeps one); `n_epochs` is how many were
+    planned. `result` is what the interrupted call would have returned, where it builds one
+    (update's Updated)."""
+
+    def __init__(self, model: nn.Module | None, history: History, n_epochs: int):
+        super().__init__(f"interrupted after {len(history.epochs)} of {n_epochs} epochs")
+        self.model, self.history, self.n_epochs = model, history, n_epochs
+        self.result: Any = None
+
+
+def snapshot(model: nn.Module, optimizer_state: OptimizerState | None, history: History):
+    """CPU copies of the weights and optimiser state, with the epochs done: what a Ctrl-C in
+    the next epoch hands back (the live tensors change with every step of it)."""
+    copy = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
+    weights = {name: copy(t) for name, t in model.state_dict().items()}
+    state = optimizer_state and {
+        name: {key: copy(value) for key, value in s.items()} for name, s in optimizer_state.items()
+    }
+    return weights, state, list(history.epochs)
+
+
+def interrupted(model: nn.Module, last, n_epochs: int) -> Interrupted:
+    """Interrupted with the model put back to `last` (a snapshot, or None: no epoch done)."""
+    if last is None:
+        return Interrupted(None, History(), n_epochs)
+    weights, state, epochs = last
+    model.load_state_dict(weights)  # copies into the model's own tensors, on its device
+    return Interrupted(model.eval(), History(epochs, state), n_epochs)
+
+
 class _GroupedOptimizer:
     """One optimiser per parameter group, so a p-RNN strategy can train some subnets and
     leave the others untouched (momentum included)."""
@@ -132,6 +165,7 @@ def fit(
     model: nn.Module | None = None,
     optimizer_state: OptimizerState | None = None,
     on_epoch: Callable[[EpochStats, nn.Module], None] | None = None,
+    interruptible: bool = False,
 ) -> tuple[nn.Module, History]:
     """Train with session-parallel mini-batches and sampled negatives; returns the model in
     eval mode and per-epoch statistics with the final optimiser state.
@@ -139,7 +173,8 @@ def fit(
     `model` continues training a given model; `optimizer_state` (History.optimizer_state of
     an earlier run, or Trained.optimizer_state) continues its optimiser too. `on_epoch(stats,
     model)` runs after each epoch (training.evaluation.tune evaluates and prunes there); it may
-    raise to stop training."""
+    raise to stop training. `interruptible`: Ctrl-C raises Interrupted with the model of the
+    last completed epoch (a CPU copy of the weights and optimiser state is kept after each)."""
     if cfg.architecture == "hrnn":  # session-parallel batches would never set the user state
         raise ValueError(
             "architecture=hrnn trains on user-parallel batches: use training.fit.hrnn_fit.fit_hrnn "
@@ -175,29 +210,37 @@ def fit(
     n_epochs = model.n_epochs_total(cfg)
     history = History()
     model.train()
-    for epoch in range(n_epochs):
-        stats = _run_epoch(
-            model,
-            optimizer,
-            items,
-            train.offsets,
-            cfg,
-            store,
-            log_pop if use_logq else None,
-            epoch,
-            progress and (rank is None or rank.is_main),
-            device,
-            sync,
-        )
-        history.epochs.append(stats)
-        if not np.isfinite(stats.loss):
-            raise FloatingPointError(
-                f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate or "
-                "check the data"
+    last = None  # snapshot() after the last completed epoch, when interruptible
+    try:
+        for epoch in range(n_epochs):
+            stats = _run_epoch(
+                model,
+                optimizer,
+                items,
+                train.offsets,
+                cfg,
+                store,
+                log_pop if use_logq else None,
+                epoch,
+                progress and (rank is None or rank.is_main),
+                device,
+                sync,
             )
-        if on_epoch is not None:
-            on_epoch(stats, model)
-            model.train()  # the callback may have evaluated the model
+            history.epochs.append(stats)
+            if not np.isfinite(stats.loss):
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: the loss became {stats.loss}; lower learning_rate or "
+                    "check the data"
+                )
+            if on_epoch is not None:
+                on_epoch(stats, model)
+                model.train()  # the callback may have evaluated the model
+            if interruptible and epoch + 1 < n_epochs:  # after the last one, fit returns it
+                last = snapshot(model, optimizer.state_by_name(), history)
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        raise interrupted(model, last, n_epochs) from None
     model.eval()
     history.optimizer_state = optimizer.state_by_name()
     return model, history
@@ -224,24 +267,29 @@ def _run_epoch(
     # logQ correction per item, as targets and as sampled negatives: two lookups a step
     log_q_positive = None if log_pop is None else log_pop * cfg.logq
     log_q_sampled = None if log_pop is None else log_q_positive * cfg.sample_alpha
-    for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
-        hidden = apply_step_to_hidden(step, hidden)
-        batch = len(step.inputs)
-        if store is None and batch < 2:
-            break  # no negatives left: the reference stops here too
-        sample = None if store is None else store.get()
-        targets = step.targets if sample is None else torch.cat([step.targets, sample])
-        log_q = None
-        if log_q_positive is not None:
-            log_q = log_q_positive.index_select(0, step.targets)
-            if sample is not None:  # sampled negatives were drawn with popularity**alpha
-                log_q = torch.cat([log_q, log_q_sampled.index_select(0, sample)])
-        loss, hidden = step_fn(step.inputs, targets, hidden, log_q, i)
-        total_loss += loss
-        events += batch
-        if i % 200 == 0:
-            bar.update(events - bar.n)
-            bar.set_postfix(_postfix(total_loss.item() / max(events, 1), threads), refresh=False)
+    try:
+        for i, step in enumerate(session_parallel(items, offsets, cfg.batch_size, device)):
+            hidden = apply_step_to_hidden(step, hidden)
+            batch = len(step.inputs)
+            if store is None and batch < 2:
+                break  # no negatives left: the reference stops here too
+            sample = None if store is None else store.get()
+            targets = step.targets if sample is None else torch.cat([step.targets, sample])
+            log_q = None
+            if log_q_positive is not None:
+                log_q = log_q_positive.index_select(0, step.targets)
+                if sample is not None:  # sampled negatives were drawn with popularity**alpha
+                    log_q = torch.cat([log_q, log_q_sampled.index_select(0, sample)])
+            loss, hidden = step_fn(step.inputs, targets, hidden, log_q, i)
+            total_loss += loss
+            events += batch
+            if i % 200 == 0:
+                bar.update(events - bar.n)
+                loss_so_far = total_loss.item() / max(events, 1)
+                bar.set_postfix(_postfix(loss_so_far, threads), refresh=False)
+    except KeyboardInterrupt:
+        bar.close()  # ends the bar's line before the Ctrl-C is reported
+        raise
     if sync is not None:  # join the other ranks' steps until every rank is done
         while idle_fn():
             pass

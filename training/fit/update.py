@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from ..data.logs import ITEM, SESSION, DataError, ItemVocab, Sessions, item_popu
 from ..evaluate import GRUScorer, collect_ranks, metrics_from_ranks
 from ..models.architectures import build_model
 from ..models.bloom import BloomGRU4Rec, bloom_positions
-from .train import OptimizerState, Trained, fit, load_model, save_model
+from .train import Interrupted, OptimizerState, Trained, fit, load_model, save_model
 
 NEW_ROWS = ("mean", "init")
 # settings that fix the shapes of the weights; an update cannot change them
@@ -267,12 +268,18 @@ def update(
     features: np.ndarray | str | Path | None = None,
     source: str | Path = "new clicks",
     progress: bool = False,
+    check: Callable[[ItemVocab, Config], None] | None = None,
+    interruptible: bool = False,
 ) -> Updated:
     """Load the model in parent_dir, grow it for `events` and train it on them.
 
     events: SessionId, ItemId, Time (data.read_events); source: the file they came from
     (recorded with its sha256) or a description; params: Config overrides "name=value";
     features: p-RNN item features, an array or a .npy path (then recorded in the config).
+    check(vocab, cfg): runs on the updated vocabulary and config before training, and may
+    raise (the CLI refuses there what it could only find wrong after the training).
+    interruptible: Ctrl-C raises train.Interrupted whose `result` is the Updated of the last
+    completed epoch (meta "interrupted"), or None when no epoch completed.
     Raises DataError when no usable clicks are left, ValueError as grow_model does."""
     started = time.perf_counter()
     options = options or UpdateOptions()
@@ -293,8 +300,19 @@ def update(
     cfg = with_overrides(parent.config, params or [])
     model, cfg = grow_model(parent, vocab, cfg, options, array)
     train = Sessions.from_events(clicks, vocab, source=source)
+    if check is not None:
+        check(vocab, cfg)
     state = grow_optimizer_state(parent.optimizer_state, model, len(parent.vocab))
-    model, history = fit(train, len(vocab), cfg, progress, model=model, optimizer_state=state)
+    stopped = None
+    try:
+        model, history = fit(
+            train, len(vocab), cfg, progress, model, optimizer_state=state,
+            interruptible=interruptible,
+        )  # fmt: skip
+    except Interrupted as stop:
+        if stop.model is None:
+            raise
+        model, history, stopped = stop.model, stop.history, stop
     popularity = item_popularity(train, len(vocab))
     popularity[: len(parent.vocab)] += parent.popularity
     meta = _lineage(parent_dir, parent, source)
@@ -305,14 +323,20 @@ def update(
         "optimizer_state_carried": state is not None,
     }
     meta.update({
-        "train_file": source,
+        # absolute, as train records it: report reads it from any directory
+        "train_file": str(Path(source).resolve()) if Path(source).is_file() else source,
         "train_clicks": train.n_events,
         "train_sessions": train.n_sessions,
         "train_seconds": round(time.perf_counter() - started, 2),
         "epochs": [{"epoch": e.epoch, "loss": e.loss} for e in history.epochs],
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })  # fmt: skip
-    return Updated(model, cfg, vocab, popularity, history.optimizer_state, meta)
+    updated = Updated(model, cfg, vocab, popularity, history.optimizer_state, meta)
+    if stopped is not None:  # the caller saves what the completed epochs made
+        meta["interrupted"] = {"epochs_done": len(history.epochs), "n_epochs": stopped.n_epochs}
+        stopped.result = updated
+        raise stopped
+    return updated
 
 
 def _lineage(parent_dir: str | Path, parent: Trained, source: str) -> dict[str, Any]:

@@ -6,6 +6,12 @@
     python -m training.models.features --items data/synthetic/items.tsv \
         --train data/synthetic/train.tsv \
         --out data/synthetic/features.npy [--weights resnet18.pth]
+    python -m training.models.features --items data/synthetic/items.tsv \
+        --model runs/prnn --train data/day6.tsv --out data/day6-features.npy  # for `update`
+
+The rows follow the item order training gives the --train file; with --model, the order
+`update --model M --train FILE` gives the updated model (M's items, then those the new
+clicks add; same --min-item-support and --min-session-length), for its --features.
 
 Nothing is downloaded: weights come from a local state_dict file, and without one the
 network keeps its seeded random initialisation (enough for tests, and random convolutions
@@ -177,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--items", required=True, help="items.tsv: ItemId, category, style")
     ap.add_argument("--train", required=True, help="training clicks; fixes the item order")
+    ap.add_argument("--model", help="a p-RNN to update on --train: rows for the updated model")
+    ap.add_argument("--min-item-support", type=int, default=5, help="with --model: update's")
+    ap.add_argument("--min-session-length", type=int, default=2, help="with --model: update's")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--weights", default=None, help="local state_dict; default: random")
@@ -187,7 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     items = pd.read_csv(args.items, sep="\t", dtype={"ItemId": str})
-    vocab = ItemVocab.from_events(read_events(args.train))
+    events = read_events(args.train)
+    if args.model:  # the updated model's order: the model's items, then update's new ones
+        from ..fit.train import load_model
+        from ..fit.update import UpdateOptions, select_clicks, updated_vocabulary
+
+        parent = load_model(args.model, device="cpu").vocab
+        options = UpdateOptions(args.min_item_support, args.min_session_length)
+        vocab = updated_vocabulary(parent, select_clicks(events, parent, options)[0])
+    else:
+        vocab = ItemVocab.from_events(events)
     where = pd.Index(items["ItemId"]).get_indexer(vocab.ids)  # catalogue row of each index
     if (where < 0).any():
         missing = vocab.ids[where < 0][:3].tolist()
@@ -197,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     images = catalogue.subset(where)  # pictures in vocabulary order
     backbone = load_backbone(args.arch, args.weights, args.seed)
+    # the item order too: a file kept for other items (another --train or --model) is refused
+    order = hashlib.sha256("\n".join(map(str, vocab.ids)).encode()).hexdigest()[:12]
     fingerprint = f"{args.arch}:{file_digest(args.weights)}:synthetic:{args.size}:{args.seed}"
+    fingerprint += f":items {order}"
     feats = extract_features(images, args.out, backbone, args.batch_size, None, fingerprint)
     print(f"{args.out}: {feats.shape[0]} items x {feats.shape[1]} features")
 

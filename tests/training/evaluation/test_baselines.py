@@ -205,3 +205,28 @@ def test_compare_reads_train_and_test_files_into_a_table_row_per_baseline(tmp_pa
     assert [line.split("|")[1].strip() for line in lines[2:]] == [
         "most-popular", "item-knn", "v-sknn", "stan", "vstan",
     ]  # fmt: skip
+
+
+def test_the_cli_prints_the_tuned_knn_settings_as_report_reads_them_and_the_predictions(
+    tmp_path, capsys
+):
+    import json
+
+    from training.__main__ import main
+    from training.data.logs import read_events, write_events
+    from training.evaluation.knn import KNNParams
+
+    ev = generate(n_items=60, n_sessions=300, n_categories=4, days=3.0, seed=3).events
+    last = ev.SessionId.isin(ev.SessionId.unique()[-40:])
+    write_events(ev[~last], tmp_path / "train.tsv")
+    write_events(ev[last], tmp_path / "test.tsv")
+    main(["baselines", "--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv")]
+         + ["--cutoffs", "20", "--tune-trials", "2", "--quiet"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    tuned = json.loads(lines[lines.index(next(x for x in lines if "--knn-params" in x)) + 1])
+    assert set(tuned) == {"stan", "vstan"}
+    assert all(isinstance(KNNParams(**values), KNNParams) for values in tuned.values())
+    vocab = ItemVocab.from_events(read_events(tmp_path / "train.tsv"))
+    test = Sessions.from_events(read_events(tmp_path / "test.tsv"), vocab, "drop")
+    n = int(np.maximum(np.diff(test.offsets) - 1, 0).sum())  # what evaluate scores
+    assert lines[-1].startswith(f"{n:,} predictions")

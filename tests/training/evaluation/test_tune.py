@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import replace
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -147,3 +148,93 @@ def test_a_resume_runs_the_base_when_the_first_run_stopped_in_it(log, monkeypatc
 def test_a_metric_that_is_no_cutoff_of_mrr_or_recall_is_refused(metric):
     with pytest.raises(ValueError, match="must look like mrr@20 or recall@20"):
         parse_metric(metric)
+
+
+def test_the_base_configs_loss_is_kept_and_picks_the_search_space(log, tmp_path):
+    preset = tmp_path / "bprmax.json"
+    preset.write_text(json.dumps({"loss": "bpr-max", "bpreg": 0.5, "elu_param": 1.0}))
+    from_file = replace(options(log, 1, "loss-file"), config=str(preset))
+    summary = run_study(from_file)
+    assert json.loads((log / "loss-file" / "best.json").read_text())["loss"] == "bpr-max"
+    assert {"bpreg", "elu_param"} <= set(summary["best_params"])
+    assert "logq" not in summary["best_params"]
+    from_param = options(log, 1, "loss-param")
+    summary = run_study(replace(from_param, params=(*from_param.params, "loss=bpr-max")))
+    assert "bpreg" in summary["best_params"] and "logq" not in summary["best_params"]
+    with pytest.raises(ValueError, match="--loss cross-entropy contradicts .* loss=bpr-max"):
+        run_study(replace(from_file, loss="cross-entropy", out=str(tmp_path / "x")))
+    # --loss still picks the loss of a base that names none
+    assert run_study(replace(options(log, 1, "loss-flag"), loss="bpr-max"))["best_params"]["bpreg"]
+
+
+def test_a_base_of_several_layers_keeps_them_and_its_off_grid_choices_run(log, tmp_path, capsys):
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"layers": [16, 8], "n_sample": 16}))  # 16: not a listed choice
+    base = replace(options(log, 2, "two-layers"), config=str(two), params=("n_epochs=1",))
+    summary = run_study(base)
+    assert "layers stay 16/8" in capsys.readouterr().out
+    assert (summary["trials"], summary["failed"]) == (2, 0)
+    assert "layers" not in summary["best_params"]
+    assert json.loads((log / "two-layers" / "best.json").read_text())["layers"] == [16, 8]
+    with pytest.raises(ValueError, match="layers is fixed"):
+        run_study(replace(base, ranges=("layers=32:64",)))
+
+
+def test_ctrl_c_writes_the_completed_trials_and_exits_130_and_a_killed_trial_is_failed(
+    log, monkeypatch, capsys
+):
+    from training.fit import train as train_module
+
+    real_fit, calls = train_module.fit, []
+
+    def fit(*args, **kwargs):  # Ctrl-C in the second trial
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", fit)
+    out = log / "ctrl-c"
+    args = ["tune", "--train", str(log / "train.tsv"), "--out", str(out), "--trials", "5"]
+    args += ["--quiet", "--prune-warmup-epochs", "0"]
+    args += [f"--param={p}" for p in options(log, 1).params]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 130
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted; rerun the same command to resume\n"
+    assert "Traceback" not in captured.out + captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["trials"], summary["complete"], summary["failed"]) == (2, 1, 1)
+    assert (out / "best.json").exists() and len(pd.read_csv(out / "trials.csv")) == 2
+    monkeypatch.undo()
+
+    storage = f"sqlite:///{out}/study.db"
+    optuna.load_study(study_name="gru4rec", storage=storage).ask()  # kill -9 in a trial
+    main(args[:6] + ["1"] + args[7:])
+    assert "trial 2 was left running by a run that stopped" in capsys.readouterr().out
+    states = [t.state.name for t in optuna.load_study(study_name="gru4rec", storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["trials"], summary["complete"], summary["failed"]) == (4, 2, 2)
+
+
+def test_the_item_index_is_the_whole_training_files_as_a_features_file_has_it(tmp_path):
+    from training.data.logs import ItemVocab, read_events
+    from training.evaluation.tune import load_data
+
+    last, cut = 10 * DAY, 9 * DAY
+    rows = [("s0", "A", 0), ("s0", "B", 10), ("s1", "A", 20), ("s1", "B", 30)]
+    rows += [("sX", "X", cut - 100), ("sX", "A", cut + 100)]  # straddles the cut: left out
+    rows += [("s2", "Y", cut - 60), ("s2", "X", cut - 50)]  # so the fit part meets Y first
+    rows += [("sv", "A", last - 20), ("sv", "B", last - 10), ("sv", "Z", last)]  # Z: held out
+    write_events(pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"]), tmp_path / "t.tsv")
+    whole = ItemVocab.from_events(read_events(tmp_path / "t.tsv"))
+    assert list(whole.ids) == ["A", "B", "X", "Y", "Z"]
+    np.save(tmp_path / "features.npy", np.eye(5, dtype=np.float32))  # features tool's order
+    base = TuneOptions(train=str(tmp_path / "t.tsv"), out=str(tmp_path / "out"), trials=1)
+    params = ("architecture=feature", f"features={tmp_path / 'features.npy'}", "n_epochs=1")
+    params += ("layers=8", "n_sample=0", "batch_size=2", "threads=1")
+    summary = run_study(replace(base, params=params, progress=False))
+    assert summary["complete"] == 1
+    assert list(load_data(base).vocab.ids) == list(whole.ids)  # X and Y not swapped

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import training.fit.train as train_module
 from tests.conftest import markov_sessions
 from training.config import Config
 from training.data.batching import apply_step_to_hidden, session_parallel
@@ -13,7 +14,7 @@ from training.data.logs import ItemVocab, Sessions, item_popularity, preprocess,
 from training.data.synthetic import generate
 from training.evaluate import GRUScorer, evaluate
 from training.evaluation.baselines import MostPopular
-from training.fit.train import fit, load_model, save_model
+from training.fit.train import Interrupted, fit, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,32 @@ def test_saved_model_rebuilds_with_identical_scores_and_records_its_config(tmp_p
 def test_loading_a_missing_model_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m training train"):
         load_model(tmp_path)
+
+
+def test_ctrl_c_in_an_interruptible_fit_hands_back_the_last_completed_epoch(monkeypatch):
+    """What the CLI saves on Ctrl-C: the weights and optimiser state after epoch 2, not the
+    half-trained ones of epoch 3."""
+    train = markov_sessions(30, 100, seed=3)
+    cfg = Config(layers=(8,), batch_size=8, n_sample=10, n_epochs=3, threads=1)
+    two_epochs, expected = fit(train, 30, replace(cfg, n_epochs=2), progress=False)
+    run, calls = train_module._run_epoch, []
+
+    def run_epoch(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # steps of epoch 3 change the weights, then Ctrl-C lands
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+            raise KeyboardInterrupt
+        return run(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_epoch", run_epoch)
+    with pytest.raises(Interrupted) as stop:
+        fit(train, 30, cfg, progress=False, interruptible=True)
+    assert stop.value.n_epochs == 3 and [e.epoch for e in stop.value.history.epochs] == [1, 2]
+    torch.testing.assert_close(stop.value.model.state_dict(), two_epochs.state_dict())
+    torch.testing.assert_close(stop.value.history.optimizer_state, expected.optimizer_state)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt) as plain:  # not asked for: as before, no copies
+        fit(train, 30, cfg, progress=False)
+    assert not isinstance(plain.value, Interrupted)

@@ -195,7 +195,7 @@ def test_lineage_names_the_parent_its_digest_the_new_clicks_and_the_time(tmp_pat
     main(["update", "--model", str(parent_dir), "--train", str(clicks_file),
           "--out", str(tmp_path / "u1"), "--param", "n_epochs=1", "--quiet"])  # fmt: skip
     main(["update", "--model", str(tmp_path / "u1"), "--train", str(clicks_file),
-          "--out", str(tmp_path / "u2"), "--param", "n_epochs=0", "--quiet"])  # fmt: skip
+          "--out", str(tmp_path / "u2"), "--param", "n_epochs=1", "--quiet"])  # fmt: skip
     meta = json.loads((tmp_path / "u2" / "config.json").read_text())["meta"]
     sha = hashlib.sha256((tmp_path / "u1" / "model.pt").read_bytes()).hexdigest()
     assert meta["parent"]["path"] == str((tmp_path / "u1").resolve())
@@ -204,7 +204,7 @@ def test_lineage_names_the_parent_its_digest_the_new_clicks_and_the_time(tmp_pat
         str(parent_dir.resolve()), str((tmp_path / "u1").resolve())
     ]  # fmt: skip
     assert meta["new_clicks"]["sha256"] == hashlib.sha256(clicks_file.read_bytes()).hexdigest()
-    assert meta["train_file"] == str(clicks_file) and meta["trained_at"].endswith("Z")
+    assert meta["train_file"] == str(clicks_file.resolve()) and meta["trained_at"].endswith("Z")
     assert load_model(tmp_path / "u2").meta == meta
 
 
