@@ -5,6 +5,8 @@ SIGINT drains: NOT_SERVING, calls still taken for --drain-s seconds, then no new
 running calls get --grace-s seconds. SIGHUP reloads the model path now (it is also polled
 every --reload-poll-s). Exit status 0 after a clean stop, 2 for a bad configuration or a
 port in use, 1 when the model cannot be loaded (or, with several workers, when one died).
+A SIGTERM or SIGINT that comes while it imports ends the process with 0 (there is nothing
+to drain yet), a SIGHUP then does nothing (no model is loaded yet; workers/signals.py).
 
 --workers N (default: the CPUs the process may use) runs N such servers on the port, each
 a process of its own, under a supervisor (workers/supervisor.py); 1 runs the server in this process.
@@ -16,11 +18,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .config import load_config
-from .workers.supervisor import Supervisor, resolve_workers
+from .workers import signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signals.block()  # before the imports (0.3 s and more): a signal meanwhile killed the process
+    from .config import load_config
+    from .workers.supervisor import Supervisor, resolve_workers
+
     try:
         config = load_config(argv)
     except ValueError as err:
@@ -35,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Supervisor(config, n).run()
     from .server import serve  # not before: a supervisor forks before gRPC is imported
 
+    signals.until_handled()
+    signals.unblock()
     return serve(config)
 
 

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 RELAYED = frozenset({"learnt", "items", "forget", "reloaded"})  # the supervisor passes on
 KINDS = RELAYED | {"serve"}  # the records a worker applies
+# a worker's "beat" to the supervisor, this often, from its event loop: the supervisor kills
+# a worker it has not heard from for supervisor.HUNG_AFTER_S (stopped, or its loop stuck)
+BEAT_S = 1.0
 # bytes a worker lets wait for the supervisor before it drops records (and counts them)
 MAX_BUFFERED = 8 * 2**20
 
@@ -167,6 +170,7 @@ class WorkerLink:
         self._forget: Callable[[str], None] | None = None  # the serving engine's own
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self._beat_task: asyncio.Task | None = None
         self._pending: list[bytes] = []  # records of this loop iteration, written together
         self._pending_bytes = 0
 
@@ -201,11 +205,14 @@ class WorkerLink:
         self._reader_task = asyncio.get_running_loop().create_task(
             self._read(reader), name="worker-link"
         )
+        self._beat_task = asyncio.get_running_loop().create_task(self._beat(), name="beat")
 
     async def stop(self) -> None:
         """Send what is buffered and stop applying the others' records."""
         if self.shared_guard is not None:
             self.shared_guard.on_learnt = None
+        if self._beat_task is not None:
+            self._beat_task.cancel()
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,6 +244,11 @@ class WorkerLink:
         records, self._pending, self._pending_bytes = self._pending, [], 0
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(records))
+
+    async def _beat(self) -> None:
+        while True:
+            self.send({"k": "beat"})
+            await asyncio.sleep(BEAT_S)
 
     def _send_learnt(self, message: dict[str, Any]) -> None:
         self.stats.published += 1

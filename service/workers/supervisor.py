@@ -13,14 +13,20 @@ them). The supervisor serves no calls. It
     records, announced items, a reloaded model), and tells them to turn SERVING once every
     one has loaded the model (the pod is ready when all are);
   - forwards SIGTERM and SIGINT (each worker drains as one server does: NOT_SERVING, calls
-    still taken for --drain-s, then --grace-s for those in flight) and SIGHUP (reload);
+    still taken for --drain-s, then --grace-s for those in flight) and SIGHUP (reload; to a
+    worker still loading the model, once it has loaded). These signals wait, blocked, from
+    __main__'s first line until each process has its handlers (signals.py): one that came
+    while a worker imported the server killed it, and the pod with it;
   - serves /metrics on --metrics-port: each worker's own endpoint (127.0.0.1, a private
     port) read and summed (metrics.sum_expositions), with recsys_workers{state};
   - exits with the status of a worker that fails to start (2: bad configuration or port in
     use, 1: the model cannot be loaded), after stopping the others; a worker that dies
     later is logged with its status and the others are drained, and the supervisor exits
     1, so that the orchestrator restarts the pod (a worker started afresh would serve with
-    empty online statistics and session states beside ones that have them).
+    empty online statistics and session states beside ones that have them);
+  - kills a worker it has not heard from for HUNG_AFTER_S (each beats every link.BEAT_S from
+    its event loop), which then counts as one that died: stopped or stuck, it answered
+    nothing, and the connections the kernel gave it hung.
 
 --cache-mb is the pod's: each worker's session cache gets 1/N of it.
 """
@@ -37,6 +43,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -47,7 +54,8 @@ from prometheus_client.registry import Collector
 
 from ..config import ServiceConfig
 from ..metrics import MetricsEndpoint, sum_expositions
-from .link import RELAYED
+from . import signals
+from .link import BEAT_S, RELAYED
 
 log = logging.getLogger("service.workers")
 
@@ -55,6 +63,11 @@ SCRAPE_TIMEOUT_S = 2.0  # a worker's /metrics that takes longer is left out of t
 MAX_BEHIND = 64 * 2**20  # bytes waiting for one worker before records to it are dropped
 MAX_LINE = 16 * 2**20  # longest message line: a PutItems of the largest request, and more
 STOP_MARGIN_S = 10.0  # after drain + grace, how long workers get to exit before SIGKILL
+# a worker not heard from for this long is hung. Its beat comes from its event loop, which a
+# model load does not hold (the load runs in a thread, and onnxruntime releases the GIL while
+# it builds a session: a 400 MB model's 2 s load held the loop 18 ms); a full GC of a 1.2 GB
+# heap held it 1.3 s (the manifests give a pod 2 GiB)
+HUNG_AFTER_S = 5.0
 
 
 def default_workers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -94,6 +107,8 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None
     metrics_port: int = 0
     loaded: bool = False
+    reload: bool = False  # a SIGHUP came while it was loading: sent once it has loaded
+    heard: float = 0.0  # time.monotonic() of its last line; 0: none yet, or killed as hung
     exited: asyncio.Event = field(default_factory=asyncio.Event)  # set on the loop
 
 
@@ -166,6 +181,7 @@ class Supervisor:
             workers=1,
         )
         context = multiprocessing.get_context("fork")  # no thread runs in this process yet
+        signals.block()  # as __main__ does: until the handlers are in place, here and in workers
         for index in range(1, self.n + 1):
             ours, theirs = socket.socketpair()
             inherited: list[socket.socket | MetricsEndpoint] = [w.sock for w in self.workers]
@@ -185,6 +201,7 @@ class Supervisor:
         try:
             return asyncio.run(self._supervise())
         finally:
+            signals.block()  # asyncio's handlers are gone: stopping already, a signal is moot
             self.metrics.close()
             for worker in self.workers:
                 if worker.process.is_alive():
@@ -197,7 +214,8 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        tasks = []
+        signals.unblock()
+        tasks = [loop.create_task(self._watch())]
         for worker in self.workers:
             loop.add_reader(worker.process.sentinel, self._on_exit, worker)
             reader, worker.writer = await asyncio.open_unix_connection(
@@ -253,9 +271,29 @@ class Supervisor:
         if signum == signal.SIGHUP:
             log.info("received SIGHUP: the workers reload the model")
         for worker in self.workers:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.process.pid, signum)
+            if signum == signal.SIGHUP and not worker.loaded:
+                # a reload would race its first load, which may have read the old export
+                worker.reload = True
+            else:
+                _signal(worker, signum)
+
+    async def _watch(self) -> None:
+        """Kill a worker not heard from for HUNG_AFTER_S; its exit is then a crash (_on_exit)."""
+        last = time.monotonic()
+        while not self._stopping:
+            await asyncio.sleep(BEAT_S)
+            now = time.monotonic()
+            late = now - last > 2 * BEAT_S  # this process was the one stopped, or starved
+            last = now
+            for worker in self.workers:
+                if worker.heard and late:
+                    worker.heard = now  # its beats may still wait unread
+                elif worker.heard and now - worker.heard > HUNG_AFTER_S:
+                    log.error("worker %d (pid %s) has not been heard from for %.0f s (stopped, or "
+                              "its event loop stuck); killing it", worker.index,
+                              worker.process.pid, now - worker.heard)  # fmt: skip
+                    worker.heard = 0.0
+                    worker.process.kill()
 
     async def _relay(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         """The worker's messages: relayed to the others, or news for the supervisor."""
@@ -267,6 +305,7 @@ class Supervisor:
                 return
             if not line:
                 return
+            worker.heard = time.monotonic()
             kind = _kind(line)
             if kind in RELAYED:
                 for other in self.workers:
@@ -281,7 +320,10 @@ class Supervisor:
                 worker.metrics_port = int(json.loads(line)["metrics_port"])
             elif kind == "loaded":
                 worker.loaded = True
-                if all(w.loaded for w in self.workers):
+                if worker.reload:
+                    worker.reload = False
+                    _signal(worker, signal.SIGHUP)
+                if all(w.loaded for w in self.workers) and not self._stopping:
                     log.info("all %d workers have loaded the model: serving", self.n)
                     for w in self.workers:
                         if w.writer is not None and not w.writer.is_closing():
@@ -295,6 +337,12 @@ def _kind(line: bytes) -> str:
         return ""
     end = line.find(b'"', start + 5)
     return line[start + 5 : end].decode(errors="replace")
+
+
+def _signal(worker: _Worker, signum: int) -> None:
+    if worker.process.is_alive() and worker.process.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.process.pid, signum)
 
 
 def _said(code: int | None) -> str:
@@ -345,4 +393,6 @@ def _worker_main(
     from .link import WorkerLink
 
     link = WorkerLink(sock, learn_clicks=config.redis_url is None)
+    signals.until_handled()  # blocked since the fork: what came meanwhile is handled now
+    signals.unblock()
     sys.exit(serve(config, link))

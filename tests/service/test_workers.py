@@ -4,6 +4,7 @@ one summed /metrics; checked over real connections to `python -m service --worke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -446,4 +447,91 @@ def test_forget_user_on_a_pod_deletes_in_redis_once_and_the_other_worker_forgets
         assert counts["cmdstat_subscribe"]["calls"] == 1
         assert SECRET_USER not in "".join(pod.service.lines)
     finally:
+        pod.service.close()
+
+
+# --- signals early in the start, a hung worker ---
+
+
+def _starting(tiny: TinyModel) -> ServiceProcess:
+    """The pod of Pod, not waited for."""
+    return ServiceProcess(
+        "--model", str(tiny.export_dir), "--host", "127.0.0.1", "--port", "0",
+        "--metrics-port", "0", "--workers", "2", "--drain-s", "0.5",
+    )  # fmt: skip
+
+
+def _minds(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for signum, or blocks it (its /proc status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = re.findall(r"Sig(?:Cgt|Blk):\s*([0-9a-f]+)", status)
+    return any(int(mask, 16) >> (signum - 1) & 1 for mask in masks)
+
+
+def _wait_until_it_minds(service: ServiceProcess, signum: int) -> None:
+    deadline = time.monotonic() + 30
+    while not _minds(service.proc.pid, signum):
+        assert time.monotonic() < deadline and service.proc.poll() is None, service.lines
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("when", ["supervisor importing", "workers importing"])
+def test_sigterm_early_in_the_start_is_a_clean_stop(tiny, when):
+    """SIGTERM as soon as the supervisor minds it (while it imports), or right after it forked
+    the workers (while they import the server): exit 0, no worker killed by it."""
+    service = _starting(tiny)
+    try:
+        if when == "supervisor importing":
+            _wait_until_it_minds(service, signal.SIGTERM)
+        else:
+            service.wait_for(r"gRPC on 127\.0\.0\.1:\d+, metrics on port \d+, 2 workers")
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(timeout=30) == 0, "".join(service.lines)
+        assert not [line for line in service.lines if "exited with" in line]
+    finally:
+        service.close()
+
+
+def test_sighup_early_in_the_start_is_harmless_and_reloads_once_loaded(tiny):
+    """SIGHUP while the supervisor imports (no model anywhere: nothing to reload), then right
+    after the fork (the workers import the server): each worker reloads once it has loaded."""
+    service = _starting(tiny)
+    try:
+        _wait_until_it_minds(service, signal.SIGHUP)
+        service.proc.send_signal(signal.SIGHUP)
+        service.wait_for(r"gRPC on 127\.0\.0\.1:\d+, metrics on port \d+, 2 workers")
+        service.proc.send_signal(signal.SIGHUP)
+        service.wait_for("all 2 workers have loaded the model: serving")
+        deadline = time.monotonic() + 30
+        while sum("serving model" in line for line in service.lines) < 4:  # loaded, reloaded
+            assert time.monotonic() < deadline, "".join(service.lines)
+            time.sleep(0.05)
+        assert service.proc.poll() is None
+        assert not [line for line in service.lines if "exited with" in line]
+    finally:
+        service.close()
+
+
+def test_a_hung_worker_is_killed_and_the_pod_exits_1(tiny):
+    """A worker that stops (SIGSTOP here; a stuck event loop alike) answers nothing: the
+    supervisor kills it once it has not heard from it for HUNG_AFTER_S, as it would a worker
+    that died. A pause well under that (a GC, a long load) is not a hang."""
+    pod = Pod(tiny)
+    pid = next(iter(pod.workers.values()))
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(2)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(1)
+        assert pod.service.proc.poll() is None
+        os.kill(pid, signal.SIGSTOP)
+        assert pod.service.proc.wait(timeout=20) == 1
+        pod.service.wait_for(rf"worker \d \(pid {pid}\) has not been heard from for \d")
+        pod.service.wait_for(rf"worker \d \(pid {pid}\) exited with signal SIGKILL")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         pod.service.close()
