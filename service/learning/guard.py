@@ -14,9 +14,10 @@ calls. The guard decides, per answered call (refused calls never get here):
   unknown_item       the clicked item is not in the catalogue (catalogue.py): not the
                      model's, not announced, not opened on evidence
   repeat_transition  the session, or the client within its window, taught this transition
-                     (previous click -> click) already, or the skip transition the layer
-                     learns with it (the click before the previous -> click): else
-                     [a, y1, t], [a, y2, t], ... taught a -> t once per fresh y
+                     (previous click -> click) already; or the client taught the skip
+                     transition the layer learns with it (the click before the previous ->
+                     click): else its sessions [a, y1, t], [a, y2, t], ... taught a -> t
+                     once per fresh y (a session alone is held by its cap)
   session_cap        the session has taught session_clicks clicks already
   client_cap         the x-client-id has taught client_clicks clicks in its window
 
@@ -38,9 +39,9 @@ cap teaches its later clicks without it, and so gives the ranker no feedback.
 Per replica: with several replicas each applies the caps to the calls it answers (a client
 spread over N replicas teaches up to N times as much). State is bounded: sessions by
 max_sessions (least recently used dropped, as OnlineLayer drops its own records), each with
-two 8-byte hashes per learnt click (its transition and skip transition; at most
-session_clicks clicks); clients by max_clients, each with at most client_clicks clicks.
-At the defaults about 70 MB and 45 MB at worst.
+an 8-byte hash per learnt transition (at most session_clicks); clients by max_clients,
+each with at most client_clicks clicks of two hashes (transition and skip transition). At
+the defaults about 60 MB and 45 MB at worst.
 """
 
 from __future__ import annotations
@@ -95,14 +96,13 @@ class LearnStats:
 
 
 class _Session:
-    __slots__ = ("n", "last", "held_back", "pairs", "skips")
+    __slots__ = ("n", "last", "held_back", "pairs")
 
     def __init__(self) -> None:
         self.n = 0  # clicks of the session's last call (0: none seen yet)
         self.last = ""  # its last click
         self.held_back = False  # a new click of the session was not learnt
         self.pairs = array("q")  # hashes of the transitions learnt, one per learnt click
-        self.skips = array("q")  # hashes of the skip transitions learnt with them
 
 
 class _Client:
@@ -187,7 +187,7 @@ class LearningGuard:
         when it may, and then it is recorded as learnt."""
         pair, skip = transition_hashes(clicks[i - 2] if i > 1 else None,
                                        clicks[i - 1] if i > 0 else None, clicks[i])  # fmt: skip
-        if pair in session.pairs or (skip and skip in session.skips):
+        if pair in session.pairs:
             return "repeat_transition"
         if len(session.pairs) >= self.config.session_clicks:
             return "session_cap"
@@ -200,8 +200,6 @@ class LearningGuard:
             if skip:
                 client.skips.append(skip)
         session.pairs.append(pair)
-        if skip:
-            session.skips.append(skip)
         return ""
 
     def _admits(self, item: str, session_id: str, client_id: str, now: float) -> bool:

@@ -113,8 +113,6 @@ class SharedGuard(LearningGuard):
             pair, skip = transition_hashes(two_back, previous, item)
             if pair not in session.pairs:
                 session.pairs.append(pair)
-                if skip:
-                    session.skips.append(skip)
             if client is not None and pair not in client.pairs:
                 client.pairs.append(pair)
                 if skip:
