@@ -118,7 +118,7 @@ class RecommendationServer:
 
     def load_model(self) -> None:
         """Load the model and start serving; raises runtime.ModelLoadError."""
-        self._call(self._load(initial=True))
+        self._call(self._first_load())
 
     def reload(self) -> bool:
         """Load the export now at the model path and swap it in; False (old model kept)
@@ -276,6 +276,13 @@ class RecommendationServer:
         if self.link is not None:
             self.link.share_forgetting(engine)
         return engine
+
+    async def _first_load(self) -> None:
+        # under the reload lock: a SIGHUP during the first load waits for it, then reloads,
+        # instead of starting a second first load (and a second watcher) beside it
+        async with self._reloading:
+            if self.handlers.engine is None:  # else a SIGHUP's reload got here first
+                await self._load(initial=True)
 
     async def _reload(self, force: bool) -> bool:
         async with self._reloading:

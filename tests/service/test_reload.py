@@ -3,6 +3,7 @@ one rejected while the old model keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -181,6 +182,22 @@ def test_an_export_it_may_not_read_is_named_so_and_loaded_once_made_readable(
     while running.client.status().model_version != version_of(second_export):
         assert time.monotonic() < deadline, "the readable export was never loaded"
         time.sleep(0.05)
+    assert running.client.status().last_reload_result == "ok"
+
+
+def test_a_reload_asked_for_during_the_first_load_starts_no_second_first_load(start_server):
+    """A SIGHUP while the first model loads (request_reload, as the signal handler does):
+    one model watcher afterwards, not one per first load."""
+    running = start_server(load=False, reload_poll_s=0.1)
+    server = running.server
+    server.request_reload()
+    server.load_model()
+    server.reload()  # after the one the SIGHUP asked for
+
+    async def watchers() -> int:
+        return sum(t.get_coro().__name__ == "_watch" for t in asyncio.all_tasks())
+
+    assert asyncio.run_coroutine_threadsafe(watchers(), server._loop).result(5) == 1
     assert running.client.status().last_reload_result == "ok"
 
 
