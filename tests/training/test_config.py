@@ -47,6 +47,24 @@ def test_presets_are_found_by_name():
 
 
 @pytest.mark.parametrize(
+    "preset, values",
+    [  # the reference's paramfiles for the two data sets added with its PyTorch version
+        (
+            "coveo_bprmax_shared_best",
+            dict(loss="bpr-max", batch_size=144, bpreg=1.85, momentum=0.4),
+        ),
+        (
+            "rees46_xe_shared_best",
+            dict(loss="cross-entropy", batch_size=240, logq=1.0, learning_rate=0.065),
+        ),
+    ],
+)
+def test_every_reference_paramfile_has_a_preset(preset, values):
+    cfg = Config.from_sources(preset)
+    assert {name: getattr(cfg, name) for name in values} == values and cfg.layers == (512,)
+
+
+@pytest.mark.parametrize(
     "param, message",
     [
         ("loss=hinge", "loss='hinge' is not one of"),
