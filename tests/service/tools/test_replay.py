@@ -12,8 +12,8 @@ from service.pipeline.blend import BlendConfig
 from service.tools.replay import Click, build_engine, main, read_clicks, replay
 
 # calls without a known click get the online ranking from the first click learnt (the
-# server waits for 100: BlendConfig.cold_min_clicks)
-NO_WARM_UP = BlendConfig(cold_min_clicks=0)
+# server waits for 100 from 20 clients: BlendConfig.cold_min_clicks, cold_min_clients)
+NO_WARM_UP = BlendConfig(cold_min_clicks=0, cold_min_clients=0)
 
 
 def write_log(path, rows: list[tuple[str, str, float]]) -> None:
