@@ -53,6 +53,7 @@ class Service:
         )  # fmt: skip
         self.lines: list[str] = []
         self.port = 0
+        self.workers = 1  # the supervisor's first line says how many
         self.serving = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -60,9 +61,14 @@ class Service:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
-            if found := re.search(r"gRPC on 127\.0\.0\.1:(\d+)", line):
+            if found := re.search(r"gRPC on 127\.0\.0\.1:(\d+)(?:.*, (\d+) workers)?", line):
                 self.port = int(found[1])
-            if "serving model" in line:
+                self.workers = max(self.workers, int(found[2] or 1))
+            # a pod of several workers serves once all have loaded (the supervisor's line);
+            # until then a worker still loading answers UNAVAILABLE
+            if ("serving model" in line and self.workers == 1) or (
+                "workers have loaded the model: serving" in line
+            ):
                 self.serving.set()
 
     @property

@@ -57,6 +57,14 @@ class ServiceProcess:
             time.sleep(0.02)
         raise AssertionError(f"no log line matching {pattern!r}; log:\n{''.join(self.lines)}")
 
+    def wait_serving(self) -> int:
+        """The gRPC port, once the whole process serves: with several workers the
+        supervisor's line, not the first worker's (another may still answer UNAVAILABLE)."""
+        found = self.wait_for(r"gRPC on 127\.0\.0\.1:(\d+)(?:.*, (\d+) workers)?")
+        workers = int(found[2] or 1)
+        self.wait_for("serving model" if workers == 1 else f"all {workers} workers have loaded")
+        return int(found[1])
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -112,8 +120,7 @@ def test_sigterm_under_load_drains_then_finishes_every_call_in_flight(heavy_expo
         "--metrics-port", "0", "--grace-s", "60", "--drain-s", "1.5", "--cache-size", "0",
     )  # fmt: skip
     try:
-        port = int(service.wait_for(r"gRPC on 127\.0\.0\.1:(\d+)")[1])
-        service.wait_for("serving model")
+        port = service.wait_serving()
         signalled = threading.Event()
         outcomes: list[tuple[bool, str]] = []  # (sent after the signal, status code name)
 

@@ -113,8 +113,7 @@ def test_sigterm_with_callers_that_keep_retrying_cancels_no_call_and_exits_early
             "--metrics-port", "0", "--grace-s", str(GRACE_S), "--drain-s", "0",
         )  # fmt: skip
         try:
-            port = int(service.wait_for(r"gRPC on 127\.0\.0\.1:(\d+)")[1])
-            service.wait_for("serving model")
+            port = service.wait_serving()
 
             def terminate(service: ServiceProcess = service) -> None:
                 service.proc.send_signal(signal.SIGTERM)
