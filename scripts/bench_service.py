@@ -20,8 +20,10 @@
    /tmp/before HEAD~1`), also this tree's service against that one's, with and without the
    online layer, all four up and taken in turn for --rounds rounds at 1 and 32 callers: a
    change's effect, free of the drift between runs minutes apart;
-5. prints where the service's time goes (its per-stage metrics and its process CPU per call)
-   and markdown rows for the README, each with its share of the echo ceiling's calls/s;
+5. prints where the service's time goes (its per-stage metrics and its process CPU per call),
+   the CPU per call the goal (GOAL_SHARE of echo's calls/s) leaves server and load generator
+   together against what the service takes (every row records the load generator's CPU
+   too), and markdown rows for the README, each with its share of the echo ceiling's calls/s;
    --results NAME writes every figure to docs/results/NAME.json, from which
    scripts/render_results.py renders the README table (--results service).
 Server and load generator share the machine's cores: every figure is what one small box does
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +60,8 @@ from training.models.architectures import build_model  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 TICKS = os.sysconf("SC_CLK_TCK")
+# the serving goal (README, "What the table says"): this share of the echo row's calls/s
+GOAL_SHARE = 0.6
 
 
 def build_export(root: Path, n_items: int, layers: tuple[int, ...]) -> Path:
@@ -237,10 +242,21 @@ def machine_ticks() -> tuple[int, int]:
     return sum(ticks), ticks[3] + ticks[4]
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this script's finished children: the load generators (servers are
+    reaped only when stopped, after their rows)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(server: Server, items_file: Path, concurrency: int, args, cold=False) -> dict:
     before_cpu, before, before_ticks = server.cpu_s(), server.metrics(), machine_ticks()
+    before_client = children_cpu_s()
     result = load(server.port, items_file, concurrency, args, cold)
-    result["cpu_us_per_call"] = (server.cpu_s() - before_cpu) / max(result["calls"], 1) * 1e6
+    calls = max(result["calls"], 1)
+    result["cpu_us_per_call"] = (server.cpu_s() - before_cpu) / calls * 1e6
+    # the load generator's own CPU: on shared cores what it takes, the server cannot have
+    result["client_cpu_us_per_call"] = (children_cpu_s() - before_client) / calls * 1e6
     # how much of the machine server and client kept busy together: a serial path (one
     # event loop, the model waiting on it) leaves cores idle that a pure RPC would use
     (total, idle), (total0, idle0) = machine_ticks(), before_ticks
@@ -251,8 +267,40 @@ def measure(server: Server, items_file: Path, concurrency: int, args, cold=False
     print(f"  {label:<34} conc {concurrency:>3}: {result['calls_per_s']:7.0f} calls/s, "
           f"p50 {result['p50_ms']:6.2f} ms, p99 {result['p99_ms']:6.2f} ms, "
           f"errors {result['error_codes'] or 0}, server CPU {result['cpu_us_per_call']:.0f} "
-          f"us/call, machine busy {result['machine_busy']:.0%}", flush=True)  # fmt: skip
+          f"us/call, client CPU {result['client_cpu_us_per_call']:.0f} us/call, machine busy "
+          f"{result['machine_busy']:.0%}", flush=True)  # fmt: skip
     return {"server": label, "concurrency": concurrency, **result}
+
+
+def cpu_budget(rows: list[dict], share: float = GOAL_SHARE) -> dict | None:
+    """What CPU per call the goal leaves server and client together: at `share` of the echo
+    row's calls/s, with the cores as busy as the echo row kept them, against what the
+    service spends (server + load generator) at the echo row's concurrency. None without
+    both rows."""
+    echo = next((r for r in rows if r["server"] == "gRPC echo (ceiling)"), None)
+    if echo is None:
+        return None
+    service = next((r for r in rows if r["server"] == "service"
+                    and r["concurrency"] == echo["concurrency"]), None)  # fmt: skip
+    if service is None:
+        return None
+    cores = len(os.sched_getaffinity(0))
+    goal = share * echo["calls_per_s"]
+    budget = cores * echo["machine_busy"] / goal * 1e6
+    spent = service["cpu_us_per_call"] + service["client_cpu_us_per_call"]
+    figures = {"share": share, "cores": cores, "goal_calls_per_s": goal, "budget_us": budget,
+               "service_us": spent, "service_server_us": service["cpu_us_per_call"],
+               "service_client_us": service["client_cpu_us_per_call"],
+               "echo_server_us": echo["cpu_us_per_call"],
+               "echo_client_us": echo["client_cpu_us_per_call"],
+               "within_reach_calls_per_s": cores * echo["machine_busy"] / spent * 1e6}  # fmt: skip
+    print(f"CPU budget: {share:.0%} of echo is {goal:,.0f} calls/s; with the {cores} cores as busy "
+          f"as echo kept them ({echo['machine_busy']:.0%}) that leaves {budget:,.0f} us of CPU "
+          f"per call for server and client together; the service takes "
+          f"{service['cpu_us_per_call']:,.0f} + {service['client_cpu_us_per_call']:,.0f} = "
+          f"{spent:,.0f} us, so the cores alone allow it {figures['within_reach_calls_per_s']:,.0f}"
+          " calls/s", flush=True)  # fmt: skip
+    return figures
 
 
 def online_cost(service: list[str], items_file: Path, args) -> dict:
@@ -430,6 +478,7 @@ def main() -> None:
             compared = against(service, items_file, args)
     main_row = next((r for r in rows if r["server"] == "service" and r["concurrency"] == 32), None)
     where = profile(main_row) if main_row else {}
+    budget = cpu_budget(rows)
     echo = next((r["calls_per_s"] for r in rows if r["server"] == "gRPC echo (ceiling)"), None)
     for r in rows:  # the echo ceiling ran at 32 callers: the share compares like with like there
         r["echo_share"] = r["calls_per_s"] / echo if echo else None
@@ -449,7 +498,7 @@ def main() -> None:
 
         kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
         figures = {"model": model_times, "prefix": prefix_times, "profile": where,
-                   "online_cost": cost, "against": compared}  # fmt: skip
+                   "budget": budget, "online_cost": cost, "against": compared}  # fmt: skip
         settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s,
                     "channels": args.channels,
                     "server_cpus": sorted(args.server_cpus or []) or None}  # fmt: skip

@@ -324,6 +324,18 @@ def service_figures(rec: Record) -> str:
         f" each stage: {stages}; the model's run {p['model_us']:,.0f} us{batch}; server process"
         f" CPU {p['cpu_us']:,.0f} us."
     )
+    budget = rec.get("budget")
+    if budget:
+        text += (
+            f" The CPU the goal leaves: {budget['share']:.0%} of echo is"
+            f" {budget['goal_calls_per_s']:,.0f} calls/s, which with the {budget['cores']} cores as"
+            f" busy as echo kept them leaves {budget['budget_us']:,.0f} us of CPU per call for"
+            f" server and load generator together (echo itself: {budget['echo_server_us']:,.0f} +"
+            f" {budget['echo_client_us']:,.0f} us); the service at the same concurrency takes"
+            f" {budget['service_server_us']:,.0f} + {budget['service_client_us']:,.0f} ="
+            f" {budget['service_us']:,.0f} us, so these cores could give it at most"
+            f" {budget['within_reach_calls_per_s']:,.0f} calls/s however well its work overlapped."
+        )
     cost = rec.get("online_cost")
     if cost:
         pairs = ", ".join(
@@ -342,6 +354,7 @@ def render_service(rec: Record) -> str:
     rows = []
     echo = next((r["calls_per_s"] for r in rec["rows"] if r["server"].startswith("gRPC echo")), 0)
     busy = all("machine_busy" in r for r in rec["rows"])  # runs before it lack the column
+    client = all("client_cpu_us_per_call" in r for r in rec["rows"])
     for r in rec["rows"]:
         errors = r.get("error_codes") or {}
         count = sum(errors.values()) if isinstance(errors, dict) else int(errors)
@@ -358,6 +371,7 @@ def render_service(rec: Record) -> str:
                 str(count),
                 f"{r['cpu_us_per_call']:,.0f}",
             ]
+            + ([f"{r['client_cpu_us_per_call']:,.0f}"] if client else [])
             + ([f"{r['machine_busy']:.0%}"] if busy else [])
         )
     header = [
@@ -369,7 +383,8 @@ def render_service(rec: Record) -> str:
         "p99 ms",
         "errors",
         "server CPU us/call",
-    ] + (["machine busy"] if busy else [])
+    ]
+    header += (["client CPU us/call"] if client else []) + (["machine busy"] if busy else [])
     return f"{table(header, rows)}\n\n{service_figures(rec)}\n\n{run_line(rec)}\n"
 
 
