@@ -3,7 +3,10 @@
     .venv/bin/python scripts/bench_service.py [--items 40000] [--layers 100] [--duration-s 10]
 
 1. builds a GRU4Rec with random weights (speed does not depend on what the weights learnt)
-   and exports it with `training.export`;
+   and exports it with `training.export` twice: with the int8 output layer, which `export`
+   chooses by default for a trained model of 5,000 items or more once its check passes
+   (training/quantize_check.py; random weights give it nothing to check on), served in every
+   "service" row, and in float32 (`--quantize none`) for one row;
 2. times the model alone: one batched step against its matrix product alone (numpy, one
    thread), and a cold session's prefix in one run against click by click;
 3. drives, one after the other and with the same load generator (`python -m service.tools.loadgen`,
@@ -15,7 +18,8 @@
    calls, over workers);
 4. measures the online layer's cost: the service with its defaults against `--online 0`, both
    running, taken in turn for --rounds rounds at 32 callers (order swapped every round), as
-   two rows measured minutes apart differ by more than the cost on a shared machine;
+   two rows measured minutes apart differ by more than the cost on a shared machine; then
+   the same with the float32 export;
    With --against DIR (another checkout of this repository, e.g. `git worktree add
    /tmp/before HEAD~1`), also this tree's service against that one's, with and without the
    online layer, all four up and taken in turn for --rounds rounds at 1 and 32 callers: a
@@ -85,11 +89,15 @@ def _median_us(fn, reps: int) -> float:
     return float(np.median(times)) * 1e6
 
 
-def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> dict:
-    """The batched step (GRU, scores over all items, TopK) against its (B, H) x (H, N)
-    product alone (torch, one thread, like onnxruntime here), and a cold 29-click prefix in
-    one run against click by click. Prints them; returns the medians in us."""
+def time_model(
+    export_dir: Path, float32_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)
+) -> dict:
+    """The batched step (GRU, scores over all items, TopK) of the served export and of the
+    float32 one against the float32 (B, H) x (H, N) product alone (torch, one thread, like
+    onnxruntime here), and a cold 29-click prefix in one run against click by click. Prints
+    them; returns the medians in us."""
     model = ExportedModel.load(export_dir, "cpu", threads=1)
+    float32 = ExportedModel.load(float32_dir, "cpu", threads=1)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     state_size = model.state_size
@@ -101,11 +109,13 @@ def time_model(export_dir: Path, batches: tuple[int, ...] = (1, 8, 32, 64)) -> d
         state = rng.standard_normal((b, state_size)).astype(np.float32)
         hidden = torch.from_numpy(state)
         step = _median_us(lambda i=items, s=state: model.step(i, s, 20), 200)
+        plain = _median_us(lambda i=items, s=state: float32.step(i, s, 20), 200)
         product = _median_us(lambda h=hidden: h @ weights, 200)
-        out["batches"][b] = {"step_us": step, "product_us": product}
+        out["batches"][b] = {"step_us": step, "float32_step_us": plain, "product_us": product}
         print(
-            f"  batch {b:>3}: step {step:7.0f} us ({step / b:6.1f} per call); matrix product "
-            f"alone {product:7.0f} us: the step takes {step / product:.2f}x as long"
+            f"  batch {b:>3}: step {step:7.0f} us ({step / b:6.1f} per call), float32 "
+            f"{plain:7.0f} us; float32 matrix product alone {product:7.0f} us: the step takes "
+            f"{step / product:.2f}x as long"
         )
     clicks = rng.integers(0, model.n_items, 29)
     zero = model.zero_state(1)
@@ -303,9 +313,10 @@ def cpu_budget(rows: list[dict], share: float = GOAL_SHARE) -> dict | None:
     return figures
 
 
-def online_cost(service: list[str], items_file: Path, args) -> dict:
+def online_cost(service: list[str], items_file: Path, args, label: str = "") -> dict:
     """Calls/s of the service against the same with `--online 0`, both servers up, measured
-    in turn for args.rounds rounds (32 callers): the medians and the cost, 1 - on / off."""
+    in turn for args.rounds rounds (32 callers): the medians and the cost, 1 - on / off.
+    label: what the servers serve, for the printed line."""
     servers = [Server("service", service, "serving model", args.server_cpus),
                Server("service, online layer off", [*service, "--online", "0"],
                       "serving model", args.server_cpus)]  # fmt: skip
@@ -318,8 +329,8 @@ def online_cost(service: list[str], items_file: Path, args) -> dict:
         for server in servers:
             server.stop()
     on, off = (float(np.median(runs[s.name])) for s in servers)
-    print(f"online layer's cost over {args.rounds} rounds: {on:,.0f} against {off:,.0f} calls/s "
-          f"(medians), {1 - on / off:.1%} fewer", flush=True)  # fmt: skip
+    print(f"online layer's cost{label} over {args.rounds} rounds: {on:,.0f} against {off:,.0f} "
+          f"calls/s (medians), {1 - on / off:.1%} fewer", flush=True)  # fmt: skip
     return {"rounds": args.rounds, "concurrency": 32, "on": runs["service"],
             "off": runs["service, online layer off"], "on_median": on, "off_median": off,
             "cost": 1 - on / off}  # fmt: skip
@@ -431,11 +442,11 @@ def main() -> None:
                      "service/__main__.py); make one with git worktree add DIR COMMIT")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        export_dir = build_export(Path(tmp), args.items, tuple(args.layers))
-        # the same weights with the output layer's product in int8 (export --quantize int8)
-        int8_dir = export_model(Path(tmp) / "model", Path(tmp) / "export-int8", quantize="int8")
+        float32_dir = build_export(Path(tmp), args.items, tuple(args.layers))
+        # what `export` chooses for a trained model this size (module docstring)
+        export_dir = export_model(Path(tmp) / "model", Path(tmp) / "export-int8", quantize="int8")
         items_file = export_dir / "items.txt"
-        model_times = time_model(export_dir)
+        model_times = time_model(export_dir, float32_dir)
         prefix_times = time_prefix(export_dir)
         py, base = sys.executable, str(ROOT / "scripts" / "baseline_servers.py")
         service = [py, "-m", "service", "--model", str(export_dir), "--host", "127.0.0.1",
@@ -452,8 +463,8 @@ def main() -> None:
             ("service, no batching wait", [*service, "--max-wait-ms", "0"], "serving model",
              [32]),
             ("service, online layer off", [*service, "--online", "0"], "serving model", [32]),
-            ("service, int8 output layer",
-             [*service[:4], str(int8_dir), *service[5:]], "serving model", [32]),
+            ("service, float32 output layer",
+             [*service[:4], str(float32_dir), *service[5:]], "serving model", [32]),
         ]  # fmt: skip
         print("load (closed loop, sessions replayed click by click):")
         for name, argv, ready, levels in plans:
@@ -468,10 +479,15 @@ def main() -> None:
                         rows.append(measure(server, items_file, concurrency, args, cold=True))
             finally:
                 server.stop()
-        cost = None
+        cost = cost_float32 = None
         if args.rounds > 0 and (not args.only or "online cost" in args.only):
             print("the online layer's cost (both servers up, measured in turn):")
             cost = online_cost(service, items_file, args)
+            # and with the float32 step, the one the layer's cost was first measured against:
+            # the cheaper the rest of a call, the larger the layer's share of it
+            print("the same with the float32 output layer:")
+            service_float32 = [*service[:4], str(float32_dir), *service[5:]]
+            cost_float32 = online_cost(service_float32, items_file, args, ", float32")
         compared = None
         if args.against:
             print(f"this tree against {args.against} (all four up, measured in turn):")
@@ -498,7 +514,8 @@ def main() -> None:
 
         kept = [{k: v for k, v in r.items() if k != "metrics"} for r in rows]  # metrics: raw
         figures = {"model": model_times, "prefix": prefix_times, "profile": where,
-                   "budget": budget, "online_cost": cost, "against": compared}  # fmt: skip
+                   "budget": budget, "online_cost": cost, "online_cost_float32": cost_float32,
+                   "against": compared}  # fmt: skip
         settings = {"items": args.items, "layers": args.layers, "duration_s": args.duration_s,
                     "channels": args.channels,
                     "server_cpus": sorted(args.server_cpus or []) or None}  # fmt: skip

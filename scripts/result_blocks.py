@@ -294,14 +294,14 @@ def render_prnn(rec: Record) -> str:
 SERVERS = {
     "gRPC echo (ceiling)": "gRPC echo, same stack, no work (the ceiling)",
     "PyTorch per request": "plain PyTorch per request (thread pool, no cache, no batching)",
-    "service": "service, 1 worker (batching, online layer on)",
+    "service": "service, 1 worker (int8 output layer, batching, online layer on)",
     "service, 2 workers": "service, 2 workers (`--workers 2`, the default on 2 CPUs)",
     "service, cold 30 clicks": "service, cold sessions (30 clicks each, never seen)",
     "service, no batching": "service, no batching (`--max-batch 1`)",
     "service, 1 ms batching wait": "service, 1 ms batching wait (`--max-wait-ms 1`)",
     "service, no batching wait": "service, no batching wait (`--max-wait-ms 0`)",
     "service, online layer off": "service, online layer off (`--online 0`)",
-    "service, int8 output layer": "service, int8 output layer (`export --quantize int8`)",
+    "service, float32 output layer": "service, float32 output layer (`export --quantize none`)",
 }
 
 
@@ -311,14 +311,16 @@ def service_figures(rec: Record) -> str:
     sizes = "/".join(str(b) for b in batches)
     per_call = "/".join(f"{t['step_us'] / int(b):,.0f}" for b, t in batches.items())
     ratios = "/".join(f"{t['step_us'] / t['product_us']:.2f}" for t in batches.values())
+    plain = "/".join(f"{t['float32_step_us'] / int(b):,.0f}" for b, t in batches.items())
     cold = rec["model"]["cold_29"]
     p = rec["profile"]
     stages = ", ".join(f"{stage} {us:,.0f} us" for stage, us in p["stage_us"].items())
     batch = f" in batches of {p['mean_batch']:.1f} on average" if p.get("mean_batch") else ""
     text = (
         f"Measured in the same run: the model step (GRU, scores over all {rec['model']['items']:,}"
-        f" items, TopK; 1 thread) at batch {sizes}: {per_call} us per call, {ratios}x the time of"
-        f" its (B, H) x (H, items) matrix product alone; a cold session's 29 earlier clicks in one"
+        f" items, TopK; int8 output layer; 1 thread) at batch {sizes}: {per_call} us per call"
+        f" ({plain} in float32), {ratios}x the time of the float32 (B, H) x (H, items) matrix"
+        f" product alone; a cold session's 29 earlier clicks in one"
         f" prefix run {cold['prefix_run_us']:,.0f} us against {cold['click_by_click_us']:,.0f} us"
         f" click by click. Per call at concurrency {p['concurrency']} ({p['server']}), wall time in"
         f" each stage: {stages}; the model's run {p['model_us']:,.0f} us{batch}; server process"
@@ -346,6 +348,12 @@ def service_figures(rec: Record) -> str:
             f" rounds at {cost['concurrency']} callers, order swapped each round; calls/s on/off:"
             f" {pairs}): medians {cost['on_median']:,.0f} against {cost['off_median']:,.0f},"
             f" {cost['cost']:.1%} fewer calls/s with the layer."
+        )
+    plain = rec.get("online_cost_float32")
+    if plain:
+        text += (
+            f" The same with the float32 output layer: medians {plain['on_median']:,.0f} against"
+            f" {plain['off_median']:,.0f}, {plain['cost']:.1%} fewer."
         )
     return text
 
@@ -545,15 +553,36 @@ def render_quantize(rec: Record) -> str:
     ]  # fmt: skip
     header = ["output layer", "Recall@20", "MRR@20", "model.onnx MiB"]
     header += [f"step us, batch {b}" for b in rec["step_us"]]
-    verdict = "within" if acc["within_tolerance"] else "NOT within"
+    verdict = (
+        f"not {rec['tolerance']:.1%} below: `export --quantize auto` keeps int8"
+        if acc["within_tolerance"]
+        else f"MORE than {rec['tolerance']:.1%} below: `export --quantize auto` keeps float32"
+    )
     intro = (
         f"{d['n_items']:,} items, {d['test_events']:,} test clicks; int8 against float32: "
         f"Recall@20 {acc['recall@20_relative_diff']:+.2%}, "
         f"MRR@20 {acc['mrr@20_relative_diff']:+.2%}"
-        f" ({verdict} {rec['tolerance']:.1%}), {acc['hits_lost']} hits lost and "
+        f" ({verdict}), {acc['hits_lost']} hits lost and "
         f"{acc['hits_gained']} gained in the top 20."
     )
-    return f"{intro}\n\n{table(header, rows)}\n\n{run_line(rec)}\n"
+    out = f"{intro}\n\n{table(header, rows)}"
+    scan = rec.get("step_us_by_items") or {}
+    if scan:
+        batches = list(next(iter(scan.values())))
+        scan_rows = [
+            [f"{int(n):,}"]
+            + [f"{t[b]['fp32']:,.0f} / {t[b]['int8']:,.0f} ({t[b]['int8'] / t[b]['fp32']:.2f}x)"
+               for b in batches]
+            for n, t in scan.items()
+        ]  # fmt: skip
+        header = ["items (random weights)"] + [
+            f"step us float32 / int8, batch {b}" for b in batches
+        ]
+        out += (
+            "\n\nBy catalogue size (`export --quantize auto` chooses int8 from 5,000 items):"
+            f"\n\n{table(header, scan_rows)}"
+        )
+    return f"{out}\n\n{run_line(rec)}\n"
 
 
 RENDERERS: dict[str, Callable[[Record], str]] = {

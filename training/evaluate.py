@@ -86,12 +86,14 @@ def collect_ranks(
     batch_size: int = 512,
     mode: str = "conservative",
     progress: bool = False,
+    desc: str = "evaluate",
 ) -> np.ndarray:
-    """Ranks of every test target, in the order the session-parallel pass meets them."""
+    """Ranks of every test target, in the order the session-parallel pass meets them;
+    desc: the progress bar's label."""
     ranks = []
     scorer.start(first_batch_size(test.offsets, batch_size))
     n_events = int(np.sum(np.maximum(np.diff(test.offsets) - 1, 0)))
-    with tqdm(total=n_events, desc="evaluate", unit="ev", disable=not progress) as bar:
+    with tqdm(total=n_events, desc=desc, unit="ev", disable=not progress) as bar:
         for step in session_parallel(test.items, test.offsets, batch_size):
             scores = scorer.advance(step)
             targets = step.targets.to(scores.device)

@@ -24,9 +24,12 @@ An HRNN export adds user.onnx, the step between a user's sessions (export_user.p
     user_state (B, U), state (B, S) -> new_user_state (B, U), start_state (B, S)
 
 --quantize int8 runs model.onnx's output-layer product on int8 weights (export_quantize.py;
-same inputs and outputs, metadata.json "quantization", model_version gru4rec-int8-...); the
-parity check's tolerance is not meant for it: scripts/bench_quantize.py compares its
-Recall@20 and MRR@20 with the float32 export's.
+same inputs and outputs, metadata.json "quantization", model_version gru4rec-int8-...);
+--quantize auto, the CLI's default, does so where the catalogue is large enough for it to
+pay and the int8 graph ranks the model's clicks within 0.5% as well as float32
+(quantize_check.py); none keeps float32. The parity check holds an int8 export to the
+quantisation's error bound; scripts/bench_quantize.py compares its Recall@20 and MRR@20
+with the float32 export's.
 """
 
 from __future__ import annotations
@@ -47,7 +50,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .export_quantize import QUANTIZE_CHOICES, quantize_output_layer
+from . import quantize_check
+from .data.batching import Step
+from .export_quantize import (
+    QUANTIZE_CHOICES,
+    int8_output_weights,
+    quantize_output_layer,
+    score_error_bound,
+)
 from .export_user import (
     INPUT_FINAL_STATE,
     INPUT_USER_STATE,
@@ -57,6 +67,7 @@ from .export_user import (
     user_metadata,
 )
 from .fit.train import load_model
+from .quantize_check import OutputLayerChoice, choose_output_layer
 
 # --- the export format: file, input and output names (service/runtime.py reads them) ---
 FORMAT_VERSION = 1
@@ -103,19 +114,24 @@ def export_model(
     *,
     opset: int | None = None,
     quantize: str | None = None,
+    check_clicks: str | Path | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write model.onnx, prefix.onnx, items.txt, popularity.npy and metadata.json to
     out_dir; returns it. prefix.onnx is left out (metadata.json says why) for a step graph
     it cannot be built from. An HRNN also gets user.onnx, its user step (export_user.py).
     quantize="int8" runs model.onnx's output-layer product on int8 weights
-    (export_quantize.py; metadata.json "quantization" says so); None keeps it float32.
-    prefix.onnx computes no scores and stays float32 either way.
+    (export_quantize.py; metadata.json "quantization" says so); None keeps it float32;
+    "auto" (the CLI's default) chooses int8 where quantize_check.py's rule allows it, checked
+    on check_clicks (default: the training file the model records), and records the choice
+    and its figures in metadata.json "output_layer_choice". prefix.onnx computes no scores
+    and stays float32 either way.
 
     Raises ValueError for item ids that cannot go one a line or an unknown quantize,
     FileNotFoundError for a missing model."""
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+    if quantize is not None and quantize not in (*QUANTIZE_CHOICES, "auto"):
         raise ValueError(
-            f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE_CHOICES)} or none"
+            f"unknown quantize {quantize!r}; use auto, none or one of {', '.join(QUANTIZE_CHOICES)}"
         )
     if opset is not None and opset not in OPSETS:
         raise ValueError(
@@ -133,10 +149,14 @@ def export_model(
     step = StepGraph(trained.model).eval()
     graph = _to_onnx(step, opset or DEFAULT_OPSET)
     prefix, skipped = _prefix_or_reason(graph)  # from the float32 step: same states
-    quantization = None
+    quantization = choice = None
+    state_values = {v for n in _nodes_computing(graph.graph, OUTPUT_STATE) for v in n.output}
     if quantize == "int8":
-        state_values = {v for n in _nodes_computing(graph.graph, OUTPUT_STATE) for v in n.output}
         quantization = quantize_output_layer(graph, exact=state_values)
+    elif quantize == "auto":
+        choice, quantization = _choose_output_layer(
+            trained, graph, state_values, check_clicks, progress
+        )
     data = graph.SerializeToString()
     (out / MODEL_FILE).write_bytes(data)
     (out / ITEMS_FILE).write_bytes(("\n".join(ids) + "\n").encode("utf-8"))
@@ -152,6 +172,7 @@ def export_model(
     else:
         (out / USER_FILE).write_bytes(user.SerializeToString())
     meta = _metadata(trained, step, graph, hashlib.sha256(data).hexdigest(), quantization)
+    meta["output_layer_choice"] = None if choice is None else choice.record()
     meta["prefix_graph"] = None if prefix is None else PREFIX_FILE
     meta["user_graph"] = user_metadata(trained.model)
     # the service refuses a directory whose files were not written together (a graph of
@@ -165,6 +186,36 @@ def export_model(
         meta["prefix_graph_skipped"] = f"{skipped}; the service feeds clicks one step at a time"
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def _choose_output_layer(
+    trained: Any,
+    graph: onnx.ModelProto,
+    state_values: set[str],
+    check_clicks: str | Path | None,
+    progress: bool,
+) -> tuple[OutputLayerChoice, dict | None]:
+    """quantize="auto": (the OutputLayerChoice, the quantisation record or None); graph is
+    rewritten to int8 in place when int8 is chosen."""
+    n_items = len(trained.vocab)
+    int8 = quantization = None
+    if n_items >= quantize_check.AUTO_MIN_ITEMS:
+        int8 = onnx.ModelProto()
+        int8.CopyFrom(graph)
+        try:
+            quantization = quantize_output_layer(int8, exact=state_values)
+        except ValueError:
+            int8 = None
+        weights = None if int8 is None else int8_output_weights(int8)
+        if weights is None or weights[0].shape[1] != n_items:
+            int8 = None  # a Bloom output's product has a column per bit, not per item
+    clicks = check_clicks if check_clicks is not None else trained.meta.get("train_file")
+    choice = choose_output_layer(graph, int8, n_items, clicks, trained.vocab, GraphScorer, progress)
+    if not choice.int8:
+        return choice, None
+    assert int8 is not None
+    graph.CopyFrom(int8)
+    return choice, quantization
 
 
 def _to_onnx(step: StepGraph, opset: int) -> onnx.ModelProto:
@@ -363,9 +414,11 @@ def check_parity(
     and onnxruntime side by side.
 
     ok when at every step the scores agree within PARITY_ATOL + PARITY_RTOL * the row's
-    largest |score|, the states within rtol=PARITY_RTOL, atol=PARITY_ATOL, and each row's
-    top-20 items are the same in the same order, both from the scores and from the graph's
-    TopK; and when the states after ragged prefixes of the sessions (0 to n_steps clicks),
+    largest |score| (plus, for an int8 output layer, each score's quantisation bound,
+    export_quantize.score_error_bound), the states within rtol=PARITY_RTOL,
+    atol=PARITY_ATOL, and each row's top-20 items are the same in the same order (but for
+    items whose scores lie within those tolerances), both from the scores and from the
+    graph's TopK; and when the states after ragged prefixes of the sessions (0 to n_steps clicks),
     all in one `advance_many`, agree likewise; and for an HRNN when user.onnx agrees
     likewise with UserStepGraph on n_sessions random states."""
     trained = load_model(model_dir, device="cpu")
@@ -380,6 +433,9 @@ def check_parity(
     states = [state.numpy()]  # PyTorch's, after 0, 1, ... clicks
     ort_state = exported.zero_state(n_sessions)
     top = min(PARITY_TOP, exported.n_items)
+    int8 = int8_output_weights(onnx.load(Path(export_dir) / MODEL_FILE))
+    if int8 is not None and int8[0].shape[1] != exported.n_items:
+        int8 = None  # not the scores' own product (a Bloom output): no bound per item
     worst = {"scores": 0.0, "state": 0.0, "abs": 0.0}
     top_mismatches = graph_top_mismatches = 0
     for items in clicks:
@@ -390,13 +446,16 @@ def check_parity(
         states.append(state.numpy())
         reference = scores.numpy()
         size = np.abs(reference).max(axis=1, keepdims=True)  # of the row's terms; see PARITY_
-        worst["scores"] = max(worst["scores"], _excess(ort_scores, reference, size))
+        slack = np.zeros_like(reference)
+        if int8 is not None:  # the output layer's input: the last layer's state
+            slack = score_error_bound(state.numpy()[:, -int8[0].shape[0] :], *int8)
+        worst["scores"] = max(worst["scores"], _excess(ort_scores, reference, size, slack))
         worst["state"] = max(worst["state"], _excess(ort_state, state.numpy()))
         worst["abs"] = max(worst["abs"], float(np.max(np.abs(ort_scores - reference))))
         torch_top = np.argsort(-reference, axis=1, kind="stable")[:, :top]
         ort_top = np.argsort(-ort_scores, axis=1, kind="stable")[:, :top]
-        top_mismatches += _rank_disagreements(reference, torch_top, ort_top, size)
-        graph_top_mismatches += _rank_disagreements(reference, ort_top, top_items, size)
+        top_mismatches += _rank_disagreements(reference, torch_top, ort_top, size, slack)
+        graph_top_mismatches += _rank_disagreements(reference, ort_top, top_items, size, slack)
     prefixes = [clicks[:n, b] for b, n in enumerate(lengths)]
     after = exported.advance_many(prefixes, exported.zero_state(n_sessions))
     expected = np.stack([states[n][b] for b, n in enumerate(lengths)])
@@ -411,7 +470,8 @@ def check_parity(
         "steps": n_steps,
         "rtol": PARITY_RTOL,
         "atol": PARITY_ATOL,
-        "score_tolerance": "atol + rtol * the row's largest |score|",
+        "score_tolerance": "atol + rtol * the row's largest |score|"
+        + ("" if int8 is None else " + the int8 output layer's error bound per score"),
         "max_abs_score_diff": worst["abs"],
         "worst_score_error_vs_tolerance": worst["scores"],
         "worst_state_error_vs_tolerance": worst["state"],
@@ -422,9 +482,39 @@ def check_parity(
         f"top{top}_mismatched_rows": top_mismatches,
         f"graph_top{top}_mismatched_rows": graph_top_mismatches,
         "provider": exported.provider,
-        # an int8 output layer's scores differ beyond rtol/atol by design (export_quantize.py)
         "quantization": exported.quantization,
     }
+
+
+class GraphScorer:
+    """A step graph (in memory) under onnxruntime as the evaluation's Scorer, its state in
+    numpy: what `--quantize auto` checks the int8 graph with (quantize_check.py)."""
+
+    def __init__(self, graph: onnx.ModelProto):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            graph.SerializeToString(), options, ["CPUExecutionProvider"]
+        )
+        state = next(v for v in graph.graph.input if v.name == INPUT_STATE)
+        self.state_size = int(state.type.tensor_type.shape.dim[1].dim_value)
+        self.state = np.zeros((1, self.state_size), np.float32)
+
+    def start(self, batch_size: int) -> None:
+        self.state = np.zeros((batch_size, self.state_size), np.float32)
+
+    def advance(self, step: Step) -> torch.Tensor:
+        state = self.state
+        if step.keep is not None:
+            state = state[step.keep.numpy()]
+        if step.reset is not None:
+            state = np.where(step.reset.numpy()[:, None], np.float32(0.0), state)
+        feeds = {INPUT_ITEMS: step.inputs.numpy().astype(np.int64), INPUT_STATE: state,
+                 INPUT_K: np.array([1], np.int64)}  # fmt: skip
+        scores, self.state = self.session.run([OUTPUT_SCORES, OUTPUT_STATE], feeds)
+        return torch.from_numpy(scores)
 
 
 class _OnnxRunner:
@@ -518,22 +608,57 @@ def _user_step_excess(model: nn.Module, exported: _OnnxRunner, rng: Any, n: int)
     return max(_excess(g, e.numpy()) for g, e in zip(got, expected, strict=True))
 
 
-def _excess(actual: np.ndarray, expected: np.ndarray, size: np.ndarray | None = None) -> float:
-    """max |a - e| / (atol + rtol * size), size |e| unless given (the row's largest |score|
-    for scores): at most 1 means allclose(a, e, rtol, atol) holds."""
-    bound = PARITY_ATOL + PARITY_RTOL * (np.abs(expected) if size is None else size)
+def _excess(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    size: np.ndarray | None = None,
+    slack: np.ndarray | float = 0.0,
+) -> float:
+    """max |a - e| / (atol + rtol * size + slack), size |e| unless given (the row's largest
+    |score| for scores), slack what an int8 output layer may add: at most 1 means
+    allclose(a, e, rtol, atol) holds, beyond the slack."""
+    bound = PARITY_ATOL + PARITY_RTOL * (np.abs(expected) if size is None else size) + slack
     return float(np.max(np.abs(actual - expected) / bound))
 
 
 def _rank_disagreements(
-    scores: np.ndarray, expected: np.ndarray, got: np.ndarray, size: np.ndarray
+    scores: np.ndarray,
+    expected: np.ndarray,
+    got: np.ndarray,
+    size: np.ndarray,
+    slack: np.ndarray | None = None,
 ) -> int:
     """Rows whose top lists differ at a position where the items' scores do not tie
     (within the score tolerance; size: (B, 1), the row's largest |score|).
 
     Items with equal scores (Bloom items sharing all their bits, say) may come in either
-    order on either side without that being a disagreement."""
+    order on either side without that being a disagreement. With an int8 output layer's
+    slack (B, N), a row disagrees when no scores within tolerance and slack of `scores`
+    would rank its `got` list so."""
+    if slack is not None and slack.any():
+        return _inconsistent_rows(scores, np.asarray(got, dtype=np.int64),
+                                  PARITY_ATOL + PARITY_RTOL * size + slack)  # fmt: skip
     a = np.take_along_axis(scores, expected, axis=1)
     b = np.take_along_axis(scores, np.asarray(got, dtype=np.int64), axis=1)
     same = (expected == got) | (np.abs(a - b) <= PARITY_ATOL + PARITY_RTOL * size)
     return int((~same).any(axis=1).sum())
+
+
+def _inconsistent_rows(scores: np.ndarray, got: np.ndarray, tolerance: np.ndarray) -> int:
+    """Rows (of scores (B, N)) whose top list got (B, t) ranks an item above one whose
+    score is higher by more than both items' tolerances (B, N) together, counting every
+    item it leaves out as ranked below its last."""
+    low, high = scores - tolerance, scores + tolerance
+    t = got.shape[1]
+    bad = 0
+    for lows, highs, top in zip(low, high, got.tolist(), strict=True):
+        # the t + 1 highest lower ends hold the highest outside any prefix of the t
+        ahead = np.argsort(-lows, kind="stable")[: t + 1].tolist()
+        taken: set[int] = set()
+        for item in top:
+            taken.add(item)
+            rival = next((i for i in ahead if i not in taken), None)  # None: all taken
+            if rival is not None and lows[rival] > highs[item]:
+                bad += 1
+                break
+    return bad

@@ -106,6 +106,27 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def int8_output_weights(graph: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 weights (S, N), float32 scales (N,)) of a graph quantize_output_layer()
+    rewrote, None for a float32 graph."""
+    constants = {t.name: t for t in graph.graph.initializer}
+    q, scale = constants.get(_PREFIX + "w_q"), constants.get(_PREFIX + "w_scale")
+    if q is None or scale is None:
+        return None
+    return numpy_helper.to_array(q), numpy_helper.to_array(scale)
+
+
+def score_error_bound(x: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """(B, N): how far each int8 score may lie from the float32 one, x (B, S) the output
+    layer's input (the last GRU layer's state, in [-1, 1]) and w_q, w_scale as
+    int8_output_weights() gives them. With w ~= q * s_w (rounding error <= s_w / 2) and x's
+    step s_x (error <= s_x / 2, up to s_x where 1 saturates): s_w / 2 * sum|x| + s_x *
+    sum(|w| + s_w / 2) <= s_w / 2 * sum|x| + s_x * (sum|q * s_w| + S * s_w)."""
+    s_w = w_scale.astype(np.float64)
+    weights = np.abs(w_q.astype(np.float64)).sum(axis=0) * s_w + w_q.shape[0] * s_w
+    return s_w / 2 * np.abs(x).sum(axis=1, keepdims=True) + STATE_SCALE * weights
+
+
 def _output_product(
     g: onnx.GraphProto, exact: set[str]
 ) -> tuple[onnx.NodeProto, np.ndarray, str | None]:

@@ -5,6 +5,7 @@ items mostly agree, and metadata.json says what was quantised."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 from service.runtime import ExportedModel
 from training.__main__ import main as training_main
-from training.export import MAX_IR_VERSION, export_model
+from training.export import MAX_IR_VERSION, _inconsistent_rows, check_parity, export_model
 from training.export_quantize import INT8_MAX, STATE_SCALE, quantize_columns
 
 from .test_export import N_ITEMS, VARIANTS, saved_model
@@ -161,3 +163,30 @@ def test_the_cli_flag_exports_int8_and_an_unknown_kind_is_refused(exports, tmp_p
     assert meta["quantization"]["output_layer"] == "int8"
     with pytest.raises(ValueError, match="unknown quantize 'int4'"):
         export_model(model_dir, tmp_path / "x", quantize="int4")
+
+
+def test_parity_holds_an_int8_export_to_its_error_bound(exports, tmp_path):
+    model_dir, _, int8 = exports
+    report = check_parity(model_dir, int8, n_sessions=16)
+    assert report["ok"] and report["max_abs_score_diff"] > 0
+    assert 0 < report["worst_score_error_vs_tolerance"] <= 1.0
+    assert report["score_tolerance"].endswith("the int8 output layer's error bound per score")
+    # item scales 1.5 times too large: scores off by a third of their size, past the bound
+    tampered = tmp_path / "tampered"
+    shutil.copytree(int8, tampered)
+    graph = onnx.load(tampered / "model.onnx")
+    scale = next(t for t in graph.graph.initializer if t.name.endswith("w_scale"))
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 1.5, scale.name))
+    onnx.save(graph, tampered / "model.onnx")
+    report = check_parity(model_dir, tampered, n_sessions=16)
+    assert not report["ok"] and report["worst_score_error_vs_tolerance"] > 1.0
+
+
+def test_an_int8_top_list_may_swap_only_items_within_their_bounds():
+    scores = np.array([[3.0, 2.9, 1.0, 0.0]] * 3)
+    tolerance = np.full_like(scores, 0.06)  # 3.0 and 2.9 overlap, nothing else does
+    got = np.array([[1, 0], [0, 1], [2, 0]])  # a swap within bounds, exact, 1.0 above 2.9
+    assert _inconsistent_rows(scores, got, tolerance) == 1
+    one, within = scores[:1], tolerance[:1]
+    assert _inconsistent_rows(one, np.array([[1]]), within) == 0  # 2.94 <= 2.96
+    assert _inconsistent_rows(one, np.array([[3, 2]]), within) == 1  # 0.0 first
