@@ -25,11 +25,12 @@ from pathlib import Path
 from .data.logs import USER, DataError
 
 
-def _add_columns(p: argparse.ArgumentParser) -> None:
+def _add_columns(p: argparse.ArgumentParser, users: bool = True) -> None:
     p.add_argument("--session-key", default="SessionId", help="session id column")
     p.add_argument("--item-key", default="ItemId", help="item id column")
     p.add_argument("--time-key", default="Time", help="time column (Unix seconds)")
-    p.add_argument("--user-key", default="UserId", help="user id column, kept when present")
+    if users:
+        p.add_argument("--user-key", default="UserId", help="user id column, kept when present")
 
 
 def _positive(text: str) -> int:
@@ -475,7 +476,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     quantize = None if args.quantize == "none" else args.quantize
     path = export_model(
         args.model, args.out, opset=args.opset, quantize=quantize,
-        check_clicks=args.check_clicks, progress=not args.quiet,
+        check_clicks=args.check_clicks,
+        check_columns=(args.session_key, args.item_key, args.time_key),
+        progress=not args.quiet,
     )  # fmt: skip
     meta = json.loads((path / "metadata.json").read_text())
     layer = "float32" if meta["quantization"] is None else meta["quantization"]["output_layer"]
@@ -652,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the model's training file",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_columns(p, users=False)  # of the check clicks
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare onnxruntime and PyTorch scores")

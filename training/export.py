@@ -52,6 +52,7 @@ from torch import nn
 
 from . import quantize_check
 from .data.batching import Step
+from .data.logs import ITEM, SESSION, TIME
 from .export_quantize import (
     QUANTIZE_CHOICES,
     int8_output_weights,
@@ -115,6 +116,7 @@ def export_model(
     opset: int | None = None,
     quantize: str | None = None,
     check_clicks: str | Path | None = None,
+    check_columns: tuple[str, str, str] = (SESSION, ITEM, TIME),
     progress: bool = False,
 ) -> Path:
     """Write model.onnx, prefix.onnx, items.txt, popularity.npy and metadata.json to
@@ -123,7 +125,8 @@ def export_model(
     quantize="int8" runs model.onnx's output-layer product on int8 weights
     (export_quantize.py; metadata.json "quantization" says so); None keeps it float32;
     "auto" (the CLI's default) chooses int8 where quantize_check.py's rule allows it, checked
-    on check_clicks (default: the training file the model records), and records the choice
+    on check_clicks (default: the training file the model records; check_columns: its
+    session, item and time columns), and records the choice
     and its figures in metadata.json "output_layer_choice". prefix.onnx computes no scores
     and stays float32 either way.
 
@@ -155,7 +158,7 @@ def export_model(
         quantization = quantize_output_layer(graph, exact=state_values)
     elif quantize == "auto":
         choice, quantization = _choose_output_layer(
-            trained, graph, state_values, check_clicks, progress
+            trained, graph, state_values, check_clicks, check_columns, progress
         )
     data = graph.SerializeToString()
     (out / MODEL_FILE).write_bytes(data)
@@ -193,6 +196,7 @@ def _choose_output_layer(
     graph: onnx.ModelProto,
     state_values: set[str],
     check_clicks: str | Path | None,
+    check_columns: tuple[str, str, str],
     progress: bool,
 ) -> tuple[OutputLayerChoice, dict | None]:
     """quantize="auto": (the OutputLayerChoice, the quantisation record or None); graph is
@@ -210,7 +214,10 @@ def _choose_output_layer(
         if weights is None or weights[0].shape[1] != n_items:
             int8 = None  # a Bloom output's product has a column per bit, not per item
     clicks = check_clicks if check_clicks is not None else trained.meta.get("train_file")
-    choice = choose_output_layer(graph, int8, n_items, clicks, trained.vocab, GraphScorer, progress)
+    asked = check_clicks is not None
+    choice = choose_output_layer(
+        graph, int8, n_items, clicks, trained.vocab, GraphScorer, progress, check_columns, asked
+    )
     if not choice.int8:
         return choice, None
     assert int8 is not None

@@ -29,7 +29,7 @@ from typing import Any
 
 import onnx
 
-from .data.logs import ItemVocab, Sessions, read_events
+from .data.logs import ITEM, SESSION, TIME, DataError, ItemVocab, Sessions, read_events
 from .evaluate import Scorer, collect_ranks, metrics_from_ranks
 
 AUTO_MIN_ITEMS = 5_000
@@ -52,10 +52,16 @@ class OutputLayerChoice:
                 "why": self.why, "check": self.check or None}  # fmt: skip
 
 
-def check_sessions(path: str | Path, vocab: ItemVocab, limit: int = CHECK_SESSIONS) -> Sessions:
-    """The last `limit` sessions (by start time) of a click log, clicks on items outside the
-    vocabulary dropped. Raises training.data.logs.DataError for a missing or bad file."""
-    sessions = Sessions.from_events(read_events(path), vocab, "drop", str(path))
+def check_sessions(
+    path: str | Path,
+    vocab: ItemVocab,
+    columns: tuple[str, str, str] = (SESSION, ITEM, TIME),
+    limit: int = CHECK_SESSIONS,
+) -> Sessions:
+    """The last `limit` sessions (by start time) of a click log with these session, item and
+    time columns, clicks on items outside the vocabulary dropped. Raises
+    training.data.logs.DataError for a missing or bad file."""
+    sessions = Sessions.from_events(read_events(path, *columns), vocab, "drop", str(path))
     first = max(0, sessions.n_sessions - limit)
     start = sessions.offsets[first]
     return Sessions(
@@ -97,10 +103,15 @@ def choose_output_layer(
     vocab: ItemVocab,
     scorer: GraphRunner,
     progress: bool = False,
+    columns: tuple[str, str, str] = (SESSION, ITEM, TIME),
+    asked: bool = True,
 ) -> OutputLayerChoice:
     """The rule of the module docstring. int8: the quantised graph, or None when the graph
     has no product with a column per item to quantise; clicks: the check's click log, None
-    for none; scorer: a graph as a Scorer (export.GraphScorer, under onnxruntime)."""
+    for none, with these session, item and time columns; scorer: a graph as a Scorer
+    (export.GraphScorer, under onnxruntime). asked: clicks were given (--check-clicks),
+    so a file that cannot be read raises DataError; the model's own training file that
+    cannot be read (other column names, say) only keeps float32, saying why."""
     if n_items < AUTO_MIN_ITEMS:
         return OutputLayerChoice(False, f"{n_items:,} items: int8 pays from {AUTO_MIN_ITEMS:,}")
     if int8 is None:
@@ -125,7 +136,16 @@ def choose_output_layer(
             False, "onnxruntime is not installed, so int8 could not be checked; install the "
             "serve-cpu extra, or give --quantize int8 to skip the check"
         )  # fmt: skip
-    sessions = check_sessions(clicks, vocab)
+    try:
+        sessions = check_sessions(clicks, vocab, columns)
+    except DataError as err:
+        if asked:
+            raise
+        return OutputLayerChoice(
+            False, f"the model's training file could not be read to check int8 on ({err}); "
+            "give --check-clicks FILE (and its column names), or --quantize int8 to skip "
+            "the check"
+        )  # fmt: skip
     if sessions.n_events <= sessions.n_sessions:
         return OutputLayerChoice(False, f"{clicks} holds no click to check int8 on")
     result = compare(fp32, int8, sessions, scorer, progress=progress)

@@ -5,18 +5,20 @@ its figures recorded and printed."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import torch
 from onnx import numpy_helper
 
 from training import quantize_check
 from training.__main__ import main as training_main
 from training.config import Config
-from training.data.logs import ItemVocab, item_popularity
+from training.data.logs import DataError, ItemVocab, item_popularity
 from training.export import GraphScorer, check_parity, export_model
 from training.fit.train import fit, save_model
 from training.quantize_check import choose_output_layer
@@ -151,3 +153,30 @@ def test_auto_exports_every_architecture_and_what_it_writes_passes_parity(
     else:
         assert choice["check"]["targets"] == 180
     assert check_parity(model, out, n_sessions=8)["ok"]
+
+
+def test_the_training_files_own_column_names_are_given_for_its_check(
+    trained, tmp_path, capsys, small_threshold
+):
+    """A model trained on a log with other column names: auto cannot read it as the check's
+    default and keeps float32, saying so; naming the columns checks on it."""
+    renamed = tmp_path / "renamed.tsv"
+    clicks = pd.read_csv(trained.parent / "clicks.tsv", sep="\t")
+    clicks.rename(columns={"SessionId": "sid", "ItemId": "iid", "Time": "ts"}).to_csv(
+        renamed, sep="\t", index=False
+    )
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    payload = torch.load(model / "model.pt", weights_only=True)
+    payload["meta"]["train_file"] = str(renamed)
+    torch.save(payload, model / "model.pt")
+    training_main(["export", "--model", str(model), "--out", str(tmp_path / "e"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "output layer float32 (the model's training file could not be read" in printed
+    assert "missing column(s) SessionId, ItemId, Time" in printed
+    training_main(["export", "--model", str(model), "--out", str(tmp_path / "e"), "--quiet",
+                   "--check-clicks", str(renamed), "--session-key", "sid", "--item-key", "iid",
+                   "--time-key", "ts"])  # fmt: skip
+    assert "output layer int8 (300 items;" in capsys.readouterr().out
+    with pytest.raises(DataError, match="missing column"):  # asked for, so it must be read
+        export_model(model, tmp_path / "x", quantize="auto", check_clicks=renamed)

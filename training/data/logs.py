@@ -41,6 +41,11 @@ def read_events(
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; expected a header and one row per click")
     wanted = [session_key, item_key, time_key]
+    if len(set(wanted + ([user_key] if user_key else []))) < len(wanted) + bool(user_key):
+        raise DataError(
+            f"the session, item, time and user keys must name different columns; got "
+            f"{', '.join(map(repr, wanted + ([user_key] if user_key else [])))}"
+        )
     sep = _separator(path)
     if sep is None:
         df = pd.read_parquet(path)

@@ -36,6 +36,14 @@ def test_custom_column_names_are_mapped(tmp_path):
     assert list(df.columns) == ["SessionId", "ItemId", "Time"]
 
 
+def test_two_keys_naming_one_column_are_refused(tmp_path):
+    (tmp_path / "log.csv").write_text("sid,iid,ts\n1,10,5\n")
+    with pytest.raises(DataError, match="must name different columns; got 'sid', 'ts', 'ts'"):
+        read_events(tmp_path / "log.csv", "sid", "ts", "ts")
+    with pytest.raises(DataError, match="'sid', 'iid', 'ts', 'sid'"):
+        read_events(tmp_path / "log.csv", "sid", "iid", "ts", "sid")
+
+
 def test_missing_column_error_names_the_file_and_column(tmp_path):
     (tmp_path / "log.tsv").write_text("SessionId\tItemId\n1\t2\n")
     with pytest.raises(DataError, match=r"log.tsv: missing column\(s\) Time"):
