@@ -110,8 +110,9 @@ def choose_output_layer(
     has no product with a column per item to quantise; clicks: the check's click log, None
     for none, with these session, item and time columns; scorer: a graph as a Scorer
     (export.GraphScorer, under onnxruntime). asked: clicks were given (--check-clicks),
-    so a file that cannot be read raises DataError; the model's own training file that
-    cannot be read (other column names, say) only keeps float32, saying why."""
+    so a file that is missing or cannot be read raises DataError; the model's own training
+    file that is gone or cannot be read (other column names, say) only keeps float32,
+    saying why."""
     if n_items < AUTO_MIN_ITEMS:
         return OutputLayerChoice(False, f"{n_items:,} items: int8 pays from {AUTO_MIN_ITEMS:,}")
     if int8 is None:
@@ -124,10 +125,10 @@ def choose_output_layer(
             False, "no clicks to check int8 on (the model records no training file); give "
             "--check-clicks FILE, or --quantize int8 to skip the check"
         )  # fmt: skip
-    if not Path(clicks).is_file():
+    if not asked and not Path(clicks).is_file():  # a missing --check-clicks file raises below
         return OutputLayerChoice(
-            False, f"no clicks to check int8 on: {clicks} is not a file here; give "
-            "--check-clicks FILE, or --quantize int8 to skip the check"
+            False, f"no clicks to check int8 on: the model's training file {clicks} is not "
+            "a file here; give --check-clicks FILE, or --quantize int8 to skip the check"
         )  # fmt: skip
     try:
         import onnxruntime  # noqa: F401  # optional for training: the check runs the graphs

@@ -110,10 +110,19 @@ def test_without_clicks_to_check_auto_keeps_float32_and_says_how_to_check(
     printed = capsys.readouterr().out
     assert "output layer float32 (no clicks to check int8 on" in printed
     assert "--check-clicks FILE" in printed
-    missing = tmp_path / "gone.tsv"
-    training_main(["export", "--model", str(model), "--out", str(tmp_path / "e2"), "--quiet",
-                   "--check-clicks", str(missing)])  # fmt: skip
-    assert f"{missing} is not a file here" in capsys.readouterr().out
+    # the training file it records, gone: float32, saying so
+    payload = torch.load(model / "model.pt", weights_only=True)
+    payload["meta"]["train_file"] = str(tmp_path / "gone.tsv")
+    torch.save(payload, model / "model.pt")
+    training_main(["export", "--model", str(model), "--out", str(tmp_path / "e2"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert f"the model's training file {tmp_path / 'gone.tsv'} is not a file here" in printed
+    # a --check-clicks file that is not there is an error
+    with pytest.raises(SystemExit) as stop:
+        training_main(["export", "--model", str(model), "--out", str(tmp_path / "e3"),
+                       "--check-clicks", str(tmp_path / "typo.tsv")])  # fmt: skip
+    assert stop.value.code == 2
+    assert f"{tmp_path / 'typo.tsv'}: no such file" in capsys.readouterr().err
 
 
 def test_the_cli_default_is_auto_and_check_clicks_chooses_the_file(
